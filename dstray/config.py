@@ -1,0 +1,134 @@
+"""Typed configuration of every dstray job.
+
+One dataclass per job, a comment on each field (nanoGPT style). The CLI and the
+``jobs/*.py`` entrypoints build these; Ray receives them as plain dicts
+(:func:`to_dict` / :func:`from_dict`). Paper constants cite their source:
+"paper §4" is section 4 of Wei et al. (``../shared/paper/defect-style-transfer.txt``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- areas
+@dataclass
+class AreaConfig:
+    """How the target area L is sampled from the reference mask(s) of a defect type."""
+
+    max_rotation: float = 180.0  # degrees; rotation drawn uniformly in [-max, +max]
+    scale_min: float = 0.75  # isotropic scale factor range applied to the reference mask
+    scale_max: float = 1.25
+    flip: bool = True  # random horizontal/vertical flips
+    margin: int = 2  # pixels kept free between L and the image border
+    keep_border_contact: bool = True  # a reference touching the border yields an L touching a border
+
+
+# --------------------------------------------------------------------------- DST fit
+@dataclass
+class DSTConfig:
+    """Fitting one TransferNet (one defect type), paper §3.1 and §4."""
+
+    defect_type: str = "blowhole"  # which defect type to learn (one reference image H, mask M)
+    reference_id: str | None = None  # sample id of the reference; None = the first reference of the type
+    steps: int = 300  # optimiser steps (paper: 10 epochs over 238 backgrounds; see README for the mapping)
+    batch_size: int = 4  # backgrounds per step
+    patch_size: int | None = 96  # square window around L; None = whole image (the paper's mode)
+    whole_size: int = 256  # whole-image mode: backgrounds resized to this square size for batching
+    lr: float = 1e-3  # Adam learning rate (paper §4)
+    content_weight: float = 1.0  # w_c, content loss (paper prints 1e5; see losses.py for our normalisation)
+    style_weight: float = 10.0  # w_s, Gram style loss (paper: 2.5e-4 under its normalisation)
+    hist_weight: float = 1.0  # w_h, histogram loss (paper: 1)
+    tv_weight: float = 1.0  # w_tv, total variation (paper: 10 under its normalisation)
+    loss_weights: str = "random"  # VGG-19 weights: "imagenet" | path to state dict | "random" (seeded)
+    blend_sigma: float = 2.0  # std (pixels) of the Gaussian that feathers the TransferNet output into S inside L
+    area: AreaConfig = field(default_factory=AreaConfig)
+    seed: int = 0  # seeds init, background order and area sampling
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    log_every: int = 10  # steps between loss log lines
+    checkpoint_every: int = 100  # steps between checkpoints (Ray Train reports at the same cadence)
+
+
+# --------------------------------------------------------------------------- generation
+@dataclass
+class GenerateConfig:
+    """Generating a labelled dataset with Ray Data (one Parquet dataset)."""
+
+    data: str | None = None  # dataset path (manifest/folder); None = the embedded sample
+    models: str | None = None  # folder of DST checkpoints (<type>/model.pt); needed for generator "dst"
+    generator: str = "dst"  # "dst" (the paper) | "histmatch" (first step only) | "copy" (paste + Gaussian blend)
+    num_samples: int = 100  # exact number of rows requested
+    seed: int = 0  # global seed; each sample's seed derives from it and its index
+    type_weights: dict[str, float] | None = None  # relative frequency per defect type; None = balanced
+    mode: str = "patch"  # "patch" (window around L) | "whole" (whole image, the paper's mode)
+    patch_size: int = 96  # window size in patch mode (grown to fit L)
+    batch_size: int = 8  # rows per map_batches call
+    num_actors: int = 0  # actor pool size; 0 = one per GPU, else one per 2 CPUs (at least 1)
+    use_gpu: str = "auto"  # "auto" | "true" | "false"
+    out: str = "runs/generated"  # output folder (Parquet dataset, rejects table, summary)
+    area: AreaConfig = field(default_factory=AreaConfig)
+
+
+# --------------------------------------------------------------------------- segmentation
+@dataclass
+class SegConfig:
+    """Training one segmenter (Buttonlab or a baseline), paper §3.2 and §4."""
+
+    arch: str = "buttonlab"  # "buttonlab" | "deeplabv3plus" | "unet"
+    backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50 (paper: resnet50)
+    weights: str = "random"  # backbone weights: "imagenet" | path | "random"
+    image_size: int = 256  # images are letterboxed (resize long side + pad) to this square size
+    crop_size: int = 128  # Buttonlab branch crop during training (partial-image input strategy)
+    lr: float = 2e-3  # Adam learning rate (paper §4)
+    batch_size: int = 8  # paper §4
+    steps: int = 600  # optimiser steps
+    defect_weight: float = 1.0  # cross-entropy weight of defect pixels (background = 1)
+    augment: bool = True  # flips, 90° rotations, brightness/contrast jitter
+    synthetic: list[str] = field(default_factory=list)  # generated Parquet datasets to train on
+    real_splits: list[str] = field(default_factory=list)  # real splits to train on ("train", "reference")
+    real_limit: int | None = None  # use only the first N real samples (paper Fig. 6)
+    synthetic_fraction: float = 0.5  # share of each batch drawn from synthetic data when both are given
+    data: str | None = None  # dataset path for real splits and evaluation; None = embedded sample
+    eval_split: str = "test"  # real split evaluated each epoch
+    eval_every: int = 100  # steps between evaluations/checkpoints
+    threshold: float = 0.5  # defect probability threshold for predictions
+    seed: int = 0
+    device: str = "auto"
+
+
+# --------------------------------------------------------------------------- helpers
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as a plain, JSON-able dict (what Ray receives)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a config dataclass from :func:`to_dict` output; unknown keys are an error."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        if key == "area" and isinstance(value, dict):
+            value = from_dict(AreaConfig, value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def save(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+
+
+def load(cls: type[T], path: str | Path) -> T:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"could not read the {cls.__name__} file {path}: {exc}") from exc
+    return from_dict(cls, data)

@@ -1,0 +1,82 @@
+"""The explicit choice of pretrained weights for a backbone: ``imagenet`` / a file / ``random``.
+
+Every network that can start from pretrained weights (the VGG-19 loss network, the
+ResNet backbones of the segmenters) takes a ``weights`` string:
+
+- ``"imagenet"``: torchvision's ImageNet weights enum. torchvision first looks in its
+  cache (``$TORCH_HOME/hub/checkpoints``) and only then downloads; if neither works we
+  raise :class:`WeightsUnavailableError` naming the two alternatives.
+- a path to a local ``.pth``/``.pt`` file holding a state dict (loaded with
+  ``weights_only=True``).
+- ``"random"``: keep the seeded random initialisation (what tests and benchmarks use).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+WEIGHT_CHOICES = ("imagenet", "random")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for and cannot be had."""
+
+
+def describe(spec: str) -> str:
+    """A short, stable description of a weights choice (for checkpoints and reports)."""
+    if spec in WEIGHT_CHOICES:
+        return spec
+    return f"file:{Path(spec).name}"
+
+
+def load_weights(model: nn.Module, spec: str, *, enum=None, what: str = "network", strict: bool = True) -> nn.Module:
+    """Load the weights ``spec`` into ``model`` in place and return it.
+
+    Args:
+        model: the freshly built network (random init).
+        spec: ``"imagenet"``, ``"random"`` or a path to a state-dict file.
+        enum: the torchvision weights enum member used for ``"imagenet"``
+            (for example ``VGG19_Weights.IMAGENET1K_V1``).
+        what: a human name for error messages ("VGG-19 loss network").
+        strict: passed to ``load_state_dict``.
+    """
+    if spec == "random":
+        return model
+    if spec == "imagenet":
+        if enum is None:
+            raise WeightsUnavailableError(f"{what}: no ImageNet weights are known for this architecture; "
+                                          "use weights='random' or a path to a state-dict file")
+        try:
+            state = enum.get_state_dict(progress=False, check_hash=False)
+        except Exception as exc:  # network errors come in many types
+            raise WeightsUnavailableError(
+                f"{what}: could not get the ImageNet weights {enum} ({type(exc).__name__}: {exc}). "
+                f"This machine may have no internet access. Either put the file {enum.url.rsplit('/', 1)[-1]} "
+                f"in {torch.hub.get_dir()}/checkpoints, pass a local state-dict file as weights=PATH, "
+                "or use weights='random' (seeded random init; weaker features)."
+            ) from exc
+        _load_state(model, state, strict=strict, what=what, source="ImageNet weights")
+        return model
+    path = Path(spec)
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"{what}: weights={spec!r} is neither 'imagenet', 'random' nor an existing file. "
+            "Pass one of 'imagenet', 'random' or the path of a state-dict (.pth) file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsUnavailableError(f"{what}: could not read the weights file {path}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    _load_state(model, state, strict=strict, what=what, source=str(path))
+    return model
+
+
+def _load_state(model: nn.Module, state: dict, *, strict: bool, what: str, source: str) -> None:
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        raise WeightsUnavailableError(f"{what}: the weights from {source} do not fit this architecture: {exc}") from exc
