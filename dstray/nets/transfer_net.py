@@ -1,0 +1,182 @@
+"""TransferNet: the feed-forward defect harmonisation network of DST (paper §3.1, Fig. 2).
+
+A U-Net-shaped variant of Johnson et al.'s fast style transfer network (the
+``transformer_net.py`` of pytorch/examples ``fast_neural_style``):
+
+============  =======================================  ===========
+block         layers                                   channels
+============  =======================================  ===========
+conv1         9x9 conv, stride 1, IN, ReLU  (skip ->)  C -> 32
+conv2         3x3 conv, stride 2, IN, ReLU             32 -> 64
+conv3         3x3 conv, stride 2, IN, ReLU             64 -> 128
+res1..res4    residual blocks (two 3x3 convs)          128
+up1           nearest x2 upsample, 3x3 conv, IN, ReLU  128 -> 64
+up2           nearest x2 upsample, 3x3 conv, IN, ReLU  64 -> 32
+skip          concat(up2, conv1)                       32+32 = 64
+conv4         3x3 conv, IN, ReLU                       64 -> 32
+conv5         9x9 conv, tanh mapped to [0, 1]          32 -> C
+============  =======================================  ===========
+
+Every convolution is preceded by reflection padding (paper: "the input feature is
+expanded with reflection padding"); instance normalisation (affine) and ReLU follow
+every convolution except the last (paper: "Instance Normalization after each
+convolution, followed by a ReLU"). Fig. 2 is not in our text copy, so the kernel of the
+two post-skip convolutions (3x3, then 9x9 mirroring the 9x9 input block as in Johnson's
+network) is our choice.
+
+The output is blended into the background S with a Gaussian mask (paper: "use a
+gaussian mask to fuse the specific defect with the background"), see
+:func:`gaussian_blend`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ConvLayer(nn.Sequential):
+    """Reflection padding + convolution (no normalisation)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
+        super().__init__(nn.ReflectionPad2d(kernel_size // 2), nn.Conv2d(in_channels, out_channels, kernel_size, stride))
+
+
+class UpsampleConvLayer(nn.Sequential):
+    """Nearest x2 upsampling + :class:`ConvLayer`.
+
+    Upsample + conv gives better results than ConvTranspose2d (no checkerboard
+    artefacts; pytorch/examples fast_neural_style, after distill.pub/2016/deconv-checkerboard).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), ConvLayer(in_channels, out_channels, kernel_size))
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv + IN layers with an identity shortcut (He et al. 2016; Johnson et al. 2016)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = ConvLayer(channels, channels, 3)
+        self.in1 = nn.InstanceNorm2d(channels, affine=True)
+        self.conv2 = ConvLayer(channels, channels, 3)
+        self.in2 = nn.InstanceNorm2d(channels, affine=True)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.relu(self.in1(self.conv1(x)))
+        return x + self.in2(self.conv2(y))
+
+
+class TransferNet(nn.Module):
+    """The DST transfer network T (paper Fig. 2) with the Gaussian-mask fusion.
+
+    Args:
+        in_channels: image channels C (1 for grayscale such as Magnetic Tile, 3 for RGB;
+            the paper's Fig. 2 shows 3).
+        blend_sigma: std in pixels of the Gaussian that feathers L into the blend
+            weight (``DSTConfig.blend_sigma``); 0 gives a hard paste.
+    """
+
+    multiple = 4  # two stride-2 blocks: H, W must be multiples of 4 (inputs are padded otherwise)
+
+    def __init__(self, in_channels: int = 3, blend_sigma: float = 2.0):
+        super().__init__()
+        self.in_channels = in_channels
+        self.blend_sigma = float(blend_sigma)
+        # encoder (paper Fig. 2: "3, 32, K9, S1", then two stride-2 blocks)
+        self.conv1 = ConvLayer(in_channels, 32, kernel_size=9, stride=1)
+        self.in1 = nn.InstanceNorm2d(32, affine=True)
+        self.conv2 = ConvLayer(32, 64, kernel_size=3, stride=2)
+        self.in2 = nn.InstanceNorm2d(64, affine=True)
+        self.conv3 = ConvLayer(64, 128, kernel_size=3, stride=2)
+        self.in3 = nn.InstanceNorm2d(128, affine=True)
+        # four residual blocks (paper §3.1)
+        self.res1 = ResidualBlock(128)
+        self.res2 = ResidualBlock(128)
+        self.res3 = ResidualBlock(128)
+        self.res4 = ResidualBlock(128)
+        # decoder: two upsampling blocks
+        self.up1 = UpsampleConvLayer(128, 64)
+        self.in4 = nn.InstanceNorm2d(64, affine=True)
+        self.up2 = UpsampleConvLayer(64, 32)
+        self.in5 = nn.InstanceNorm2d(32, affine=True)
+        # skip connection from conv1, "twice convolved and then passed through the activation layer"
+        self.conv4 = ConvLayer(64, 32, kernel_size=3)
+        self.in6 = nn.InstanceNorm2d(32, affine=True)
+        self.conv5 = ConvLayer(32, in_channels, kernel_size=9)
+        self.relu = nn.ReLU()
+
+    def transform(self, x: Tensor) -> Tensor:
+        """T(x): (N,C,H,W) in [0,1] -> (N,C,H,W) in [0,1], no blending. Pads H, W to multiples of 4."""
+        h, w = x.shape[-2:]
+        x = _pad_to_multiple(x, self.multiple)
+        e1 = self.relu(self.in1(self.conv1(x)))
+        y = self.relu(self.in2(self.conv2(e1)))
+        y = self.relu(self.in3(self.conv3(y)))
+        y = self.res1(y)
+        y = self.res2(y)
+        y = self.res3(y)
+        y = self.res4(y)
+        y = self.relu(self.in4(self.up1(y)))
+        y = self.relu(self.in5(self.up2(y)))
+        y = torch.cat([y, e1], dim=1)
+        y = self.relu(self.in6(self.conv4(y)))
+        y = (torch.tanh(self.conv5(y)) + 1) / 2  # tanh output mapped to [0, 1]
+        return y[..., :h, :w]
+
+    def forward(self, x: Tensor, background: Tensor, area: Tensor) -> Tensor:
+        """ŷ = S outside L, g·T(y') + (1-g)·S inside L.
+
+        Args:
+            x: the histogram-matched image y' (N,C,H,W) in [0, 1].
+            background: the defect-free image S (N,C,H,W) in [0, 1].
+            area: the target area L (N,1,H,W), values 0/1.
+        Returns:
+            ŷ (N,C,H,W) in [0, 1]; bit-identical to ``background`` outside L.
+        """
+        return gaussian_blend(self.transform(x), background, area, self.blend_sigma)
+
+
+def gaussian_blend(generated: Tensor, background: Tensor, area: Tensor, sigma: float) -> Tensor:
+    """Fuse ``generated`` into ``background`` inside ``area`` with a Gaussian mask.
+
+    The blend weight is g = (G_sigma * L) · L: the area blurred by a Gaussian of std
+    ``sigma`` pixels, kept only inside L. Deep inside L, g ≈ 1 (pure generated
+    content); on L's border g ≈ 0.5, so the generated content fades into S across the
+    border instead of ending on a hard edge, while the label L stays exact.
+    Outside L the result is ``background`` itself (``torch.where`` with the hard mask),
+    bit for bit.
+
+    Args:
+        generated, background: (N,C,H,W); area: (N,1,H,W) with values 0/1.
+    """
+    inside = area > 0.5
+    g = gaussian_blur(area.to(generated.dtype), sigma) * area if sigma > 0 else area.to(generated.dtype)
+    return torch.where(inside, g * generated + (1 - g) * background, background)
+
+
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of (N,C,H,W) with std ``sigma`` px (kernel radius ceil(3 sigma), replicate padding)."""
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Reflect-pad the bottom/right of (N,C,H,W) so H and W are multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if h > ph and w > pw else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
