@@ -1,0 +1,177 @@
+"""Fit the DST model of every defect type in parallel with Ray Train.
+
+One ``TorchTrainer`` run per defect type (one worker each, one GPU each when the cluster
+has GPUs), all launched at once from small Ray tasks, so the types train concurrently
+across the cluster's GPUs (or CPUs). Each run:
+
+- checkpoints to ``storage_path/dst-<type>`` every ``checkpoint_every`` steps
+  (``storage_path`` is a local folder or a pyarrow URI such as ``s3://bucket/dstray``);
+- resumes from its latest checkpoint when the same command runs again, and when a worker
+  dies (``FailureConfig(max_failures)``: Ray Train restarts the worker group, the loop
+  reads ``ray.train.get_checkpoint()`` and continues from that step, not from 0);
+- writes the final model to ``out/<type>/model.pt`` (what ``dstray generate --models`` reads).
+
+A type whose ``out/<type>/model.pt`` was fit with the same settings is skipped. A type that
+fails is reported with its error while the others finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import ray
+import torch
+
+from dstray.config import DSTConfig, from_dict, to_dict
+from dstray.distributed import storage
+from dstray.distributed.runtime import init_ray, resolve_use_gpu
+
+log = logging.getLogger("dstray")
+
+
+@dataclass
+class FitOutcome:
+    """One row of the table printed at the end of ``fit-dst --all``."""
+
+    defect_type: str
+    status: str  # "fitted" | "skipped" | "failed"
+    steps: int = 0
+    losses: dict | None = None
+    seconds: float = 0.0
+    checkpoint: str = ""
+    error: str = ""
+
+
+def _comparable(cfg: dict) -> dict:
+    """The settings that define a fitted model (not where or how fast it ran)."""
+    return {k: v for k, v in cfg.items() if k not in ("device", "log_every", "checkpoint_every")}
+
+
+def dst_train_loop(config: dict) -> None:
+    """Ray Train worker loop for one defect type (runs on a Train worker)."""
+    from dstray.data import load_dataset
+    from dstray.dst import DSTFitter
+
+    cfg = from_dict(DSTConfig, config["dst"])
+    cfg = replace(cfg, device=str(ray.train.torch.get_device()))
+    fitter = DSTFitter(cfg, load_dataset(config["data"]))
+    checkpoint = ray.train.get_checkpoint()  # [1] resume after a worker failure or a re-run
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            fitter.load_state_dict(torch.load(Path(d) / "state.pt", map_location=cfg.device, weights_only=True))
+        print(f"[dst-{cfg.defect_type}] resumed from step {fitter.step_count}", flush=True)
+    fault_step = config.get("fault_step")  # test hook: die once at this step (simulates a lost worker)
+    while fitter.step_count < cfg.steps:
+        losses = fitter.step()
+        step = fitter.step_count
+        metrics = {"step": step, **losses}
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            with tempfile.TemporaryDirectory() as d:  # [2] report metrics + a checkpoint
+                torch.save(fitter.state_dict(), Path(d) / "state.pt")
+                fitter.save(Path(d) / "model.pt")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        elif step % cfg.log_every == 0:
+            ray.train.report(metrics)
+        if fault_step and step == fault_step and not os.path.exists(config["fault_marker"]):
+            Path(config["fault_marker"]).write_text("died once")
+            os._exit(1)
+
+
+@ray.remote(num_cpus=0)
+def _fit_one(cfg_dict: dict, data: str | None, out: str, storage_path: str, use_gpu: bool,
+             cpus_per_worker: float, max_failures: int, extra: dict) -> dict:
+    """Run one TorchTrainer to completion (a light Ray task; the worker holds the resources)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    defect_type = cfg_dict["defect_type"]
+    t0 = time.perf_counter()
+    trainer = TorchTrainer(
+        dst_train_loop,
+        train_loop_config={"dst": cfg_dict, "data": data, **extra},
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        run_config=RunConfig(
+            name=f"dst-{defect_type}",  # stable name: re-running resumes this run
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # one type failing must not stop the others
+        return to_dict(FitOutcome(defect_type, "failed", seconds=time.perf_counter() - t0,
+                                  error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+    with result.checkpoint.as_directory() as d:
+        blob = (Path(d) / "model.pt").read_bytes()
+    target = storage.join(out, defect_type, "model.pt")
+    storage.write_bytes(target, blob)
+    losses = {k: round(float(v), 5) for k, v in (result.metrics or {}).items() if k != "step"}
+    storage.write_bytes(storage.join(out, defect_type, "fit.json"), json.dumps(
+        {"config": cfg_dict, "metrics": result.metrics, "checkpoint": result.checkpoint.path}, indent=2).encode())
+    return to_dict(FitOutcome(defect_type, "fitted", steps=int((result.metrics or {}).get("step", 0)), losses=losses,
+                              seconds=time.perf_counter() - t0, checkpoint=target))
+
+
+def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | None = None,
+            storage_path: str | None = None, use_gpu: str = "auto", cpus_per_worker: float = 1.0,
+            max_failures: int = 2, address: str | None = None, _extra: dict | None = None) -> list[FitOutcome]:
+    """Fit every defect type (or ``types``) concurrently; returns one outcome per type."""
+    from dstray.data import load_dataset
+
+    dataset = load_dataset(data)
+    types = types or [t for t in dataset.defect_types if dataset.references(t)]
+    for t in types:
+        dataset.references(t)  # raises a clear error for an unknown type
+    storage_path = storage_path or storage.join(out, "_ray")
+    if "://" not in storage_path:
+        storage_path = os.path.abspath(storage_path)
+
+    outcomes, pending = [], {}
+    init_ray(address)
+    gpu = resolve_use_gpu(use_gpu)
+    for t in types:
+        cfg = to_dict(replace(base, defect_type=t))
+        fit_json = storage.join(out, t, "fit.json")
+        if storage.exists(storage.join(out, t, "model.pt")) and storage.exists(fit_json):
+            done = json.loads(storage.read_bytes(fit_json))
+            if _comparable(done["config"]) == _comparable(cfg):
+                outcomes.append(FitOutcome(t, "skipped", steps=int(done["metrics"].get("step", 0)),
+                                           losses={k: v for k, v in done["metrics"].items() if k != "step"},
+                                           checkpoint=storage.join(out, t, "model.pt")))
+                continue
+        extra = dict(_extra or {})
+        if "fault_marker" in extra:
+            extra["fault_marker"] = f"{extra['fault_marker']}-{t}"
+        pending[_fit_one.remote(cfg, data, out, storage_path, gpu, cpus_per_worker, max_failures, extra)] = t
+    log.info("fitting %d defect type(s) with Ray Train%s; %d already done", len(pending),
+             " on GPU" if gpu else "", len(outcomes))
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        t = pending.pop(ready[0])
+        try:
+            outcome = FitOutcome(**ray.get(ready[0]))
+        except Exception as exc:
+            outcome = FitOutcome(t, "failed", error=f"{type(exc).__name__}: {exc}")
+        log.info("%s: %s after %.0f s %s", t, outcome.status, outcome.seconds, outcome.error)
+        outcomes.append(outcome)
+    return sorted(outcomes, key=lambda o: o.defect_type)
+
+
+def format_table(outcomes: list[FitOutcome]) -> str:
+    """The end-of-run table: type, status, steps, final loss terms, time, checkpoint."""
+    terms = ["content", "style", "hist", "tv", "total"]
+    head = f"{'type':<12} {'status':<8} {'steps':>6} " + " ".join(f"{t:>9}" for t in terms) + f" {'time s':>7}  checkpoint"
+    lines = [head, "-" * len(head)]
+    for o in outcomes:
+        vals = " ".join(f"{(o.losses or {}).get(t, float('nan')):>9.4g}" for t in terms)
+        tail = o.checkpoint if o.status != "failed" else f"ERROR {o.error}"
+        lines.append(f"{o.defect_type:<12} {o.status:<8} {o.steps:>6} {vals} {o.seconds:>7.1f}  {tail}")
+    return "\n".join(lines)

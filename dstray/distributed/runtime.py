@@ -1,0 +1,38 @@
+"""Connecting to Ray and deciding where work runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+log = logging.getLogger("dstray")
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to a cluster (``address``, ``RAY_ADDRESS``, or inside a job: the job's cluster),
+    or start a local one. A no-op when Ray is already initialised."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+
+
+def cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def resolve_use_gpu(flag: str | bool) -> bool:
+    """``auto`` -> whether the cluster has GPUs; ``true`` requires them; ``false`` never."""
+    value = str(flag).lower()
+    if value == "auto":
+        return cluster_gpus() > 0
+    if value in ("true", "1", "yes"):
+        if cluster_gpus() == 0:
+            raise RuntimeError("--use-gpu true was asked for but the Ray cluster reports no GPU; "
+                               "use --use-gpu auto or false, or add GPU nodes (see cluster.yaml)")
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValueError(f"--use-gpu must be auto, true or false; got {flag!r}")

@@ -1,0 +1,57 @@
+"""Paths that are either local folders or pyarrow-filesystem URIs (``s3://``, ``gs://``...).
+
+Every output of the Ray layer goes through these helpers so that a job writes to a
+local folder on a laptop and to object storage on a cluster with the same code.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+
+import pyarrow.fs as pafs
+
+
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path)`` for a local path or a URI."""
+    if "://" in location:
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), os.path.abspath(location)
+
+
+def join(location: str, *parts: str) -> str:
+    """Join path parts onto a local path or URI."""
+    if "://" in location:
+        return posixpath.join(location, *parts)
+    return os.path.join(location, *parts)
+
+
+def exists(location: str) -> bool:
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(location: str) -> bytes:
+    fs, path = resolve(location)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    """Write a whole file atomically (temporary name, then move into place)."""
+    fs, path = resolve(location)
+    fs.create_dir(posixpath.dirname(path) if "://" in location else os.path.dirname(path), recursive=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, path)
+
+
+def list_names(location: str) -> list[str]:
+    """Base names of the files directly inside a folder ([] if it does not exist)."""
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File)

@@ -1,0 +1,14 @@
+"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/train_seg.py [options]`.
+
+Same options as `dstray train-seg` (run it with --help).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir's dstray first
+
+from dstray.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["train-seg", *sys.argv[1:]]))
