@@ -1,0 +1,219 @@
+"""Dataset layouts: what images there are, their masks, defect types and splits.
+
+:func:`load_dataset` reads one of three layouts into a :class:`DefectDataset`. It only
+lists files (fast); checking the files themselves is :func:`dstray.data.validate`.
+
+1. ``manifest``: a CSV with columns ``image,mask,defect_type,split`` (paths relative to
+   the CSV's folder; ``mask`` may be empty for defect-free rows). Give the folder that
+   holds ``splits.csv`` or the path of any CSV of that format.
+2. ``folders``: ``ROOT/images/<type>/name.ext`` with masks ``ROOT/masks/<type>/name.png``
+   (matched by file stem; ``name_mask.png`` is accepted too). A type folder named
+   ``free``, ``good`` or ``ok`` holds defect-free images. Flat ``ROOT/images/*.ext`` +
+   ``ROOT/masks/*.png`` also works, the type being ROOT's folder name. There is no split
+   file: every defect image becomes split ``reference`` (the few real defects DST
+   learns from) and every defect-free image split ``background``.
+3. ``images``: a folder (searched recursively) of defect-free images and no masks:
+   all of them split ``background``, type ``free``.
+
+Type and split names are lower-cased; ``good`` / ``ok`` are read as ``free``. A sample's
+id is its image path relative to the dataset root, '/'-separated: stable across runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dstray.data.errors import DataError
+from dstray.data.io import IMAGE_EXTENSIONS
+
+FREE = "free"  # the defect type of defect-free images
+FREE_NAMES = ("free", "good", "ok")  # type names read as defect-free (case-insensitive)
+MANIFEST_NAME = "splits.csv"
+MANIFEST_COLUMNS = ("image", "mask", "defect_type", "split")
+SPLIT_ORDER = ("reference", "background", "train", "test")  # the usual splits, in report order
+LAYOUTS_HINT = (
+    "give a folder with splits.csv, a CSV manifest (image,mask,defect_type,split), "
+    "a folder with images/ and masks/ subfolders, or a folder of defect-free images"
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset."""
+
+    id: str  # stable id: image path relative to the dataset root, '/'-separated
+    image: Path  # absolute path
+    mask: Path | None  # absolute path, None for defect-free images without mask
+    defect_type: str  # lower-case type name, "free" for defect-free
+    split: str  # "reference" | "background" | "train" | "test" (or user-defined)
+
+
+@dataclass
+class DefectDataset:
+    """The samples of a dataset with their types and splits made explicit."""
+
+    root: Path  # dataset folder (the manifest's folder)
+    samples: list[Sample]
+    layout: str  # "manifest" | "folders" | "images"
+    defect_types: list[str]  # sorted, without "free"
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def splits(self) -> list[str]:
+        """Split names present, the usual ones first (reference, background, train, test)."""
+        names = {s.split for s in self.samples}
+        return [n for n in SPLIT_ORDER if n in names] + sorted(names - set(SPLIT_ORDER))
+
+    def split(self, name: str) -> list[Sample]:
+        """The samples of split ``name``; DataError if the dataset has no such split."""
+        if name not in self.splits:
+            raise DataError(self.root, f"no split '{name}' in this dataset", f"splits: {', '.join(self.splits)}")
+        return [s for s in self.samples if s.split == name]
+
+    def references(self, defect_type: str | None = None) -> list[Sample]:
+        """The reference samples (H, M of the paper), all or of one defect type.
+
+        DataError if ``defect_type`` is not a type of the dataset or has no reference.
+        """
+        if defect_type is None:
+            return [s for s in self.samples if s.split == "reference"]
+        if defect_type not in self.defect_types:
+            known = ", ".join(self.defect_types) or "none"
+            raise DataError(self.root, f"unknown defect type '{defect_type}'", f"known defect types: {known}")
+        refs = [s for s in self.samples if s.split == "reference" and s.defect_type == defect_type]
+        if not refs:
+            raise DataError(
+                self.root,
+                f"defect type '{defect_type}' has no reference sample",
+                "mark one of its images with split 'reference' (DST learns from it)",
+            )
+        return refs
+
+    def backgrounds(self) -> list[Sample]:
+        """The defect-free images to synthesize defects on (split "background", S of the paper)."""
+        return [s for s in self.samples if s.split == "background"]
+
+    def get(self, sample_id: str) -> Sample:
+        """The sample with id ``sample_id``."""
+        for s in self.samples:
+            if s.id == sample_id:
+                return s
+        raise DataError(self.root, f"no sample with id '{sample_id}'", "ids are image paths relative to the root")
+
+
+def sample_root() -> Path:
+    """Folder of the embedded sample (a small subset of Magnetic Tile, with its splits.csv)."""
+    return Path(__file__).resolve().parent.parent / "sample" / "magnetic-tile"
+
+
+def load_dataset(path: str | Path | None = None) -> DefectDataset:
+    """List a dataset (layout detected, see the module docstring); None = the embedded sample.
+
+    Raises DataError only for structural problems (no such path, missing manifest
+    columns, no images); problems of the files themselves are found by ``validate``.
+    """
+    p = Path(path).expanduser() if path is not None else sample_root()
+    p = Path(os.path.abspath(p))
+    if not p.exists():
+        raise DataError(p, "no such file or folder", LAYOUTS_HINT)
+    if p.is_file():
+        if p.suffix.lower() != ".csv":
+            raise DataError(p, "not a CSV manifest", LAYOUTS_HINT)
+        return _load_manifest(p)
+    if (p / MANIFEST_NAME).is_file():
+        return _load_manifest(p / MANIFEST_NAME)
+    if (p / "images").is_dir() and (p / "masks").is_dir():
+        return _load_folders(p)
+    return _load_images(p)
+
+
+def _type_name(name: str) -> str:
+    name = name.strip().lower()
+    return FREE if name in FREE_NAMES else name
+
+
+def _dataset(root: Path, samples: list[Sample], layout: str) -> DefectDataset:
+    types = sorted({s.defect_type for s in samples} - {FREE})
+    return DefectDataset(root=root, samples=samples, layout=layout, defect_types=types)
+
+
+def _rel_id(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _load_manifest(csv_path: Path) -> DefectDataset:
+    root = csv_path.parent
+
+    def resolve(rel: str) -> Path:  # manifest paths: relative to its folder, '/' or '\' separated
+        return Path(os.path.normpath(root / rel.strip().replace("\\", "/")))
+
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM from Excel is ignored
+        reader = csv.DictReader(f)
+        header = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in MANIFEST_COLUMNS if c not in header]
+        if missing:
+            raise DataError(
+                csv_path,
+                f"manifest lacks column(s) {', '.join(missing)} (header: {','.join(header) or 'empty'})",
+                f"its first line must name the columns {','.join(MANIFEST_COLUMNS)}",
+            )
+        reader.fieldnames = header
+        samples = []
+        for row in reader:
+            empty = [c for c in ("image", "defect_type", "split") if not (row[c] or "").strip()]
+            if empty:
+                raise DataError(
+                    csv_path,
+                    f"line {reader.line_num}: empty {', '.join(empty)}",
+                    "every row needs an image, a defect_type and a split (mask may be empty for defect-free rows)",
+                )
+            image = resolve(row["image"])
+            mask = resolve(row["mask"]) if (row["mask"] or "").strip() else None
+            samples.append(Sample(_rel_id(image, root), image, mask, _type_name(row["defect_type"]), row["split"].strip().lower()))
+    if not samples:
+        raise DataError(csv_path, "manifest has no rows", "add one row per image")
+    return _dataset(root, samples, "manifest")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted; hidden files and folders skipped)."""
+    return sorted(
+        f
+        for f in folder.rglob("*")
+        if f.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+        and f.is_file()
+    )
+
+
+def _load_folders(root: Path) -> DefectDataset:
+    images, masks = root / "images", root / "masks"
+    files = _image_files(images)
+    if not files:
+        raise DataError(images, "no image files", f"expected images/<type>/name.ext with ext in {' '.join(IMAGE_EXTENSIONS)}")
+    by_stem: dict[tuple[str, str], Path] = {}  # (folder relative to masks/, stem) -> mask file
+    for m in reversed(_image_files(masks)):  # reversed: the first file in sorted order wins
+        by_stem[(m.parent.relative_to(masks).as_posix(), m.stem)] = m
+        if m.stem.endswith("_mask"):
+            by_stem[(m.parent.relative_to(masks).as_posix(), m.stem[: -len("_mask")])] = m
+    samples = []
+    for f in files:
+        rel = f.relative_to(images)
+        defect_type = _type_name(rel.parts[0] if len(rel.parts) > 1 else root.name)
+        split = "background" if defect_type == FREE else "reference"
+        mask = by_stem.get((rel.parent.as_posix(), f.stem))
+        samples.append(Sample(_rel_id(f, root), f, mask, defect_type, split))
+    return _dataset(root, samples, "folders")
+
+
+def _load_images(root: Path) -> DefectDataset:
+    files = _image_files(root)
+    if not files:
+        raise DataError(root, f"no image files found (extensions: {' '.join(IMAGE_EXTENSIONS)})", LAYOUTS_HINT)
+    samples = [Sample(_rel_id(f, root), f, None, FREE, "background") for f in files]
+    return _dataset(root, samples, "images")

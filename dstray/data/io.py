@@ -1,0 +1,165 @@
+"""Reading images and masks, and the PNG bytes of generated datasets.
+
+Images are float32 tensors in [0, 1] of shape (C, H, W): grayscale files stay
+single-channel (C=1), RGB files are C=3. An alpha channel is dropped (LA -> L,
+RGBA -> RGB); 1-bit files are read as 0 / 255. 16-bit and 32-bit files (modes
+I;16, I, F), palette files (mode P) and other modes (CMYK, ...) are rejected with a
+:class:`DataError` saying how to convert them: dstray does not guess a scaling.
+
+Masks are float32 (1, H, W) with values exactly 0.0 / 1.0: an 8-bit mask pixel is a
+defect pixel when its value is >= ``MASK_THRESHOLD`` (128), so JPEG-ish masks with
+values such as 250 or 3 are binarised the expected way. RGB masks are accepted only
+when gray (R = G = B).
+
+Every file is fully decoded by Pillow with ``ImageFile.LOAD_TRUNCATED_IMAGES = False``,
+so a truncated JPEG or PNG is an error, not a half-grey image.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from dstray.data.errors import DataError
+
+MASK_THRESHOLD = 128  # 8-bit mask value from which a pixel is a defect pixel
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+_CHANNELS = {"1": 1, "L": 1, "LA": 1, "RGB": 3, "RGBA": 3}  # accepted modes -> C
+_DEEP_MODES = ("I;16", "I", "F")  # 16/32-bit modes (prefix match: I;16B, I;16L, ...)
+
+
+def _check_mode(source: str | Path, mode: str, what: str) -> int:
+    """Channel count of an accepted Pillow mode; DataError naming the fix otherwise."""
+    if mode in _CHANNELS:
+        return _CHANNELS[mode]
+    if mode.startswith(_DEEP_MODES):
+        raise DataError(
+            source,
+            f"{'16-bit' if '16' in mode else '32-bit'} {what} (mode {mode}); dstray reads 8-bit files only",
+            "convert it to 8-bit first, scaling to 0-255 as fits your camera "
+            "(e.g. `magick FILE -depth 8 FILE`, or numpy: (a >> 8).astype('uint8'))",
+        )
+    if mode == "P":
+        fix = (
+            "save the mask as 8-bit grayscale (mode L) PNG, 0 = background, 255 = defect"
+            if what == "mask"
+            else "convert it to grayscale or RGB, e.g. with Pillow: Image.open(FILE).convert('L').save(FILE)"
+        )
+        raise DataError(source, f"palette {what} (mode P): pixel values are palette indices", fix)
+    raise DataError(
+        source,
+        f"unsupported {what} mode {mode}",
+        "convert it to 8-bit grayscale (L) or RGB, e.g. Image.open(FILE).convert('RGB').save(FILE)",
+    )
+
+
+def _open(source: str | Path | io.BytesIO, what: str, *, decode: bool = True) -> Image.Image:
+    """Open (and by default fully decode) an image file; every failure is a DataError."""
+    name = source if isinstance(source, (str, Path)) else "<png bytes>"
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files must fail, not decode half grey
+    try:
+        im = Image.open(source)
+    except FileNotFoundError:
+        raise DataError(name, f"{what} file not found", "check the path (manifest paths are relative to its folder)")
+    except UnidentifiedImageError:
+        raise DataError(name, f"not an image file Pillow can read ({what})", "re-export it as PNG or JPEG")
+    except Exception as exc:
+        raise DataError(
+            name, f"unreadable or corrupt {what} ({exc})", "check the file's permissions; re-copy or re-export it"
+        ) from exc
+    try:
+        _check_mode(name, im.mode, what)
+        if decode:
+            im.load()
+    except DataError:
+        im.close()
+        raise
+    except Exception as exc:  # truncated/corrupt data: OSError, SyntaxError, ValueError, ...
+        im.close()
+        raise DataError(
+            name, f"truncated or corrupt {what} ({exc})", "re-copy or re-export the file (a half-written file?)"
+        ) from exc
+    return im
+
+
+def _to_tensor(a: np.ndarray) -> torch.Tensor:
+    """uint8 (H,W) or (H,W,C) -> float32 (C,H,W) in [0,1]."""
+    t = torch.from_numpy(a)
+    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    return t.contiguous().float().div_(255.0)
+
+
+def _image_array(im: Image.Image) -> np.ndarray:
+    """Decoded Pillow image of an accepted mode -> uint8 (H,W) or (H,W,3), alpha dropped."""
+    if im.mode in ("1", "LA"):
+        im = im.convert("L")
+    elif im.mode == "RGBA":
+        im = im.convert("RGB")
+    return np.array(im)
+
+
+def size_mismatch(mask_path: str | Path, mask_hw: tuple[int, int], image_hw: tuple[int, int]) -> DataError:
+    """The error for a mask whose (H, W) differs from its image's."""
+    return DataError(
+        mask_path,
+        f"mask size {mask_hw[1]}x{mask_hw[0]} differs from its image size {image_hw[1]}x{image_hw[0]} (WxH)",
+        "a mask must have exactly its image's size; re-export the mask",
+    )
+
+
+def image_shape(path: str | Path, what: str = "image") -> tuple[int, int, int]:
+    """(C, H, W) of an image (or mask) file, from its header only (no decode; mode checked)."""
+    with _open(path, what, decode=False) as im:
+        return _CHANNELS[im.mode], im.height, im.width
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """An image file as a float32 tensor (C, H, W) in [0, 1], C = 1 (grayscale) or 3 (RGB)."""
+    return _to_tensor(_image_array(_open(path, "image")))
+
+
+def read_mask(path: str | Path, like: torch.Tensor | None = None) -> torch.Tensor:
+    """A mask file as float32 (1, H, W) in {0, 1}: 1 where the 8-bit value is >= MASK_THRESHOLD.
+
+    ``like``: an image tensor (..., H, W); if given, the mask must have its H and W.
+    """
+    im = _open(path, "mask")
+    a = _image_array(im)
+    if a.ndim == 3:
+        if not ((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()):
+            raise DataError(
+                path, "colour mask (RGB with R, G, B not equal)", "save it as 8-bit grayscale (L) PNG, 0 / 255"
+            )
+        a = a[..., 0]
+    if like is not None and tuple(like.shape[-2:]) != a.shape:
+        raise size_mismatch(path, a.shape, tuple(like.shape[-2:]))
+    return torch.from_numpy(a >= MASK_THRESHOLD).float().unsqueeze(0)
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """PNG bytes (8-bit L or RGB) of an image (C, H, W) or (H, W), C in {1, 3}.
+
+    Float tensors are taken in [0, 1] (clamped, rounded to 8-bit, so a mask {0, 1}
+    becomes 0 / 255); uint8 tensors are written as they are.
+    """
+    t = image.detach().cpu()
+    if t.ndim == 2:
+        t = t.unsqueeze(0)
+    if t.ndim != 3 or t.shape[0] not in (1, 3):
+        raise ValueError(f"encode_png expects (C,H,W) with C in {{1,3}} or (H,W), got shape {tuple(image.shape)}")
+    if t.dtype != torch.uint8:
+        t = t.float().mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    a = t.permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> torch.Tensor:
+    """The inverse of :func:`encode_png`: PNG (or any image) bytes -> float32 (C, H, W) in [0, 1]."""
+    return _to_tensor(_image_array(_open(io.BytesIO(data), "image")))
