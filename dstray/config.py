@@ -42,11 +42,17 @@ class DSTConfig:
     patch_size: int | None = 96  # square window around L; None = whole image (the paper's mode)
     whole_size: int = 256  # whole-image mode: backgrounds resized to this square size for batching
     lr: float = 1e-3  # Adam learning rate (paper §4)
-    content_weight: float = 1.0  # w_c, content loss (paper prints 1e5; see losses.py for our normalisation)
-    style_weight: float = 10.0  # w_s, Gram style loss (paper: 2.5e-4 under its normalisation)
-    hist_weight: float = 1.0  # w_h, histogram loss (paper: 1)
-    tv_weight: float = 1.0  # w_tv, total variation (paper: 10 under its normalisation)
+    # loss weights (eq. 6): paper §4 prints w_c=1e5, w_s=2.5e-4, w_h=1 (or .1), w_tv=10 under its own
+    # normalisation; ours balance the four terms at init on Magnetic Tile (see dstray.losses.DSTLoss)
+    content_weight: float = 10.0  # w_c, content loss (mean over L of squared relu4_1 differences)
+    style_weight: float = 0.1  # w_s, Gram style loss (Grams normalised by the masked count)
+    hist_weight: float = 1.0  # w_h, histogram loss (Risser), mean over L
+    tv_weight: float = 10.0  # w_tv, total variation, mean over L
     loss_weights: str = "random"  # VGG-19 weights: "imagenet" | path to state dict | "random" (seeded)
+    content_layers: list[str] = field(default_factory=lambda: ["relu4_1"])  # VGG-19 content layers (Luan et al. 2018)
+    style_layers: list[str] = field(  # Gram style layers (Gatys et al. 2016, without relu5_1)
+        default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1", "relu4_1"])
+    hist_layers: list[str] = field(default_factory=lambda: ["relu1_1", "relu4_1"])  # histogram loss (Risser et al. 2017)
     blend_sigma: float = 2.0  # std (pixels) of the Gaussian that feathers the TransferNet output into S inside L
     area: AreaConfig = field(default_factory=AreaConfig)
     seed: int = 0  # seeds init, background order and area sampling
