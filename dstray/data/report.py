@@ -32,8 +32,10 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def _show(path: Path, root: Path) -> str:
-    """A path relative to the dataset root when it lies inside it."""
+    """A path relative to the dataset root when it lies inside it; "(dataset)" for the root."""
     rel = os.path.relpath(path, root)
+    if rel == ".":
+        return "(dataset)"
     return path.as_posix() if rel.startswith("..") else Path(rel).as_posix()
 
 
