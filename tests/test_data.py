@@ -140,6 +140,13 @@ def test_read_mask_threshold(tmp_path):
     assert read_mask(tmp_path / "m.png", like=torch.zeros(3, 2, 4)).shape == (1, 2, 4)
     with pytest.raises(DataError, match="mask size 4x2 differs from its image size 5x2"):
         read_mask(tmp_path / "m.png", like=torch.zeros(1, 2, 5))
+    Image.fromarray(values >= 128).save(tmp_path / "bits.png")  # a bool array is a 1-bit image
+    assert torch.equal(read_mask(tmp_path / "bits.png"), m)
+    Image.fromarray(values).convert("RGB").save(tmp_path / "gray_rgb.png")  # gray stored as RGB
+    assert torch.equal(read_mask(tmp_path / "gray_rgb.png"), m)
+    Image.fromarray(np.dstack([values, 0 * values, 0 * values])).save(tmp_path / "red.png")
+    with pytest.raises(DataError, match="red.png: colour mask"):
+        read_mask(tmp_path / "red.png")
 
 
 def test_png_round_trip_is_exact():
