@@ -1,0 +1,66 @@
+"""The segmenters of the paper's Table 1 behind one builder: Buttonlab, DeepLab v3+, U-Net.
+
+DeepLab v3+ (Chen et al. 2018) and U-Net (Ronneberger et al. 2015) come from
+segmentation_models_pytorch, always built with ``encoder_weights=None`` so that smp
+never downloads anything. For ``weights="imagenet"`` (or a state-dict file) a
+torchvision ResNet is loaded through :func:`dstray.nets.weights.load_weights` and its
+state dict (minus ``fc``) is loaded strictly into the smp encoder, which is a
+torchvision ``ResNet`` subclass with the same parameter names.
+
+Every model returned here maps ``(N, C, H, W)`` in [0, 1] to ``{"out": (N, K, H, W)}``
+logits. Like Buttonlab, the smp wrappers repeat a 1-channel input to 3 channels and
+ImageNet-normalise a copy; they pad H and W up to a multiple of 32 (smp's requirement)
+with zeros (in normalised units) and crop the logits back.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dstray.config import SegConfig
+from dstray.nets.buttonlab import buttonlab, resnet, to_rgb_normalised
+
+ARCHS = ("buttonlab", "deeplabv3plus", "unet")
+_SMP_STRIDE = 32  # smp encoders downsample 5 times
+
+
+class SmpSegmenter(nn.Module):
+    """An smp model behind the dstray contract ``forward(x) -> {"out": logits}``."""
+
+    def __init__(self, model: nn.Module, in_channels: int = 3) -> None:
+        super().__init__()
+        self.model = model
+        self.in_channels = in_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"this segmenter was built for {self.in_channels} input channels, got {x.shape[1]}")
+        height, width = x.shape[-2:]
+        x = to_rgb_normalised(x)
+        x = F.pad(x, (0, -width % _SMP_STRIDE, 0, -height % _SMP_STRIDE))
+        return {"out": self.model(x)[..., :height, :width]}
+
+
+def smp_segmenter(arch: str, *, backbone: str = "resnet18", weights: str = "random", num_classes: int = 2,
+                  in_channels: int = 3) -> SmpSegmenter:
+    """DeepLab v3+ (``arch="deeplabv3plus"``) or U-Net (``"unet"``) with a ResNet encoder."""
+    import segmentation_models_pytorch as smp  # slow import (~5 s): only when a baseline is built
+
+    cls = {"deeplabv3plus": smp.DeepLabV3Plus, "unet": smp.Unet}[arch]
+    model = cls(encoder_name=backbone, encoder_weights=None, in_channels=3, classes=num_classes)
+    if weights != "random":
+        state = resnet(backbone, weights).state_dict()
+        model.encoder.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
+    return SmpSegmenter(model, in_channels)
+
+
+def build_segmenter(cfg: SegConfig, *, in_channels: int = 3, num_classes: int = 2) -> nn.Module:
+    """The network named by ``cfg.arch`` with ``cfg.backbone`` and ``cfg.weights``."""
+    kwargs = dict(backbone=cfg.backbone, weights=cfg.weights, num_classes=num_classes, in_channels=in_channels)
+    if cfg.arch == "buttonlab":
+        return buttonlab(**kwargs)
+    if cfg.arch in ARCHS:
+        return smp_segmenter(cfg.arch, **kwargs)
+    raise ValueError(f"unknown segmenter arch {cfg.arch!r}; choose one of {ARCHS}")

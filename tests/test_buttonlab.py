@@ -1,0 +1,94 @@
+"""Buttonlab and the smp baselines: shapes, crop mode, crop alignment, no network access."""
+
+import socket
+
+import pytest
+import torch
+
+from dstray.config import SegConfig
+from dstray.nets.baselines import build_segmenter
+from dstray.nets.buttonlab import buttonlab
+from dstray.segment import masked_cross_entropy
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a segmenter tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_buttonlab_shapes(backbone, channels, no_network):
+    torch.manual_seed(0)
+    net = buttonlab(backbone=backbone, in_channels=channels).eval()
+    x = torch.rand(1, channels, 64, 64)
+    with torch.no_grad():
+        assert net(x)["out"].shape == (1, 2, 64, 64)
+        assert net(x, crop=(16, 8, 32, 40))["out"].shape == (1, 2, 32, 40)
+        assert net(torch.rand(1, channels, 50, 70))["out"].shape == (1, 2, 50, 70)
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3plus", "unet"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_baseline_shapes(arch, channels, no_network):
+    torch.manual_seed(0)
+    net = build_segmenter(SegConfig(arch=arch, backbone="resnet18"), in_channels=channels).eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, channels, 64, 64))["out"].shape == (1, 2, 64, 64)
+        assert net(torch.rand(1, channels, 50, 70))["out"].shape == (1, 2, 50, 70)  # padded to 64x96 inside
+
+
+def test_bad_crop_is_refused():
+    net = buttonlab(backbone="resnet18").eval()
+    with pytest.raises(ValueError, match="even"):
+        net(torch.rand(1, 3, 64, 64), crop=(3, 0, 32, 32))
+    with pytest.raises(ValueError, match="inside"):
+        net(torch.rand(1, 3, 64, 64), crop=(48, 0, 32, 32))
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_crop_features_align_with_whole_image(backbone):
+    """Away from the crop border (branch receptive field), crop mode equals the full output cropped."""
+    torch.manual_seed(0)
+    net = buttonlab(backbone=backbone).eval()
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        full = net(x)["out"][..., 32:96, 30:94]
+        crop = net(x, crop=(32, 30, 64, 64))["out"]
+    inner = (..., slice(16, -16), slice(16, -16))
+    torch.testing.assert_close(crop[inner], full[inner], atol=1e-5, rtol=1e-5)
+    assert (crop - full).abs().max() > 1e-4  # the border does differ: the branch saw only the crop
+
+
+def test_masked_loss_gives_no_gradient_outside_the_crop():
+    torch.manual_seed(0)
+    net = buttonlab(backbone="resnet18")
+    logits = net(torch.rand(2, 3, 64, 64))["out"]
+    logits.retain_grad()
+    target = (torch.rand(2, 1, 64, 64) > 0.8).float()
+    inside = torch.zeros(2, 1, 64, 64)
+    inside[..., 16:48, 8:40] = 1
+    masked_cross_entropy(logits, target, inside, defect_weight=3.0).backward()
+    grad = logits.grad.abs().sum(1, keepdim=True)
+    assert (grad[inside == 0] == 0).all()
+    assert (grad[inside == 1] > 0).all()
+
+
+def test_crop_loss_depends_only_on_the_crop_labels():
+    torch.manual_seed(0)
+    net = buttonlab(backbone="resnet18").eval()
+    x = torch.rand(2, 3, 64, 64)
+    target = (torch.rand(2, 1, 64, 64) > 0.8).float()
+    top, left, h, w = 16, 8, 32, 40
+    other = target.clone()
+    other[..., :top, :] = 1 - other[..., :top, :]  # labels outside the crop changed
+    other[..., :, left + w:] = 1 - other[..., :, left + w:]
+    ones = torch.ones(2, 1, h, w)
+    with torch.no_grad():
+        out = net(x, crop=(top, left, h, w))["out"]
+        a = masked_cross_entropy(out, target[..., top:top + h, left:left + w], ones)
+        b = masked_cross_entropy(out, other[..., top:top + h, left:left + w], ones)
+    assert a == b
