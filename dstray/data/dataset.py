@@ -174,7 +174,8 @@ def _load_manifest(csv_path: Path) -> DefectDataset:
                 )
             image = resolve(row["image"])
             mask = resolve(row["mask"]) if (row["mask"] or "").strip() else None
-            samples.append(Sample(_rel_id(image, root), image, mask, _type_name(row["defect_type"]), row["split"].strip().lower()))
+            defect_type, split = _type_name(row["defect_type"]), row["split"].strip().lower()
+            samples.append(Sample(_rel_id(image, root), image, mask, defect_type, split))
     if not samples:
         raise DataError(csv_path, "manifest has no rows", "add one row per image")
     return _dataset(root, samples, "manifest")
@@ -195,7 +196,9 @@ def _load_folders(root: Path) -> DefectDataset:
     images, masks = root / "images", root / "masks"
     files = _image_files(images)
     if not files:
-        raise DataError(images, "no image files", f"expected images/<type>/name.ext with ext in {' '.join(IMAGE_EXTENSIONS)}")
+        raise DataError(
+            images, "no image files", f"expected images/<type>/name.ext with ext in {' '.join(IMAGE_EXTENSIONS)}"
+        )
     by_stem: dict[tuple[str, str], Path] = {}  # (folder relative to masks/, stem) -> mask file
     for m in reversed(_image_files(masks)):  # reversed: the first file in sorted order wins
         by_stem[(m.parent.relative_to(masks).as_posix(), m.stem)] = m

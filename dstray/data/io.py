@@ -40,7 +40,8 @@ def _check_mode(source: str | Path, mode: str, what: str) -> int:
     if mode.startswith(_DEEP_MODES):
         raise DataError(
             source,
-            f"{'16-bit' if mode.startswith('I;16') else 'high bit-depth'} {what} (mode {mode}); dstray reads 8-bit files only",
+            f"{'16-bit' if mode.startswith('I;16') else 'high bit-depth'} {what} (mode {mode}); "
+            "dstray reads 8-bit files only",
             "convert it to 8-bit first, scaling to 0-255 as fits your camera "
             "(e.g. `magick FILE -depth 8 FILE`, or numpy: (a >> 8).astype('uint8'))",
         )

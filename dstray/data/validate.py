@@ -101,7 +101,7 @@ def _check_sample(s: Sample, full: bool) -> tuple[list[Problem], int | None]:
             )
         if defect_px and s.defect_type == FREE:
             out.append(
-                Problem(s.mask, f"mask of a defect-free image marks {defect_px} defect pixels; fix its type or its mask")
+                Problem(s.mask, f"mask of a defect-free image marks {defect_px} defect pixels; fix its type or mask")
             )
     except DataError as e:
         out.append(e.to_problem())
