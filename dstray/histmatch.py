@@ -34,7 +34,7 @@ class SortedReference(NamedTuple):
     ``values (*, M)`` ascending, valid entries first, then +inf padding;
     ``run_start``/``run_end (*, M)`` int64: for entry i, the index range [start, end)
     of the entries equal to it (so ``run_end / count`` is skimage's quantile of that value);
-    ``count (*)`` or broadcastable (e.g. ``(R, 1)``): number of valid entries per row.
+    ``count (*)``: number of valid entries per row.
     """
 
     values: Tensor
@@ -43,28 +43,80 @@ class SortedReference(NamedTuple):
     count: Tensor
 
 
+def _run_ends(s: Tensor) -> Tensor:
+    """For ascending rows s (*, L): per entry, 1 + the last index of its run of equal values.
+
+    For a valid entry this is #{row <= value}, skimage's (unnormalised) quantile. O(L):
+    mark run ends, then a reversed cumulative minimum (int32, fast on CPU).
+    """
+    length = s.shape[-1]
+    idx = torch.arange(1, length + 1, device=s.device, dtype=torch.int32).expand_as(s)
+    is_end = torch.ones_like(s, dtype=torch.bool)
+    is_end[..., :-1] = s[..., :-1] != s[..., 1:]
+    e = torch.where(is_end, idx, torch.full_like(idx, length))
+    return torch.flip(torch.cummin(torch.flip(e, [-1]), -1).values, [-1]).long()
+
+
+def _empty_reference_error() -> ValueError:
+    return ValueError(
+        "histogram matching: the reference mask is empty (no pixel to take the histogram "
+        "from); pass a reference mask with at least one pixel set"
+    )
+
+
 def sorted_reference(values: Tensor, valid: Tensor | None = None) -> SortedReference:
     """Sort rows of ``values (*, M)``, keeping only ``valid (*, M)`` (bool) entries.
 
     Raises ValueError when a row has no valid entry.
     """
-    if valid is None:
-        valid = torch.ones_like(values, dtype=torch.bool)
-    valid = valid.expand_as(values)
-    count = valid.sum(-1)
+    if valid is not None:
+        valid = valid.expand_as(values)
+        values = torch.where(valid, values, torch.full_like(values, float("inf")))
+        count = valid.sum(-1)
+    else:
+        count = torch.full(values.shape[:-1], values.shape[-1], device=values.device, dtype=torch.long)
     if count.numel() == 0 or bool((count == 0).any()):
-        raise ValueError(
-            "histogram matching: the reference mask is empty (no pixel to take the "
-            "histogram from); pass a reference mask with at least one pixel set"
-        )
-    x = torch.where(valid, values, torch.full_like(values, float("inf")))
-    s = torch.sort(x, dim=-1).values[..., : int(count.max())].contiguous()
-    return SortedReference(
-        values=s,
-        run_start=torch.searchsorted(s, s, right=False),
-        run_end=torch.searchsorted(s, s, right=True),
-        count=count,
-    )
+        raise _empty_reference_error()
+    return _from_padded(values, count)
+
+
+def _from_padded(values: Tensor, count: Tensor) -> SortedReference:
+    """values (*, M) with invalid entries already +inf; count (*) valid entries per row."""
+    s = torch.sort(values, dim=-1).values[..., : int(count.max())].contiguous()
+    end = _run_ends(s)
+    # the run of entry i starts where the previous run ends: run_end of entry i-1, or 0
+    start = torch.zeros_like(end)
+    start[..., 1:] = torch.where(s[..., 1:] == s[..., :-1], start[..., 1:], end[..., :-1])
+    start = torch.cummax(start, -1).values
+    return SortedReference(values=s, run_start=start, run_end=end, count=count)
+
+
+def _map_sorted(s: Tensor, n: Tensor, ref: SortedReference) -> Tensor:
+    """The quantile mapping for ascending, +inf-padded rows.
+
+    s (*, L) sorted source rows, n (*) their valid counts (>= 1), ref with leading dims
+    broadcastable to ``*``. Returns (*, L), the mapped value of each sorted entry (entries
+    past n are meaningless). Implements ``np.interp(q, ref_quantiles, ref_unique_values)``
+    with q = c/n, c = #{source <= v}, comparing quantiles in exact integer arithmetic.
+    """
+    lead = s.shape[:-1]
+    c = _run_ends(s)  # (*, L)
+    n = n.reshape(*n.shape, 1).expand(*lead, 1).long()
+    m = ref.count.reshape(*ref.count.shape, 1).expand(*lead, 1).to(s.device)
+    # smallest reference index k with (k+1)/m >= q = c/n, in integers: ceil(c*m/n) - 1
+    k = torch.minimum((c * m + n - 1).div(n, rounding_mode="floor") - 1, m - 1).clamp(min=0)
+
+    def take(t: Tensor, index: Tensor) -> Tensor:
+        return torch.gather(t.expand(*lead, t.shape[-1]), -1, index)
+
+    # hi: the reference value whose quantile end/m is the first >= q; lo: the previous
+    # unique value, at quantile start/m (np.interp's left and right points).
+    hi, start, end = take(ref.values, k).to(s.dtype), take(ref.run_start, k), take(ref.run_end, k)
+    lo = take(ref.values, (start - 1).clamp(min=0)).to(s.dtype)
+    num = c * m - start * n  # (q - start/m) * n * m
+    den = (end - start) * n  # (end/m - start/m) * n * m
+    frac = num.to(s.dtype) / den.to(s.dtype)
+    return torch.where((start == 0) | (num >= den), hi, lo + frac * (hi - lo))
 
 
 def match_to_sorted(
@@ -81,41 +133,46 @@ def match_to_sorted(
     if not isinstance(ref, SortedReference):
         ref = sorted_reference(ref)
     with torch.no_grad():
-        lead, length = values.shape[:-1], values.shape[-1]
         if valid is None:
-            valid = torch.ones_like(values, dtype=torch.bool)
-        valid = valid.expand_as(values)
-        x = values.contiguous()
-        src_sorted = torch.sort(torch.where(valid, x, torch.full_like(x, float("inf"))), dim=-1).values
-        n = valid.sum(-1, keepdim=True).clamp(min=1)  # (*, 1) source count per row
-        c = torch.searchsorted(src_sorted, x, right=True)  # (*, L) #{source <= v}
-        m = ref.count.to(values.device).reshape(*ref.count.shape, 1).expand(*lead, 1)
-        # smallest reference index k with (k+1)/m >= q = c/n, in integers: ceil(c*m/n) - 1
-        k = torch.minimum((c * m + n - 1).div(n, rounding_mode="floor") - 1, m - 1).clamp(min=0)
-
-        def take(t: Tensor) -> Tensor:
-            return torch.gather(t.expand(*lead, t.shape[-1]), -1, k)
-
-        hi, start, end = take(ref.values).to(values.dtype), take(ref.run_start), take(ref.run_end)
-        # hi is the reference value whose quantile end/m is the first >= q; the previous
-        # unique value (quantile start/m) is the lower interpolation point.
-        lo = torch.gather(ref.values.expand(*lead, ref.values.shape[-1]), -1, (start - 1).clamp(min=0))
-        num = c * m - start * n  # (q - start/m) * n * m
-        den = (end - start) * n  # (end/m - start/m) * n * m
-        frac = num.to(values.dtype) / den.to(values.dtype)
-        mapped = torch.where((start == 0) | (num >= den), hi, lo.to(values.dtype) + frac * (hi - lo.to(values.dtype)))
-        return torch.where(valid, mapped, values)
+            n = torch.full(values.shape[:-1], values.shape[-1], device=values.device, dtype=torch.long)
+            x = values
+        else:
+            valid = valid.expand_as(values)
+            n = valid.sum(-1).clamp(min=1)
+            x = torch.where(valid, values, torch.full_like(values, float("inf")))
+        s, order = torch.sort(x, dim=-1)
+        mapped = torch.empty_like(values).scatter_(-1, order, _map_sorted(s, n, ref))
+        return mapped if valid is None else torch.where(valid, mapped, values)
 
 
 def _as_bool(mask: Tensor) -> Tensor:
     return mask if mask.dtype == torch.bool else mask > 0.5
 
 
+def _compact(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gather the masked pixels of each sample into +inf-padded rows.
+
+    x (B,C,P), mask (B,P) bool. Returns values (B,C,Lmax) (the masked pixels in raster
+    order, then +inf), pix (B,Lmax) int64 their pixel index (P for padding), counts (B,).
+    Sorting Lmax instead of P entries per row is most of the speed on small areas.
+    """
+    b, _, p = x.shape
+    counts = mask.sum(-1)
+    length = max(int(counts.max()), 1) if b else 1
+    rows, cols = mask.nonzero(as_tuple=True)  # row-major: increasing cols within a row
+    pos = torch.arange(rows.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    pix = torch.full((b, length), p, device=x.device, dtype=torch.long)
+    pix[rows, pos] = cols
+    vals = torch.full((b, x.shape[1], length), float("inf"), device=x.device, dtype=x.dtype)
+    vals[rows, :, pos] = x[rows, :, cols]
+    return vals, pix, counts
+
+
 def sort_reference(reference: Tensor, reference_mask: Tensor) -> SortedReference:
     """Precompute the reference for :func:`histmatch` / :func:`match_features`.
 
     reference (R,C,Hr,Wr), reference_mask (R,1,Hr,Wr) bool or {0,1} float.
-    Returns a :class:`SortedReference` with values (R,C,M) and count (R,C).
+    Returns a :class:`SortedReference` with values (R,C,M) and count (R,1).
     """
     if reference.dim() != 4 or reference_mask.dim() != 4 or reference_mask.shape[1] != 1:
         raise ValueError(
@@ -127,8 +184,11 @@ def sort_reference(reference: Tensor, reference_mask: Tensor) -> SortedReference
             f"reference_mask {tuple(reference_mask.shape)} does not fit reference {tuple(reference.shape)}"
         )
     r, ch = reference.shape[:2]
-    valid = _as_bool(reference_mask).to(reference.device).reshape(r, 1, -1).expand(r, ch, -1)
-    return sorted_reference(reference.reshape(r, ch, -1), valid)
+    mask = _as_bool(reference_mask).to(reference.device).reshape(r, -1)
+    vals, _, counts = _compact(reference.reshape(r, ch, -1), mask)
+    if bool((counts == 0).any()):
+        raise _empty_reference_error()
+    return _from_padded(vals, counts[:, None])
 
 
 def histmatch(
@@ -166,9 +226,15 @@ def histmatch(
         raise ValueError(
             f"reference has {r} samples x {rc} channels; source needs 1 or {n} samples x {ch} channels"
         )
-    valid = _as_bool(source_mask).to(source.device).reshape(n, 1, h * w).expand(n, ch, h * w)
-    out = match_to_sorted(source.reshape(n, ch, h * w), reference, valid)
-    return out.reshape(n, ch, h, w)
+    with torch.no_grad():
+        x = source.reshape(n, ch, h * w)
+        vals, pix, counts = _compact(x, _as_bool(source_mask).to(source.device).reshape(n, h * w))
+        s, order = torch.sort(vals, dim=-1)
+        mapped = _map_sorted(s, counts.clamp(min=1)[:, None].expand(n, ch), reference)
+        # scatter back through a spare last column that receives the padding
+        out = torch.cat([x, x[..., :1]], -1)
+        out.scatter_(-1, torch.gather(pix[:, None].expand(n, ch, -1), -1, order), mapped)
+        return out[..., : h * w].reshape(n, ch, h, w)
 
 
 def match_features(

@@ -127,7 +127,7 @@ def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | N
     from dstray.data import load_dataset
 
     dataset = load_dataset(data)
-    types = types or [t for t in dataset.defect_types if dataset.references(t)]
+    types = types or sorted({s.defect_type for s in dataset.references()})
     for t in types:
         dataset.references(t)  # raises a clear error for an unknown type
     storage_path = storage_path or storage.join(out, "_ray")

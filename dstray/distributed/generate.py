@@ -87,7 +87,7 @@ def prepare(cfg: GenerateConfig) -> dict:
     if cfg.generator not in GENERATORS:
         raise ValueError(f"--generator must be one of {GENERATORS}; got {cfg.generator!r}")
     dataset = load_dataset(cfg.data)
-    types = sorted(t for t in dataset.defect_types if dataset.references(t))
+    types = sorted({s.defect_type for s in dataset.references()})
     if cfg.type_weights:
         types = sorted(t for t in types if cfg.type_weights.get(t, 0) > 0 or t not in cfg.type_weights)
     if not types:
