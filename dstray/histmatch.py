@@ -9,13 +9,15 @@ gives the target of Risser et al.'s histogram loss (paper eq. 4), see :func:`mat
 The mapping is scikit-image's ``exposure.match_histograms`` (``_match_cumulative_cdf``):
 each source value v gets its CDF quantile q = #{source <= v} / n, and q is linearly
 interpolated (``np.interp``) in the reference's (quantile, unique value) pairs. Here it is
-computed on sorted tensors, batched over samples and channels with masks of different
-sizes: masked-out values are sorted as +inf and each row keeps its own count, so there is
-no Python loop over samples or pixels. Quantiles are compared with integer arithmetic,
-which reproduces skimage to float rounding (tests check 1/255 on real and random images).
+computed on sorted tensors, batched over samples and channels: the masked pixels of each
+sample are gathered into +inf-padded rows that carry their own count, sorted once, and
+mapped through a per-reference table of interpolation segments (float64 quantiles), so
+the result equals skimage to float rounding (tests check 1/255 on real and random
+images). Samples are processed in passes by size class (area within a factor of two), so
+one large area does not pad a whole batch; there is no loop over samples or pixels.
 
-Values must be finite (no NaN/inf). Works on any device; the only host sync is one
-``.item()`` per reference (the longest masked row, and the empty-mask check).
+Values must be finite (no NaN/inf). Works on any device; each pass syncs once with the
+host (the longest row).
 """
 
 from __future__ import annotations
@@ -28,18 +30,17 @@ from torch import Tensor
 
 
 class SortedReference(NamedTuple):
-    """Per-row sorted reference values, precomputed once (the reference H is fixed).
+    """A reference value set, precomputed once (the reference H is fixed during a fit).
 
     Shapes, with leading dims ``*`` (``(R, C)`` for images):
-    ``values (*, M)`` ascending, valid entries first, then +inf padding;
-    ``run_start``/``run_end (*, M)`` int64: for entry i, the index range [start, end)
-    of the entries equal to it (so ``run_end / count`` is skimage's quantile of that value);
-    ``count (*)``: number of valid entries per row.
+    ``values (*, M)`` ascending, then +inf padding past ``count``;
+    ``table (*, M, 3)`` float64: for index k, the ``np.interp`` segment that ends at the
+    run of ``values[k]``: (left value, left quantile, slope); the first run has slope 0;
+    ``count (*)`` int64: valid entries per row.
     """
 
     values: Tensor
-    run_start: Tensor
-    run_end: Tensor
+    table: Tensor
     count: Tensor
 
 
@@ -54,7 +55,7 @@ def _run_ends(s: Tensor) -> Tensor:
     is_end = torch.ones_like(s, dtype=torch.bool)
     is_end[..., :-1] = s[..., :-1] != s[..., 1:]
     e = torch.where(is_end, idx, torch.full_like(idx, length))
-    return torch.flip(torch.cummin(torch.flip(e, [-1]), -1).values, [-1]).long()
+    return torch.flip(torch.cummin(torch.flip(e, [-1]), -1).values, [-1])
 
 
 def _empty_reference_error() -> ValueError:
@@ -62,6 +63,23 @@ def _empty_reference_error() -> ValueError:
         "histogram matching: the reference mask is empty (no pixel to take the histogram "
         "from); pass a reference mask with at least one pixel set"
     )
+
+
+def _reference(values: Tensor, count: Tensor) -> SortedReference:
+    """values (*, M) with invalid entries already +inf; count (*) valid entries per row (>= 1)."""
+    s = torch.sort(values, dim=-1).values[..., : int(count.max())].contiguous()
+    end = _run_ends(s).long()
+    # a run starts where the previous one ends: run end of entry i-1 at a value change
+    start = torch.zeros_like(end)
+    start[..., 1:] = torch.where(s[..., 1:] == s[..., :-1], 0, end[..., :-1])
+    start = torch.cummax(start, -1).values
+    m = count[..., None].double()
+    hi = s.double()
+    lo = torch.gather(hi, -1, (start - 1).clamp(min=0))
+    first = start == 0  # np.interp returns the first value for q <= its quantile
+    slope = torch.where(first, 0.0, (hi - lo) / ((end - start) / m))
+    table = torch.stack([torch.where(first, hi, lo), start / m, slope], -1)
+    return SortedReference(values=s, table=table, count=count)
 
 
 def sorted_reference(values: Tensor, valid: Tensor | None = None) -> SortedReference:
@@ -77,46 +95,24 @@ def sorted_reference(values: Tensor, valid: Tensor | None = None) -> SortedRefer
         count = torch.full(values.shape[:-1], values.shape[-1], device=values.device, dtype=torch.long)
     if count.numel() == 0 or bool((count == 0).any()):
         raise _empty_reference_error()
-    return _from_padded(values, count)
-
-
-def _from_padded(values: Tensor, count: Tensor) -> SortedReference:
-    """values (*, M) with invalid entries already +inf; count (*) valid entries per row."""
-    s = torch.sort(values, dim=-1).values[..., : int(count.max())].contiguous()
-    end = _run_ends(s)
-    # the run of entry i starts where the previous run ends: run_end of entry i-1, or 0
-    start = torch.zeros_like(end)
-    start[..., 1:] = torch.where(s[..., 1:] == s[..., :-1], start[..., 1:], end[..., :-1])
-    start = torch.cummax(start, -1).values
-    return SortedReference(values=s, run_start=start, run_end=end, count=count)
+    return _reference(values, count)
 
 
 def _map_sorted(s: Tensor, n: Tensor, ref: SortedReference) -> Tensor:
-    """The quantile mapping for ascending, +inf-padded rows.
+    """The quantile mapping of ascending, +inf-padded rows.
 
     s (*, L) sorted source rows, n (*) their valid counts (>= 1), ref with leading dims
-    broadcastable to ``*``. Returns (*, L), the mapped value of each sorted entry (entries
-    past n are meaningless). Implements ``np.interp(q, ref_quantiles, ref_unique_values)``
-    with q = c/n, c = #{source <= v}, comparing quantiles in exact integer arithmetic.
+    broadcastable to ``*``. Returns (*, L) in s.dtype, the mapped value of each sorted
+    entry (entries past n are meaningless): ``np.interp(c/n, ...)`` with c = #{row <= v}.
     """
-    lead = s.shape[:-1]
-    c = _run_ends(s)  # (*, L)
-    n = n.reshape(*n.shape, 1).expand(*lead, 1).long()
-    m = ref.count.reshape(*ref.count.shape, 1).expand(*lead, 1).to(s.device)
-    # smallest reference index k with (k+1)/m >= q = c/n, in integers: ceil(c*m/n) - 1
-    k = torch.minimum((c * m + n - 1).div(n, rounding_mode="floor") - 1, m - 1).clamp(min=0)
-
-    def take(t: Tensor, index: Tensor) -> Tensor:
-        return torch.gather(t.expand(*lead, t.shape[-1]), -1, index)
-
-    # hi: the reference value whose quantile end/m is the first >= q; lo: the previous
-    # unique value, at quantile start/m (np.interp's left and right points).
-    hi, start, end = take(ref.values, k).to(s.dtype), take(ref.run_start, k), take(ref.run_end, k)
-    lo = take(ref.values, (start - 1).clamp(min=0)).to(s.dtype)
-    num = c * m - start * n  # (q - start/m) * n * m
-    den = (end - start) * n  # (end/m - start/m) * n * m
-    frac = num.to(s.dtype) / den.to(s.dtype)
-    return torch.where((start == 0) | (num >= den), hi, lo + frac * (hi - lo))
+    lead, length = s.shape[:-1], s.shape[-1]
+    q = _run_ends(s).double() / n[..., None]
+    m = ref.count[..., None]
+    # the first reference index whose quantile (k+1)/m reaches q; its run's segment holds q
+    k = torch.minimum(torch.ceil(q * m).long() - 1, m - 1).clamp_(min=0)
+    table = ref.table.expand(*lead, *ref.table.shape[-2:])
+    lo, q_lo, slope = torch.gather(table, -2, k[..., None].expand(*lead, length, 3)).unbind(-1)
+    return (lo + (q - q_lo) * slope).to(s.dtype)
 
 
 def match_to_sorted(
@@ -140,7 +136,7 @@ def match_to_sorted(
             valid = valid.expand_as(values)
             n = valid.sum(-1).clamp(min=1)
             x = torch.where(valid, values, torch.full_like(values, float("inf")))
-        s, order = torch.sort(x, dim=-1)
+        s, order = _sort_rows(x)
         mapped = torch.empty_like(values).scatter_(-1, order, _map_sorted(s, n, ref))
         return mapped if valid is None else torch.where(valid, mapped, values)
 
@@ -149,23 +145,31 @@ def _as_bool(mask: Tensor) -> Tensor:
     return mask if mask.dtype == torch.bool else mask > 0.5
 
 
-def _compact(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Gather the masked pixels of each sample into +inf-padded rows.
+def _sort_rows(v: Tensor) -> tuple[Tensor, Tensor]:
+    """torch.sort along the last dim; on CPU through numpy's SIMD argsort (about 1.5x faster)."""
+    if v.device.type != "cpu" or v.dtype not in (torch.float32, torch.float64):
+        return torch.sort(v, dim=-1)
+    order = torch.from_numpy(np.argsort(v.detach().numpy(), axis=-1))
+    return torch.gather(v, -1, order), order
 
-    x (B,C,P), mask (B,P) bool. Returns values (B,C,Lmax) (the masked pixels in raster
-    order, then +inf), pix (B,Lmax) int64 their pixel index (P for padding), counts (B,).
-    Sorting Lmax instead of P entries per row is most of the speed on small areas.
-    """
-    b, _, p = x.shape
-    counts = mask.sum(-1)
-    length = max(int(counts.max()), 1) if b else 1
+
+def _masked_pixels(mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """mask (B,P) bool -> rows, cols (K,) of its set pixels in raster order, pos (K,) the
+    rank of each within its row, counts (B,)."""
     rows, cols = mask.nonzero(as_tuple=True)  # row-major: increasing cols within a row
-    pos = torch.arange(rows.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[rows]
-    pix = torch.full((b, length), p, device=x.device, dtype=torch.long)
-    pix[rows, pos] = cols
+    counts = torch.bincount(rows, minlength=mask.shape[0])
+    pos = torch.arange(rows.numel(), device=mask.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    return rows, cols, pos, counts
+
+
+def _padded(x: Tensor, rows: Tensor, cols: Tensor, local: Tensor, pos: Tensor, b: int, length: int):
+    """Scatter pixels x[rows, :, cols] of x (N,C,P) to slot ``pos`` of row ``local`` of
+    +inf-padded rows (b,C,length); also returns pix (b,length), their pixel index (P = none)."""
     vals = torch.full((b, x.shape[1], length), float("inf"), device=x.device, dtype=x.dtype)
-    vals[rows, :, pos] = x[rows, :, cols]
-    return vals, pix, counts
+    vals[local, :, pos] = x[rows, :, cols]
+    pix = torch.full((b, length), x.shape[-1], device=x.device, dtype=torch.long)
+    pix[local, pos] = cols
+    return vals, pix
 
 
 def sort_reference(reference: Tensor, reference_mask: Tensor) -> SortedReference:
@@ -184,11 +188,11 @@ def sort_reference(reference: Tensor, reference_mask: Tensor) -> SortedReference
             f"reference_mask {tuple(reference_mask.shape)} does not fit reference {tuple(reference.shape)}"
         )
     r, ch = reference.shape[:2]
-    mask = _as_bool(reference_mask).to(reference.device).reshape(r, -1)
-    vals, _, counts = _compact(reference.reshape(r, ch, -1), mask)
+    rows, cols, pos, counts = _masked_pixels(_as_bool(reference_mask).to(reference.device).reshape(r, -1))
     if bool((counts == 0).any()):
         raise _empty_reference_error()
-    return _from_padded(vals, counts[:, None])
+    vals, _ = _padded(reference.reshape(r, ch, -1), rows, cols, rows, pos, r, int(counts.max()))
+    return _reference(vals, counts[:, None])
 
 
 def histmatch(
@@ -226,15 +230,35 @@ def histmatch(
         raise ValueError(
             f"reference has {r} samples x {rc} channels; source needs 1 or {n} samples x {ch} channels"
         )
+    p, dev = h * w, source.device
+    mask = _as_bool(source_mask).to(dev).reshape(n, p)
     with torch.no_grad():
-        x = source.reshape(n, ch, h * w)
-        vals, pix, counts = _compact(x, _as_bool(source_mask).to(source.device).reshape(n, h * w))
-        s, order = torch.sort(vals, dim=-1)
-        mapped = _map_sorted(s, counts.clamp(min=1)[:, None].expand(n, ch), reference)
-        # scatter back through a spare last column that receives the padding
-        out = torch.cat([x, x[..., :1]], -1)
-        out.scatter_(-1, torch.gather(pix[:, None].expand(n, ch, -1), -1, order), mapped)
-        return out[..., : h * w].reshape(n, ch, h, w)
+        x = source.reshape(n, ch, p)
+        out = x.clone(memory_format=torch.contiguous_format)
+        # one pass per size class (areas within a factor of two), so that a large area
+        # does not pad every row of the batch; samples are ordered by class so that each
+        # pass reads a contiguous slice of the masked pixels; empty masks are left as is
+        sizes = mask.view(torch.uint8).sum(-1, dtype=torch.int32).tolist()
+        order_n = sorted((i for i in range(n) if sizes[i]), key=lambda i: sizes[i].bit_length())
+        perm = torch.tensor(order_n, dtype=torch.long, device=dev)
+        rows, cols, pos, counts = _masked_pixels(mask[perm])  # rows index into perm
+        bounds = np.cumsum([0] + [sizes[i] for i in order_n]).tolist()
+        start = 0
+        while start < len(order_n):
+            cls = sizes[order_n[start]].bit_length()
+            stop = next((j for j in range(start, len(order_n)) if sizes[order_n[j]].bit_length() != cls), len(order_n))
+            e = slice(bounds[start], bounds[stop])
+            idx, length = perm[start:stop], max(sizes[i] for i in order_n[start:stop])
+            vals, pix = _padded(x, perm[rows[e]], cols[e], rows[e] - start, pos[e], stop - start, length)
+            s, order = _sort_rows(vals)
+            ref = reference if r == 1 else SortedReference(*(t[idx] for t in reference))
+            mapped = _map_sorted(s, counts[start:stop, None], ref)  # counts broadcast over channels
+            valid = (torch.arange(length, device=dev) < counts[start:stop, None, None]).expand_as(s)
+            row = idx[:, None, None] * ch + torch.arange(ch, device=dev)[:, None]
+            target = row * p + torch.gather(pix[:, None].expand(-1, ch, -1), -1, order)
+            out.view(-1)[target[valid]] = mapped[valid]
+            start = stop
+        return out.reshape(n, ch, h, w)
 
 
 def match_features(
