@@ -118,6 +118,21 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_pipeline(args) -> int:
+    from dstray.distributed.pipeline import preset, run_pipeline
+
+    cfg = preset(args.preset)
+    overrides = {k: getattr(args, k) for k in ("data", "out", "generator", "num_samples", "use_gpu")
+                 if getattr(args, k) is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    if args.dst_steps is not None:
+        cfg = dataclasses.replace(cfg, dst=dataclasses.replace(cfg.dst, steps=args.dst_steps))
+    if args.seg_steps is not None:
+        cfg = dataclasses.replace(cfg, seg=dataclasses.replace(cfg.seg, steps=args.seg_steps))
+    run_pipeline(cfg, address=args.address)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dstray", description=__doc__.splitlines()[0])
@@ -156,6 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local runtime)")
     add_config_args(s, GenerateConfig)
     s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("pipeline", help="fit DST for every type -> generate -> train -> evaluate -> report")
+    s.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "paper"],
+                   help="stage sizes: smoke (seconds), cpu (the sample on a laptop, ~10 min), paper (GPU cluster)")
+    s.add_argument("--data", default=None, help="dataset folder or manifest CSV (default: embedded sample)")
+    s.add_argument("--out", default="runs/pipeline", help="run folder; re-running reuses finished stages")
+    s.add_argument("--generator", default=None, choices=["dst", "histmatch", "copy"])
+    s.add_argument("--num-samples", type=int, default=None, help="generated samples (preset's by default)")
+    s.add_argument("--dst-steps", type=int, default=None, help="DST steps per type (preset's by default)")
+    s.add_argument("--seg-steps", type=int, default=None, help="segmenter steps (preset's by default)")
+    s.add_argument("--use-gpu", default=None, choices=["auto", "true", "false"])
+    s.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local runtime)")
+    s.set_defaults(func=cmd_pipeline)
+
+    from dstray import cli_seg  # train-seg, evaluate, tune
+
+    cli_seg.register(sub)
     return p
 
 

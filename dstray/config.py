@@ -120,10 +120,11 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     unknown = set(data) - set(names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}; known: {sorted(names)}")
+    nested = {"area": AreaConfig, "dst": DSTConfig, "seg": SegConfig, "generate": GenerateConfig}
     kwargs = {}
     for key, value in data.items():
-        if key == "area" and isinstance(value, dict):
-            value = from_dict(AreaConfig, value)
+        if key in nested and isinstance(value, dict):
+            value = from_dict(nested[key], value)
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -138,3 +139,19 @@ def load(cls: type[T], path: str | Path) -> T:
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"could not read the {cls.__name__} file {path}: {exc}") from exc
     return from_dict(cls, data)
+
+
+# --------------------------------------------------------------------------- pipeline
+@dataclass
+class PipelineConfig:
+    """The one-command pipeline: fit DST for every type -> generate -> train -> evaluate -> report."""
+
+    data: str | None = None  # dataset path; None = the embedded sample
+    out: str = "runs/pipeline"  # run folder (models/, generated/, seg/, eval/, report/)
+    preset: str = "cpu"  # the size preset the stage configs came from (smoke | cpu | paper)
+    generator: str = "dst"  # generator whose samples train the segmenter
+    num_samples: int = 200  # generated samples (paper: 2167)
+    use_gpu: str = "auto"  # "auto" | "true" | "false" for every Ray stage
+    dst: DSTConfig = field(default_factory=DSTConfig)  # per-type DST fit (defect_type is set per type)
+    seg: SegConfig = field(default_factory=SegConfig)  # segmenter training; synthetic/data filled in by the pipeline
+    generate: GenerateConfig = field(default_factory=GenerateConfig)  # generation settings (out/models filled in)
