@@ -19,8 +19,7 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50"])
-@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("backbone, channels", [("resnet18", 1), ("resnet18", 3), ("resnet34", 1), ("resnet50", 3)])
 def test_buttonlab_shapes(backbone, channels, no_network):
     torch.manual_seed(0)
     net = buttonlab(backbone=backbone, in_channels=channels).eval()

@@ -59,7 +59,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HIGH_CHANNELS = 256  # 1x1 projection of layer4 in place of ASPP (DeepLab v3+ ASPP output width)
 LOW_CHANNELS = 48  # low-level projection width, "proposed by authors" of DeepLab v3+
 LOCAL_CHANNELS = 48  # branch projection width: we treat local features like low-level ones
-DECODER_CHANNELS = (256, 128)  # width of the 1/4 and 1/2 decoder stages
+DECODER_CHANNELS = (128, 64)  # widths of the 1/4 and 1/2 decoder stages (ours: (256, 128) was ~1.5x slower on CPU)
 
 
 def to_rgb_normalised(x: torch.Tensor) -> torch.Tensor:
