@@ -89,13 +89,13 @@ class SegConfig:
     arch: str = "buttonlab"  # "buttonlab" | "deeplabv3plus" | "unet"
     backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50 (paper: resnet50)
     weights: str = "random"  # backbone weights: "imagenet" | path | "random"
-    image_size: int = 256  # images are letterboxed (resize long side + pad) to this square size
-    crop_size: int = 128  # Buttonlab branch crop during training (partial-image input strategy)
+    image_size: int = 256  # images are letterboxed (resize long side + zero pad) to this square size; metrics too
+    crop_size: int = 128  # Buttonlab branch crop during training (partial-image input strategy); rounded down to even
     lr: float = 2e-3  # Adam learning rate (paper §4)
     batch_size: int = 8  # paper §4
     steps: int = 600  # optimiser steps
     defect_weight: float = 1.0  # cross-entropy weight of defect pixels (background = 1)
-    augment: bool = True  # flips, 90° rotations, brightness/contrast jitter
+    augment: bool = True  # flips, 90° and small rotations, random resized crop, brightness/contrast (segdata.py)
     synthetic: list[str] = field(default_factory=list)  # generated Parquet datasets to train on
     real_splits: list[str] = field(default_factory=list)  # real splits to train on ("train", "reference")
     real_limit: int | None = None  # use only the first N real samples (paper Fig. 6)
