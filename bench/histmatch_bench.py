@@ -7,7 +7,7 @@ same function called one sample at a time, and skimage's ``match_histograms`` on
 extracted pixels of each region (put back). Real MT images/masks are used when
 ``/work/shared/data/magnetic-tile`` exists, random images and blobs otherwise.
 
-    python bench/histmatch_bench.py [--n 64] [--size 256] [--device cpu]
+    python bench/histmatch_bench.py [--n 64] [--size 256] [--device cpu] [--threads 1]
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def _inputs(n: int, size: int, seed: int = 0):
             m = io.imread(MT / defect_masks[i % len(defect_masks)]["mask"]) >= 128
             masks[i] = transform.resize(m, (size, size), order=0) > 0.5
         masks[masks.reshape(n, -1).sum(1) == 0] = _blob(rng, size)
-        return src, masks, io.imread(MT / ref["image"]).astype(np.float32) / 255, io.imread(MT / ref["mask"]) >= 128, "magnetic-tile"
+        ref_image = io.imread(MT / ref["image"]).astype(np.float32) / 255
+        return src, masks, ref_image, io.imread(MT / ref["mask"]) >= 128, "magnetic-tile"
     src = rng.random((n, size, size), dtype=np.float32)
     return src, masks, rng.random((size, size), dtype=np.float32) ** 2, _blob(rng, size), "random"
 
@@ -82,7 +83,10 @@ def run(n: int = 64, size: int = 256, repeats: int = 3, device: str = "cpu") -> 
     rm = torch.from_numpy(ref_mask)[None, None].to(device)
     t_sk, out_sk = _best(skimage_regions, repeats)
     t_batch, out_batch = _best(lambda: histmatch(s, m, r, rm), repeats)
-    t_loop, out_loop = _best(lambda: torch.cat([histmatch(s[i : i + 1], m[i : i + 1], r, rm) for i in range(n)]), repeats)
+    def torch_loop():
+        return torch.cat([histmatch(s[i : i + 1], m[i : i + 1], r, rm) for i in range(n)])
+
+    t_loop, out_loop = _best(torch_loop, repeats)
     out_batch = out_batch[:, 0].cpu().numpy()
     return {
         "data": data,
@@ -108,6 +112,10 @@ if __name__ == "__main__":
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
-    res = run(n=p.parse_args().n, size=p.parse_args().size, repeats=p.parse_args().repeats, device=p.parse_args().device)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = run(n=args.n, size=args.size, repeats=args.repeats, device=args.device)
     for k, v in res.items():
         print(f"{k:>26}: {v:.4g}" if isinstance(v, float) else f"{k:>26}: {v}")

@@ -124,9 +124,9 @@ class AreaSampler:
     def sample(
         self, height: int, width: int, generator: torch.Generator | int, roi: Tensor | None = None
     ) -> Tensor:
-        g = _as_generator(generator)
-        if height < 2 * self.cfg.margin + 1 or width < 2 * self.cfg.margin + 1:
-            raise ValueError(f"a {height}x{width} image leaves no room for an area with margin {self.cfg.margin}")
+        g, cfg = _as_generator(generator), self.cfg
+        if height < 2 * cfg.margin + 1 or width < 2 * cfg.margin + 1:
+            raise ValueError(f"a {height}x{width} image leaves no room for an area with margin {cfg.margin}")
         inside = None
         if roi is not None:
             inside = _check_mask(roi, "roi")
@@ -258,7 +258,8 @@ def crop_window(area: Tensor, size: int, context: int = 4) -> tuple[int, int, in
 def paste_window(full: Tensor, window: Tensor, box: tuple[int, int, int, int]) -> Tensor:
     """A copy of ``full`` (...,H,W) with ``window`` (...,h,w) written at box=(top, left, h, w)."""
     top, left, h, w = box
-    if window.shape[-2:] != (h, w) or top < 0 or left < 0 or top + h > full.shape[-2] or left + w > full.shape[-1]:
+    height, width = full.shape[-2:]
+    if window.shape[-2:] != (h, w) or top < 0 or left < 0 or top + h > height or left + w > width:
         raise ValueError(f"window {tuple(window.shape)} does not fit box {box} in {tuple(full.shape)}")
     out = full.clone()
     out[..., top : top + h, left : left + w] = window

@@ -22,6 +22,7 @@ host (the longest row).
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import numpy as np
@@ -82,7 +83,7 @@ def _reference(values: Tensor, count: Tensor) -> SortedReference:
     return SortedReference(values=s, table=table, count=count)
 
 
-def sorted_reference(values: Tensor, valid: Tensor | None = None) -> SortedReference:
+def _flat_reference(values: Tensor, valid: Tensor | None = None) -> SortedReference:
     """Sort rows of ``values (*, M)``, keeping only ``valid (*, M)`` (bool) entries.
 
     Raises ValueError when a row has no valid entry.
@@ -116,18 +117,19 @@ def _map_sorted(s: Tensor, n: Tensor, ref: SortedReference) -> Tensor:
 
 
 def match_to_sorted(
-    values: Tensor, ref: SortedReference | Tensor, valid: Tensor | None = None
+    values: Tensor, sorted_ref: SortedReference | Tensor, valid: Tensor | None = None
 ) -> Tensor:
     """Core quantile mapping on flat value sets (skimage's ``_match_cumulative_cdf``).
 
-    values (*, L) float; ``ref`` a :class:`SortedReference` whose leading dims broadcast to
-    ``*`` (or a plain tensor (*, M), every entry used); valid (*, L) bool or None (all).
-    Returns (*, L): each row's valid values mapped to the distribution of the same row of
-    ``ref``; invalid values returned unchanged (``torch.where``). A row without valid values
-    is returned unchanged. Not differentiable (it is a target); no grad is recorded.
+    values (*, L) float; ``sorted_ref`` a :class:`SortedReference` whose leading dims
+    broadcast to ``*`` (or a plain tensor (*, M), every entry used, any order); valid
+    (*, L) bool or None (all). Returns (*, L): each row's valid values mapped to the
+    distribution of the same row of ``sorted_ref``; invalid values returned unchanged
+    (``torch.where``). A row without valid values is returned unchanged. Not
+    differentiable (it is a target); no grad is recorded.
     """
-    if not isinstance(ref, SortedReference):
-        ref = sorted_reference(ref)
+    if not isinstance(sorted_ref, SortedReference):
+        sorted_ref = _flat_reference(sorted_ref)
     with torch.no_grad():
         if valid is None:
             n = torch.full(values.shape[:-1], values.shape[-1], device=values.device, dtype=torch.long)
@@ -137,7 +139,7 @@ def match_to_sorted(
             n = valid.sum(-1).clamp(min=1)
             x = torch.where(valid, values, torch.full_like(values, float("inf")))
         s, order = _sort_rows(x)
-        mapped = torch.empty_like(values).scatter_(-1, order, _map_sorted(s, n, ref))
+        mapped = torch.empty_like(values).scatter_(-1, order, _map_sorted(s, n, sorted_ref))
         return mapped if valid is None else torch.where(valid, mapped, values)
 
 
@@ -239,14 +241,14 @@ def histmatch(
         # does not pad every row of the batch; samples are ordered by class so that each
         # pass reads a contiguous slice of the masked pixels; empty masks are left as is
         sizes = mask.view(torch.uint8).sum(-1, dtype=torch.int32).tolist()
-        order_n = sorted((i for i in range(n) if sizes[i]), key=lambda i: sizes[i].bit_length())
+        size_class = [c.bit_length() for c in sizes]
+        order_n = sorted((i for i in range(n) if sizes[i]), key=size_class.__getitem__)
         perm = torch.tensor(order_n, dtype=torch.long, device=dev)
-        rows, cols, pos, counts = _masked_pixels(mask[perm])  # rows index into perm
-        bounds = np.cumsum([0] + [sizes[i] for i in order_n]).tolist()
+        rows, cols, pos, counts = _masked_pixels(mask if order_n == list(range(n)) else mask[perm])
+        bounds = np.cumsum([0] + [sizes[i] for i in order_n]).tolist()  # pixel slice per sample
         start = 0
-        while start < len(order_n):
-            cls = sizes[order_n[start]].bit_length()
-            stop = next((j for j in range(start, len(order_n)) if sizes[order_n[j]].bit_length() != cls), len(order_n))
+        for _, group in itertools.groupby(order_n, key=size_class.__getitem__):
+            stop = start + len(list(group))
             e = slice(bounds[start], bounds[stop])
             idx, length = perm[start:stop], max(sizes[i] for i in order_n[start:stop])
             vals, pix = _padded(x, perm[rows[e]], cols[e], rows[e] - start, pos[e], stop - start, length)
@@ -288,7 +290,8 @@ def histmatch_np(
     src = np.asarray(source)
     if src.ndim not in (2, 3) or np.ndim(reference) != src.ndim:
         raise ValueError(
-            f"source and reference must both be HxW or HxWxC; got {np.shape(source)} and {np.shape(reference)}"
+            "source and reference must both be HxW or HxWxC; got "
+            f"{np.shape(source)} and {np.shape(reference)}"
         )
     dtype = src.dtype if src.dtype.kind == "f" else np.float64
 

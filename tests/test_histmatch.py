@@ -79,10 +79,17 @@ def test_batch_of_different_masks_equals_one_by_one():
     sm = torch.from_numpy(np.stack([_blob(rng, 24, 30) for _ in range(n)]))[:, None]
     rm = torch.from_numpy(np.stack([_blob(rng, 20, 22) for _ in range(n)]))[:, None]
     sm[2] = False  # an empty source mask leaves that sample unchanged
+    sm[0] = False
+    sm[0, 0, 3, 4] = True  # one pixel: size classes 1 .. 10 in one batch
+    sm[3] = True
+    rm[1] = False
+    rm[1, 0, 5, 5] = True  # a one-pixel reference
     batch = histmatch(src, sm, ref, rm)
-    single = torch.cat([histmatch(src[i : i + 1], sm[i : i + 1], ref[i : i + 1], rm[i : i + 1]) for i in range(n)])
-    assert torch.equal(batch, single)
+    one = [histmatch(src[i : i + 1], sm[i : i + 1], ref[i : i + 1], rm[i : i + 1]) for i in range(n)]
+    assert torch.equal(batch, torch.cat(one))
     assert torch.equal(batch[2], src[2])
+    assert torch.equal(batch[0, :, 3, 4], ref[0][rm[0].expand(2, -1, -1)].view(2, -1).max(-1).values)
+    assert torch.equal(batch[1][sm[1].expand(2, -1, -1)].view(2, -1).unique(dim=-1), ref[1, :, 5, 5, None])
     # one shared reference (1,C,...) broadcast over the batch, also precomputed
     shared = histmatch(src, sm, ref[:1], rm[:1])
     assert torch.equal(shared, histmatch(src, sm, sort_reference(ref[:1], rm[:1])))
@@ -103,8 +110,13 @@ def test_numpy_equals_torch_and_keeps_float_dtype():
         for dtype in (np.float32, np.float64):
             got = histmatch_np(src.astype(dtype), sm, ref.astype(dtype), rm)
             assert got.dtype == dtype and got.shape == shape
-            t = lambda a: torch.from_numpy(a.astype(dtype).reshape(20, 26, -1)).permute(2, 0, 1)[None]  # noqa: E731
-            via_torch = histmatch(t(src), torch.from_numpy(sm)[None, None], t(ref), torch.from_numpy(rm)[None, None])
+            def t(a):
+                return torch.from_numpy(a.astype(dtype).reshape(20, 26, -1)).permute(2, 0, 1)[None]
+
+            def tm(a):
+                return torch.from_numpy(a)[None, None]
+
+            via_torch = histmatch(t(src), tm(sm), t(ref), tm(rm))
             assert np.array_equal(got, via_torch[0].permute(1, 2, 0).numpy().reshape(shape))
     u8 = (rng.random((10, 10)) * 255).astype(np.uint8)
     assert histmatch_np(u8, u8 > 100, u8, u8 < 100).dtype == np.float64
