@@ -7,7 +7,7 @@ same function called one sample at a time, and skimage's ``match_histograms`` on
 extracted pixels of each region (put back). Real MT images/masks are used when
 ``/work/shared/data/magnetic-tile`` exists, random images and blobs otherwise.
 
-    python bench/histmatch_bench.py [--n 64] [--size 256] [--device cpu] [--threads 1]
+    python bench/histmatch_bench.py [--n 64] [--size 256] [--device cpu] [--threads 1] [--data random]
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ def _blob(rng: np.random.Generator, size: int) -> np.ndarray:
     return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
 
 
-def _inputs(n: int, size: int, seed: int = 0):
+def _inputs(n: int, size: int, data: str = "auto", seed: int = 0):
     """sources (n,size,size) float32, masks (n,size,size) bool, reference + mask (HxW)."""
     rng = np.random.default_rng(seed)
     masks = np.stack([_blob(rng, size) for _ in range(n)])
-    if (MT / "splits.csv").exists():
+    if data != "random" and (MT / "splits.csv").exists():
         rows = list(csv.DictReader(open(MT / "splits.csv")))
         free = [r for r in rows if r["split"] == "background"][:n]
         ref = next(r for r in rows if r["split"] == "reference" and r["defect_type"] == "fray")
@@ -67,9 +67,12 @@ def _best(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def run(n: int = 64, size: int = 256, repeats: int = 3, device: str = "cpu") -> dict:
-    """Time the three implementations on the same inputs; returns seconds, ratios, max diffs."""
-    src, masks, ref, ref_mask, data = _inputs(n, size)
+def run(n: int = 64, size: int = 256, repeats: int = 3, device: str = "cpu", data: str = "auto") -> dict:
+    """Time the three implementations on the same inputs; returns seconds, ratios, max diffs.
+
+    data: "auto" (Magnetic Tile when present, else random) or "random".
+    """
+    src, masks, ref, ref_mask, data = _inputs(n, size, data)
 
     def skimage_regions():
         out = src.copy()
@@ -112,10 +115,11 @@ if __name__ == "__main__":
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--data", default="auto", choices=["auto", "random"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = run(n=args.n, size=args.size, repeats=args.repeats, device=args.device)
+    res = run(n=args.n, size=args.size, repeats=args.repeats, device=args.device, data=args.data)
     for k, v in res.items():
         print(f"{k:>26}: {v:.4g}" if isinstance(v, float) else f"{k:>26}: {v}")
