@@ -136,6 +136,8 @@ class AreaSampler:
             area = self._draw(height, width, g)
             if area is not None and (inside is None or not bool((area & ~inside).any())):
                 return area[None].float()
+        if inside is None:  # every draw vanished under nearest-neighbour downscaling
+            raise ValueError(f"no non-empty area after {self.max_tries} draws; raise AreaConfig.scale_min")
         raise ValueError(
             f"no area fitting the roi after {self.max_tries} draws; the roi may be too small for "
             f"this defect's shape: lower AreaConfig.scale_min or pass a larger roi"
