@@ -91,3 +91,21 @@ def test_crop_loss_depends_only_on_the_crop_labels():
         a = masked_cross_entropy(out, target[..., top:top + h, left:left + w], ones)
         b = masked_cross_entropy(out, other[..., top:top + h, left:left + w], ones)
     assert a == b
+
+
+@pytest.mark.parametrize("arch", ["buttonlab", "unet"])
+def test_weights_from_a_torchvision_state_dict_file(tmp_path, arch, no_network):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(1)
+    state = resnet18().state_dict()
+    torch.save(state, tmp_path / "r18.pth")
+    net = build_segmenter(SegConfig(arch=arch, backbone="resnet18", weights=str(tmp_path / "r18.pth")))
+    if arch == "buttonlab":
+        encoder, branch = net.backbone, net.branch
+        torch.testing.assert_close(branch.conv1.weight, state["conv1.weight"])  # the branch copies the weights
+        torch.testing.assert_close(branch.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+    else:
+        encoder = net.model.encoder
+    for key in ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.bn2.running_var"):
+        torch.testing.assert_close(encoder.state_dict()[key], state[key])
