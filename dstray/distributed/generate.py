@@ -88,8 +88,14 @@ def prepare(cfg: GenerateConfig) -> dict:
         raise ValueError(f"--generator must be one of {GENERATORS}; got {cfg.generator!r}")
     dataset = load_dataset(cfg.data)
     types = sorted({s.defect_type for s in dataset.references()})
-    if cfg.type_weights:
-        types = sorted(t for t in types if cfg.type_weights.get(t, 0) > 0 or t not in cfg.type_weights)
+    weights = None
+    if cfg.type_weights:  # a type with weight 0 or left out is not generated (and needs no model)
+        unknown = sorted(set(cfg.type_weights) - set(types))
+        if unknown:
+            raise ValueError(f"--type-weights names {unknown}, which are not defect types with a reference "
+                             f"in {dataset.root}; known: {types}")
+        weights = {t: w for t, w in cfg.type_weights.items() if w > 0}
+        types = sorted(weights)
     if not types:
         raise ValueError(f"{dataset.root}: no defect type has a reference image; nothing to generate")
     backgrounds = dataset.backgrounds()
@@ -113,8 +119,8 @@ def prepare(cfg: GenerateConfig) -> dict:
             path = _model_path(cfg.models, t)
             if not storage.exists(path):
                 raise ValueError(f"no DST model for defect type {t!r} at {path}; "
-                                 f"fit it with `dstray fit-dst --all --out {cfg.models}` or drop the type "
-                                 "with --type-weights")
+                                 f"fit it with `dstray fit-dst --all --out {cfg.models}` or leave the type out "
+                                 "of --type-weights")
             blob = storage.read_bytes(path)
             models[t] = blob
             digests[t] = hashlib.sha256(blob).hexdigest()[:16]
@@ -123,7 +129,7 @@ def prepare(cfg: GenerateConfig) -> dict:
 
     plan = plan_samples(num_samples=cfg.num_samples, seed=cfg.seed, defect_types=types,
                         background_ids=[b.id for b in backgrounds], reference_ids=ref_ids,
-                        type_weights=cfg.type_weights)
+                        type_weights=weights)
     plan_digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "cfg": to_dict(cfg),

@@ -180,8 +180,8 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
     t0 = time.perf_counter()
     from dstray.report import write_report
 
+    record("report", t0, "new", path=str(run / "report" / "index.html"))  # before writing: the report shows it
     html = write_report(run)
-    record("report", t0, "new", path=str(html))
     print(f"pixel F1 on the real {seg_cfg.eval_split} split: {pixel['f1']:.4f}  "
           f"(precision {pixel['precision']:.4f}, recall {pixel['recall']:.4f})", flush=True)
     print(f"report: {html}", flush=True)

@@ -99,3 +99,11 @@ def test_bad_backgrounds_are_rejected_not_fatal(ray_cluster, tmp_path):
     assert bgs[0].id in set(rejects["background_id"])
     assert rejects["reason"].str.len().min() > 0
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["rejected"] == summary["rejected"]
+
+
+def test_type_weights_choose_and_drop_types(ray_cluster, tmp_path):
+    _generate(tmp_path, num_samples=8, type_weights={"crack": 3.0, "blowhole": 1.0, "fray": 0.0})
+    counts = pd.read_parquet(tmp_path / "data")["defect_type"].value_counts().to_dict()
+    assert counts == {"crack": 6, "blowhole": 2}
+    with pytest.raises(ValueError, match="not defect types"):
+        _generate(tmp_path / "x", type_weights={"scratch": 1.0})
