@@ -42,9 +42,13 @@ def _inputs(n: int, size: int, data: str = "auto", seed: int = 0):
         rows = list(csv.DictReader(open(MT / "splits.csv")))
         free = [r for r in rows if r["split"] == "background"][:n]
         ref = next(r for r in rows if r["split"] == "reference" and r["defect_type"] == "fray")
-        src = np.stack(
-            [transform.resize(io.imread(MT / free[i % len(free)]["image"]), (size, size)) for i in range(n)]
-        ).astype(np.float32)
+        # decoded 8-bit backgrounds (values k/255, what DST matches), cropped/reflect-padded to size
+        def window(a: np.ndarray) -> np.ndarray:
+            a = np.pad(a, [(0, max(0, size - a.shape[0])), (0, max(0, size - a.shape[1]))], mode="reflect")
+            return a[:size, :size]
+
+        src = np.stack([window(io.imread(MT / free[i % len(free)]["image"])) for i in range(n)])
+        src = src.astype(np.float32) / 255
         defect_masks = [r for r in rows if r["split"] in ("train", "reference")]
         for i in range(0, n, 2):  # half the areas are real defect masks, resized
             m = io.imread(MT / defect_masks[i % len(defect_masks)]["mask"]) >= 128

@@ -106,14 +106,46 @@ def _map_sorted(s: Tensor, n: Tensor, ref: SortedReference) -> Tensor:
     broadcastable to ``*``. Returns (*, L) in s.dtype, the mapped value of each sorted
     entry (entries past n are meaningless): ``np.interp(c/n, ...)`` with c = #{row <= v}.
     """
-    lead, length = s.shape[:-1], s.shape[-1]
-    q = _run_ends(s).double() / n[..., None]
+    return _interp_quantiles(_run_ends(s).double() / n[..., None], ref).to(s.dtype)
+
+
+def _interp_quantiles(q: Tensor, ref: SortedReference) -> Tensor:
+    """``np.interp(q, ref quantiles, ref values)`` for quantiles q (*, L) float64 -> (*, L) float64."""
+    lead, length = q.shape[:-1], q.shape[-1]
     m = ref.count[..., None]
     # the first reference index whose quantile (k+1)/m reaches q; its run's segment holds q
     k = torch.minimum(torch.ceil(q * m).long() - 1, m - 1).clamp_(min=0)
     table = ref.table.expand(*lead, *ref.table.shape[-2:])
     lo, q_lo, slope = torch.gather(table, -2, k[..., None].expand(*lead, length, 3)).unbind(-1)
-    return (lo + (q - q_lo) * slope).to(s.dtype)
+    return lo + (q - q_lo) * slope
+
+
+LEVELS = 256  # 8-bit images: every value decoded from a PNG/JPEG file is k/255
+
+
+def _histmatch_8bit(x: Tensor, mask: Tensor, reference: SortedReference) -> Tensor | None:
+    """Fast path of :func:`histmatch` when the masked values are all k/255 (decoded 8-bit images).
+
+    x (N,C,P), mask (N,P) bool. With at most 256 distinct values the sorted-rows pass
+    reduces to a histogram: a bincount per (sample, channel) over the masked pixels; its
+    cumulative sum gives each level's quantile #{source <= v}/n (skimage's), mapped through
+    the reference once per level into a lookup table. O(masked pixels), no sort.
+    Returns None when the values are not 8-bit levels in [0, 1] (use the general path).
+    """
+    n, ch, _ = x.shape
+    rows, cols = mask.nonzero(as_tuple=True)
+    vals = x[rows, :, cols]  # (K, C)
+    levels = (vals * (LEVELS - 1)).round()
+    if not (bool((levels >= 0).all()) and bool((levels <= LEVELS - 1).all())
+            and torch.equal(levels / (LEVELS - 1), vals)):
+        return None
+    slot = (rows[:, None] * ch + torch.arange(ch, device=x.device)) * LEVELS + levels.long()  # (K, C)
+    hist = torch.bincount(slot.reshape(-1), minlength=n * ch * LEVELS).view(n, ch, LEVELS)
+    count = torch.bincount(rows, minlength=n).clamp(min=1).view(n, 1, 1)
+    lut = _interp_quantiles(hist.cumsum(-1).double() / count, reference).to(x.dtype)  # (N, C, 256)
+    out = x.clone(memory_format=torch.contiguous_format)
+    out[rows, :, cols] = lut.reshape(-1)[slot]
+    return out
 
 
 def match_to_sorted(
@@ -236,6 +268,10 @@ def histmatch(
     mask = _as_bool(source_mask).to(dev).reshape(n, p)
     with torch.no_grad():
         x = source.reshape(n, ch, p)
+        if x.dtype in (torch.float32, torch.float64):  # decoded 8-bit images: histogram fast path
+            fast = _histmatch_8bit(x, mask, reference)
+            if fast is not None:
+                return fast.reshape(n, ch, h, w)
         out = x.clone(memory_format=torch.contiguous_format)
         # one pass per size class (areas within a factor of two), so that a large area
         # does not pad every row of the batch; samples are ordered by class so that each

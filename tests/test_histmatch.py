@@ -172,3 +172,20 @@ def test_cuda_equals_cpu():
     gpu = histmatch(src.cuda(), sm.cuda(), ref.cuda(), rm.cuda())
     assert gpu.is_cuda and (gpu.cpu() - cpu).abs().max() <= 1e-6
     assert torch.equal(gpu.cpu()[~sm.expand_as(src)], src[~sm.expand_as(src)])
+
+
+def test_8bit_histogram_path_equals_sorted_path():
+    """Decoded 8-bit images take the histogram fast path; it must equal the general sorted path."""
+    rng = np.random.default_rng(21)
+    n, ch = 5, 3
+    src = torch.from_numpy(rng.integers(0, 256, (n, ch, 33, 41)) / 255).float()  # exact k/255: fast path
+    masks = torch.stack([torch.from_numpy(_blob(rng, 33, 41)) for _ in range(n)])[:, None]
+    masks[2] = False  # an empty area is left unchanged
+    ref = torch.from_numpy(rng.random((1, ch, 30, 30)) ** 2).float()
+    ref_mask = torch.from_numpy(_blob(rng, 30, 30))[None, None]
+    fast = histmatch(src, masks, ref, ref_mask)
+    # float64 copies of float32 k/255 are not k/255 in float64, so this call takes the sorted path
+    slow = histmatch(src.double(), masks, ref.double(), ref_mask).float()
+    assert torch.allclose(fast, slow, atol=1e-6, rtol=0)
+    assert torch.equal(fast[~masks.expand_as(src)], src[~masks.expand_as(src)])
+    assert torch.equal(fast[2], src[2])
