@@ -1,0 +1,183 @@
+"""Segmentation subcommands of ``dstray``: ``train-seg`` (Ray Train), ``evaluate`` (pure torch), ``tune`` (Ray Tune).
+
+``register(subparsers)`` adds them to the ``dstray`` parser (``dstray.cli.build_parser``).
+SegConfig options are generated from the dataclass (``--lr``, ``--crop-size`` ...);
+``--config FILE`` loads a SegConfig JSON first (e.g. ``best_config.json`` written by
+``dstray tune``) and the options given on the command line override it.
+
+Examples::
+
+    dstray train-seg --synthetic runs/generated --real-splits train --steps 600 --out runs/seg
+    dstray train-seg --config runs/tune/best_config.json --num-workers 2 --out runs/seg-best
+    dstray evaluate --model runs/seg/model.pt --split test --out runs/seg/eval-test
+    dstray tune --synthetic runs/generated --steps 300 --eval-every 50 --num-samples 16 \\
+        --space lr=1e-4:1e-2,log --space backbone=resnet18,resnet50 --out runs/tune
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+TRAIN_HELP = "train a segmenter with Ray Train (data parallel, Ray Data ingestion, resumable)"
+EVAL_HELP = "evaluate a segmenter checkpoint on a real split (pixel P/R/F1/IoU, image-level detection)"
+TUNE_HELP = "search segmenter hyper-parameters with Ray Tune (ASHA on pixel F1 of the real test split)"
+
+
+def _base_config(args):
+    """SegConfig: ``--config FILE`` (or defaults), then the SegConfig options given on the command line."""
+    from dstray.cli import build_config
+    from dstray.config import SegConfig, load
+
+    base = load(SegConfig, args.config) if args.config else None
+    return build_config(SegConfig, args, base=base)
+
+
+def _ray_options(s: argparse.ArgumentParser, *, default_name: str) -> None:
+    s.add_argument("--config", default=None, help="SegConfig JSON to start from (CLI options override it)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--storage-path", default=None, help="Ray checkpoint storage (folder or s3://...); default OUT/_ray")
+    s.add_argument("--name", default=default_name,
+                   help=f"run name under the storage path; the same name resumes (default: {default_name})")
+    s.add_argument("--use-gpu", default="auto", choices=["auto", "true", "false"])
+    s.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local runtime)")
+
+
+# --------------------------------------------------------------------------- train-seg
+def cmd_train_seg(args) -> int:
+    from dstray.distributed.segment import train_seg
+
+    cfg = _base_config(args)
+    result = train_seg(cfg, out=args.out, num_workers=args.num_workers, use_gpu=args.use_gpu,
+                       cpus_per_worker=args.cpus_per_worker, storage_path=args.storage_path, name=args.name,
+                       max_failures=args.max_failures, address=args.address)
+    m = result.metrics
+    if result.skipped:
+        start = "already done: nothing to do"
+    else:
+        start = f"resumed from step {result.resumed_from}" if result.resumed_from else "from scratch"
+    print(f"trained {result.steps} steps ({start}) in {result.seconds:.1f} s: loss {m.get('loss', math.nan):.4f}, "
+          f"F1 {m.get('f1', math.nan):.4f}, P {m.get('precision', math.nan):.4f}, R {m.get('recall', math.nan):.4f}, "
+          f"IoU {m.get('iou', math.nan):.4f}")
+    print(f"wrote {result.model}\nwrote {result.history}\nwrote {result.eval_dir}/eval.{{json,csv,png}}")
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+def format_eval(result: dict) -> str:
+    """The evaluation table: pixel P/R/F1/IoU overall and per type, then image-level detection and false alarms."""
+    head = f"{'set':<12} {'images':>6} {'precision':>9} {'recall':>7} {'F1':>7} {'IoU':>7}"
+    lines = [f"{result['n_images']} images, {result['resolution']}, threshold {result['threshold']}", head,
+             "-" * len(head)]
+    rows = [("all", result["n_images"], result["pixel"])]
+    rows += [(t, r.get("images", ""), r) for t, r in result["per_type"].items()]
+    for name, n, r in rows:
+        lines.append(f"{name:<12} {n:>6} {r['precision']:>9.4f} {r['recall']:>7.4f} {r['f1']:>7.4f} {r['iou']:>7.4f}")
+    im = result["image"]
+    lines.append(f"image level: {im['detected']}/{im['defect_images']} defect images detected "
+                 f"(rate {im['detection_rate']:.3f}); {im['false_alarms']}/{im['free_images']} defect-free images "
+                 f"with a false alarm (rate {im['false_alarm_rate']:.3f})")
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(model: str, *, out: str, data: str | None = None, split: str | None = None,
+                        device: str = "auto", threshold: float | None = None) -> tuple[dict, dict]:
+    """Load a :meth:`SegTrainer.save` checkpoint, evaluate it on a real split, write ``out/eval.{json,csv,png}``.
+
+    ``data``/``split``/``threshold`` default to the checkpoint's config. Returns ``(result, paths)``.
+    """
+    from dataclasses import replace
+    from pathlib import Path
+
+    from dstray.data import load_dataset
+    from dstray.segment import evaluate, load_segmenter, write_eval
+
+    if not Path(model).is_file():
+        raise FileNotFoundError(f"no checkpoint at {model}; give the model.pt written by `dstray train-seg`")
+    net, cfg = load_segmenter(model, device)
+    cfg = replace(cfg, **{k: v for k, v in {"data": data, "eval_split": split, "threshold": threshold}.items()
+                          if v is not None})
+    dataset = load_dataset(cfg.data)
+    samples = dataset.split(cfg.eval_split)
+    if not samples:
+        raise ValueError(f"{dataset.root}: split {cfg.eval_split!r} has no samples; choose --split among "
+                         f"{sorted({s.split for s in dataset.samples})}")
+    result = evaluate(net, samples, cfg, next(net.parameters()).device)
+    return result, write_eval(result, out)
+
+
+def cmd_evaluate(args) -> int:
+    result, paths = evaluate_checkpoint(args.model, out=args.out, data=args.data, split=args.split,
+                                        device=args.device, threshold=args.threshold)
+    print(format_eval(result))
+    for p in paths.values():
+        print(f"wrote {p}")
+    return 0
+
+
+# --------------------------------------------------------------------------- tune
+def cmd_tune(args) -> int:
+    from dstray.distributed.segment import parse_space, tune_seg
+
+    base = _base_config(args)
+    space = parse_space(args.space, defaults=not args.no_default_space)
+    result = tune_seg(base, out=args.out, space=space, num_samples=args.num_samples,
+                      max_concurrent=args.max_concurrent, grace_period=args.grace_period,
+                      reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
+                      gpus_per_trial=args.gpus_per_trial, use_gpu=args.use_gpu, storage_path=args.storage_path,
+                      name=args.name, max_failures=args.max_failures, search_seed=args.search_seed,
+                      address=args.address)
+    print(open(result.table_md).read())
+    print(f"best trial {result.best['trial']}: F1 {result.best['best_f1']:.4f} at step {result.best['best_step']}; "
+          f"config {json.dumps({k: result.best[k] for k in space})}")
+    for p in (result.table_csv, result.table_md, result.best_config, result.plot):
+        print(f"wrote {p}")
+    print(f"train it: dstray train-seg --config {result.best_config} --out OUT")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def register(subparsers) -> None:
+    """Add ``train-seg``, ``evaluate`` and ``tune`` to the ``dstray`` subparsers."""
+    from dstray.cli import add_config_args
+    from dstray.config import SegConfig
+    from dstray.distributed.segment import SPACE_HELP  # light: torch and ray are imported where used
+
+    s = subparsers.add_parser("train-seg", help=TRAIN_HELP, description=TRAIN_HELP + ". Writes OUT/model.pt, "
+                              "OUT/history.csv and OUT/eval/eval.{json,csv,png}. --batch-size is per worker. "
+                              "--device is ignored: Ray places the workers (--use-gpu).")
+    _ray_options(s, default_name="train-seg")
+    s.add_argument("--num-workers", type=int, default=1, help="data-parallel Train workers (DDP when > 1)")
+    s.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Train worker")
+    s.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint")
+    add_config_args(s, SegConfig)
+    s.set_defaults(func=cmd_train_seg)
+
+    s = subparsers.add_parser("evaluate", help=EVAL_HELP, description=EVAL_HELP + " (no Ray).")
+    s.add_argument("--model", required=True, help="checkpoint (model.pt of train-seg)")
+    s.add_argument("--data", default=None, help="dataset folder or manifest CSV (default: the model's, else the "
+                   "embedded sample)")
+    s.add_argument("--split", default=None, help="real split to evaluate (default: the model's eval_split, 'test')")
+    s.add_argument("--out", required=True, help="output folder for eval.{json,csv,png}")
+    s.add_argument("--threshold", type=float, default=None, help="defect probability threshold (default: the model's)")
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = subparsers.add_parser("tune", help=TUNE_HELP, description=TUNE_HELP + ". Writes OUT/results.{csv,md} "
+                              "(one row per trial), OUT/best_config.json (for train-seg --config) and "
+                              "OUT/f1_per_trial.png. The SegConfig options set the base config of every trial.")
+    _ray_options(s, default_name="tune-seg")
+    s.add_argument("--space", action="append", default=[], metavar="KEY=SPEC", help=SPACE_HELP)
+    s.add_argument("--no-default-space", action="store_true", help="search only the --space keys")
+    s.add_argument("--num-samples", type=int, default=8, help="number of trials")
+    s.add_argument("--max-concurrent", type=int, default=2, help="trials running at once (0: as resources allow)")
+    s.add_argument("--grace-period", type=int, default=1, help="ASHA: evaluations before a trial may be stopped")
+    s.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep 1/factor of trials per rung")
+    s.add_argument("--cpus-per-trial", type=float, default=1.0)
+    s.add_argument("--gpus-per-trial", type=float, default=1.0, help="GPUs per trial when GPUs are used (0.5: two "
+                   "trials share one)")
+    s.add_argument("--max-failures", type=int, default=1, help="restarts of a failed trial from its checkpoint")
+    s.add_argument("--search-seed", type=int, default=0, help="seed of the random search")
+    add_config_args(s, SegConfig)
+    s.set_defaults(func=cmd_tune)
