@@ -540,21 +540,12 @@ def _losses_section(page: _Page, run: Path, pipeline: dict, checkpoints: dict) -
         parts.append(page.figure("dst-losses.png", fig, "DST loss terms per defect type"))
 
     parts.append("<h3>Segmentation training</h3>")
-    path = run / "seg" / "history.jsonl"
-    if not path.exists():
-        parts.append(_not_run("no segmentation history (RUN/seg/history.jsonl)"))
-        return "\n".join(parts)
-    history, bad = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                history.append(json.loads(line))
-            except json.JSONDecodeError:
-                bad += 1
-    if bad:
-        parts.append(f'<p class="error">{bad} unreadable line(s) in seg/history.jsonl skipped</p>')
+    history, problem = _seg_history(run / "seg")
+    if problem:
+        parts.append(problem)
     if not history:
-        parts.append('<p class="notrun">seg/history.jsonl has no entries</p>')
+        if not problem:
+            parts.append(_not_run("no segmentation history (RUN/seg/history.csv or history.jsonl)"))
         return "\n".join(parts)
     steps = [h.get("step", j + 1) for j, h in enumerate(history)]
     fig = Figure(figsize=(10, 3.4), layout="constrained")
@@ -641,3 +632,36 @@ def _timings_section(run: Path, pipeline: dict) -> str:
     else:
         parts.append(_not_run("no generation summary (RUN/generated/summary.json)"))
     return "\n".join(parts)
+
+
+def _seg_history(seg: Path) -> tuple[list[dict], str]:
+    """Evaluation history of the segmenter: ``history.csv`` (Ray Train, keys f1/precision/...) or
+    ``history.jsonl`` (in-process trainer, keys pixel_f1/...); keys normalised to ``pixel_*``.
+    Returns (rows, an HTML problem note or "")."""
+    rows, bad, name = [], 0, ""
+    if (seg / "history.csv").exists():
+        import csv
+
+        name = "history.csv"
+        with open(seg / "history.csv", newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                try:
+                    rows.append({k: float(v) for k, v in r.items() if v not in ("", None)})
+                except ValueError:
+                    bad += 1
+    elif (seg / "history.jsonl").exists():
+        name = "history.jsonl"
+        for line in (seg / name).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    bad += 1
+    for r in rows:
+        for key in ("f1", "precision", "recall", "iou"):
+            if key in r and f"pixel_{key}" not in r:
+                r[f"pixel_{key}"] = r[key]
+    problem = f'<p class="error">{bad} unreadable line(s) in seg/{name} skipped</p>' if bad else ""
+    if name and not rows and not bad:
+        problem = f'<p class="notrun">seg/{name} has no entries</p>'
+    return rows, problem

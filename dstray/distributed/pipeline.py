@@ -113,6 +113,7 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
     from dstray.distributed.fit import fit_all, format_table
     from dstray.distributed.generate import generate
     from dstray.distributed.runtime import init_ray
+    from dstray.distributed.segment import train_seg
 
     run = Path(cfg.out).resolve()
     run.mkdir(parents=True, exist_ok=True)
@@ -157,7 +158,7 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
     stage = _Stage(run, "seg", _key(to_dict(seg_cfg), stage.key))
     state = stage.begin()
     if state != "done":
-        _train_segmenter(seg_cfg, stage.dir, cfg.use_gpu, address)
+        train_seg(seg_cfg, out=str(stage.dir), use_gpu=cfg.use_gpu, address=address)
     stage.finish()
     record("train", t0, state)
 
@@ -186,15 +187,3 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
           f"(precision {pixel['precision']:.4f}, recall {pixel['recall']:.4f})", flush=True)
     print(f"report: {html}", flush=True)
     return info
-
-
-def _train_segmenter(cfg: SegConfig, out: Path, use_gpu: str, address: str | None) -> None:
-    """Ray Train when the distributed trainer is available, else the same loop in-process."""
-    try:
-        from dstray.distributed.segment import train_seg
-    except ImportError:
-        from dstray.segment import train_seg_local
-
-        train_seg_local(cfg, out)
-        return
-    train_seg(cfg, out=str(out), use_gpu=use_gpu, address=address)
