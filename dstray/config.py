@@ -45,7 +45,7 @@ class DSTConfig:
     # loss weights (eq. 6): paper §4 prints w_c=1e5, w_s=2.5e-4, w_h=1 (or .1), w_tv=10 under its own
     # normalisation; ours balance the four terms at init on Magnetic Tile (see dstray.losses.DSTLoss)
     content_weight: float = 10.0  # w_c, content loss (mean over L of squared relu4_1 differences)
-    style_weight: float = 0.1  # w_s, Gram style loss (Grams normalised by the masked count)
+    style_weight: float = 0.3  # w_s, Gram style loss (Grams normalised by the masked count)
     hist_weight: float = 1.0  # w_h, histogram loss (Risser), mean over L
     tv_weight: float = 10.0  # w_tv, total variation, mean over L
     loss_weights: str = "random"  # VGG-19 weights: "imagenet" | path to state dict | "random" (seeded)
