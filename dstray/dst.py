@@ -334,7 +334,8 @@ def _check_inputs(model: DSTModel, background: Tensor, area: Tensor) -> tuple[Te
     if background.dim() != 3 or background.shape[0] != c:
         raise ValueError(f"background must be (C,H,W) with C={c} (the model's channels); got {tuple(background.shape)}")
     if area.shape != (1, *background.shape[1:]):
-        raise ValueError(f"area must be (1,H,W) = (1, {background.shape[1]}, {background.shape[2]}); got {tuple(area.shape)}")
+        raise ValueError(f"area must be (1,H,W) = (1, {background.shape[1]}, {background.shape[2]}); "
+                         f"got {tuple(area.shape)}")
     return background.to(model.device, torch.float32), area.to(model.device, torch.float32)
 
 
@@ -425,7 +426,8 @@ def copy_paste(background: Tensor, area: Tensor, reference: Tensor, reference_ma
     pasted texture varies between samples. Returns (C,H,W); outside L bit-identical to S.
     """
     if background.dim() != 3 or area.shape != (1, *background.shape[1:]):
-        raise ValueError(f"background must be (C,H,W) and area (1,H,W); got {tuple(background.shape)}, {tuple(area.shape)}")
+        raise ValueError(f"background must be (C,H,W) and area (1,H,W); "
+                         f"got {tuple(background.shape)}, {tuple(area.shape)}")
     if not bool((area > 0.5).any()):
         return background.clone()
     r0, c0, r1, c1 = bbox(reference_mask > 0.5)  # ValueError for an empty reference mask

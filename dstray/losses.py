@@ -70,7 +70,7 @@ def style_loss(features: Tensor, style_features: Tensor, mask: Tensor, style_mas
 
 
 def hist_loss(features: Tensor, mask: Tensor, reference: SortedReference) -> Tensor:
-    """Risser's histogram loss (eq. 4) inside ``mask``: mean of (φ − R)², R = φ inside mask matched to ``reference``.
+    """Risser's histogram loss (eq. 4) inside ``mask``: mean of (φ − R)², R = φ matched to ``reference``.
 
     features (N,C,h,w); mask (N,1,h,w) 0/1; reference: φ_j(H) inside M per channel, from
     :func:`dstray.histmatch.sort_reference`. R is detached (a target), outside the mask R = φ.

@@ -42,7 +42,8 @@ class ConvLayer(nn.Sequential):
     """Reflection padding + convolution (no normalisation)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
-        super().__init__(nn.ReflectionPad2d(kernel_size // 2), nn.Conv2d(in_channels, out_channels, kernel_size, stride))
+        pad = nn.ReflectionPad2d(kernel_size // 2)
+        super().__init__(pad, nn.Conv2d(in_channels, out_channels, kernel_size, stride))
 
 
 class UpsampleConvLayer(nn.Sequential):
