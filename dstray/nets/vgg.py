@@ -14,8 +14,10 @@ Weights (``weights=``), see :mod:`dstray.nets.weights`:
 - ``"random"``: seeded by the caller's torch RNG. Random VGG features are a known
   usable texture descriptor (Ustyuzhaninov et al. 2017, "What does it take to generate
   natural textures?"); to keep their scale sane at depth each conv is Kaiming-normal
-  initialised (fan_in, ReLU gain), so that the activation RMS stays of order 1 from
-  relu1_1 to relu5_1 (measured: see ``tests/test_losses.py::test_random_vgg_scale``).
+  initialised (fan_in, ReLU gain), so that the activation RMS stays of order 1 at every
+  depth. Measured on a Magnetic Tile image: RMS 0.88 (relu1_1), 1.21 (relu3_1), 1.20
+  (relu4_1), 1.36 (relu5_1); with PyTorch's default conv init it falls from 0.40
+  (relu1_1) to 0.009 (relu4_1). ``tests/test_losses.py::test_random_vgg_scale`` checks it.
 """
 
 from __future__ import annotations
