@@ -120,6 +120,13 @@ def test_whole_mode_step(dataset):
     assert set(terms) == {"content", "style", "hist", "tv", "total"} and np.isfinite(terms["total"])
 
 
+def test_large_area_fit_windows_stay_patch_size(dataset):
+    """Uneven areas span most of a tile: fitting still sees patch-size windows, each holding part of L."""
+    fitter = DSTFitter(dataclasses.replace(FAST, defect_type="uneven", batch_size=3), dataset)
+    s, area = fitter.batch()
+    assert s.shape == (3, 1, 48, 48) and (area.flatten(1).sum(1) > 0).all()
+
+
 def test_copy_paste_baseline(dataset):
     ref = dataset.references("blowhole")[0]
     from dstray.data import read_mask
