@@ -83,17 +83,6 @@ def _window(image: Tensor, win: tuple[int, int, int, int], shape: tuple[int, int
     return out
 
 
-def common_windows(areas: Sequence[Tensor], patch_size: int) -> list[tuple[int, int, int, int]]:
-    """Windows (top, left, h, w) of one side for several areas (1,H,W): the largest side any needs.
-
-    :func:`dstray.areas.crop_window` grows a window beyond ``patch_size`` to fit a large L;
-    all windows here take the largest such side, so they share a shape unless an image is
-    smaller than the side (then the window is that whole dimension).
-    """
-    side = max(max(crop_window(a, patch_size)[2:]) for a in areas)
-    return [crop_window(a, side) for a in areas]
-
-
 # --------------------------------------------------------------------------- fitting
 class DSTFitter:
     """Fits the TransferNet of one defect type; resumable (:meth:`state_dict` / :meth:`load_state_dict`).
@@ -379,16 +368,17 @@ def stylize_batch(model: DSTModel, backgrounds: Sequence[Tensor] | Tensor, areas
                   mode: str = "patch", patch_size: int = 96) -> dict[str, list[Tensor]]:
     """:func:`stylize` for several backgrounds, batching network calls.
 
-    Whole mode batches images of equal size. Patch mode uses windows of one common side
-    (:func:`common_windows`) and batches those of equal shape, so image i equals
-    ``stylize(..., patch_size=side)``. Returns {"image": [...], "histmatch": [...]}, (C,H,W) each.
+    Whole mode batches images of equal size. Patch mode takes each image's own window
+    (:func:`dstray.areas.crop_window`, as :func:`stylize` does) and batches windows of equal
+    shape, so image i equals ``stylize(...)`` of that image alone whatever the batch holds
+    (InstanceNorm is per sample). Returns {"image": [...], "histmatch": [...]}, (C,H,W) each.
     """
     if mode not in ("patch", "whole"):
         raise ValueError(f"mode must be 'patch' or 'whole', got {mode!r}")
     pairs = [_check_inputs(model, s, a) for s, a in zip(backgrounds, areas)]
     if not pairs:
         return {"image": [], "histmatch": []}
-    wins = common_windows([a for _, a in pairs], patch_size) if mode == "patch" else [None] * len(pairs)
+    wins = [crop_window(a, patch_size) for _, a in pairs] if mode == "patch" else [None] * len(pairs)
     keys = [tuple(s.shape) if mode == "whole" else w[2:] for (s, _), w in zip(pairs, wins)]
     images: list = [None] * len(pairs)
     matched: list = [None] * len(pairs)

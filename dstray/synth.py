@@ -130,26 +130,47 @@ class Synthesizer:
         area = area or AreaConfig()
         self.samplers = {t: AreaSampler(masks, area) for t, masks in area_masks.items()}
 
-    def __call__(self, defect_type: str, background: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One sample: ``(image (C,H,W) float [0,1], label L (1,H,W) {0,1})``.
+    def sample_area(self, defect_type: str, background: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Generator]:
+        """The area L (1,H,W) of a sample, and the sample's generator (for later random draws).
 
         Raises ``ValueError`` when the background cannot take an area of this type (too small).
         """
-        from dstray import dst  # local: keeps `import dstray.synth` light
-
         gen = torch.Generator().manual_seed(seed)
         _, h, w = background.shape
-        area = self.samplers[defect_type].sample(h, w, gen)
-        ref = self.references[defect_type]
-        if self.generator == "copy":
-            image = dst.copy_paste(background, area, ref.image, ref.mask, gen)
-        elif self.generator == "histmatch":
-            from dstray.histmatch import histmatch
+        return self.samplers[defect_type].sample(h, w, gen), gen
 
-            image = histmatch(background[None], area[None], ref.image[None], ref.mask[None])[0]
-        else:
-            model = self.models[defect_type]
-            out = dst.stylize(model, background.to(self.device), area.to(self.device),
-                              mode=self.mode, patch_size=self.patch_size)
-            image = out["image"].cpu()
-        return image.clamp(0, 1), area
+    def fill(self, items: list[tuple[str, torch.Tensor, torch.Tensor, torch.Generator]],
+             batch_size: int = 8) -> list[torch.Tensor]:
+        """Fill the areas: items (defect_type, background (C,H,W), area (1,H,W), generator) -> images.
+
+        DST runs the network on up to ``batch_size`` windows at once; each image is the same as
+        when made alone (windows are per image, InstanceNorm is per sample).
+        """
+        from dstray import dst
+        from dstray.histmatch import histmatch
+
+        images: list[torch.Tensor | None] = [None] * len(items)
+        if self.generator == "dst":
+            by_type: dict[str, list[int]] = {}
+            for i, (t, *_rest) in enumerate(items):
+                by_type.setdefault(t, []).append(i)
+            for t, idx in by_type.items():
+                for k in range(0, len(idx), batch_size):
+                    chunk = idx[k:k + batch_size]
+                    out = dst.stylize_batch(self.models[t], [items[i][1].to(self.device) for i in chunk],
+                                            [items[i][2].to(self.device) for i in chunk],
+                                            mode=self.mode, patch_size=self.patch_size)
+                    for i, image in zip(chunk, out["image"]):
+                        images[i] = image.cpu()
+        for i, (t, background, area, gen) in enumerate(items):
+            ref = self.references[t]
+            if self.generator == "copy":
+                images[i] = dst.copy_paste(background, area, ref.image, ref.mask, gen)
+            elif self.generator == "histmatch":
+                images[i] = histmatch(background[None], area[None], ref.image[None], ref.mask[None])[0]
+        return [im.clamp(0, 1) for im in images]
+
+    def __call__(self, defect_type: str, background: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sample: ``(image (C,H,W) float [0,1], label L (1,H,W) {0,1})``."""
+        area, gen = self.sample_area(defect_type, background, seed)
+        return self.fill([(defect_type, background, area, gen)])[0], area

@@ -165,7 +165,7 @@ class ShardGenerator:
         self.synth = Synthesizer(cfg.generator, refs, masks, models, area, cfg.mode, cfg.patch_size, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {"shard": [], "written": [], "rejected": [], "seconds": []}
+        out = {"shard": [], "written": [], "rejected": [], "seconds": [], "peak_rss_mib": []}
         for shard in batch["shard"].tolist():
             t0 = time.perf_counter()
             written, rejected = write_shard(self.ctx, self.synth, int(shard), self.shard_size)
@@ -173,7 +173,20 @@ class ShardGenerator:
             out["written"].append(written)
             out["rejected"].append(rejected)
             out["seconds"].append(time.perf_counter() - t0)
+            out["peak_rss_mib"].append(peak_rss_mib())
         return {k: np.asarray(v) for k, v in out.items()}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM), MiB; 0 where /proc is not available."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _read_background(source) -> torch.Tensor:
@@ -185,27 +198,34 @@ def _read_background(source) -> torch.Tensor:
     return read_image(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
-def make_rows(ctx: dict, synth, plan_rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Generate the samples of ``plan_rows``: ``(rows, rejects)``."""
+def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> tuple[list[dict], list[dict]]:
+    """Generate the samples of ``plan_rows``: ``(rows, rejects)``.
+
+    A sample whose background cannot be read or cannot take the area is a reject (with
+    its reason), never an error.
+    """
     from dstray.data import DataError, encode_png
 
-    rows, rejects = [], []
-    digests = ctx["digests"]
+    rejects, ready = [], []
     for p in plan_rows:
         try:
             background = _read_background(ctx["backgrounds"][p["background_id"]])
-            image, area = synth(p["defect_type"], background, p["seed"])
+            area, gen = synth.sample_area(p["defect_type"], background, p["seed"])
         except (DataError, ValueError, OSError) as exc:
             rejects.append({k: p[k] for k in ("sample_id", "index", "defect_type", "background_id")}
                            | {"reason": f"{type(exc).__name__}: {exc}"})
             continue
+        ready.append((p, background, area, gen))
+    images = synth.fill([(p["defect_type"], bg, area, gen) for p, bg, area, gen in ready], batch_size)
+    rows = []
+    for (p, _, area, _), image in zip(ready, images):
         ys, xs = torch.nonzero(area[0], as_tuple=True)
         rows.append({
             "sample_id": p["sample_id"], "index": p["index"], "defect_type": p["defect_type"],
             "image": encode_png(image), "mask": encode_png(area),
             "height": image.shape[1], "width": image.shape[2],
             "background_id": p["background_id"], "reference_id": p["reference_id"],
-            "generator": synth.generator, "model_digest": digests.get(p["defect_type"], ""),
+            "generator": synth.generator, "model_digest": ctx["digests"].get(p["defect_type"], ""),
             "seed": p["seed"],
             "bbox": [int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1],
             "area_px": int(area.sum()), "dstray_version": dstray.__version__,
@@ -217,7 +237,7 @@ def write_shard(ctx: dict, synth, shard: int, shard_size: int) -> tuple[int, int
     """Generate shard ``shard`` and write its files; returns ``(written, rejected)``."""
     out = ctx["cfg"]["out"]
     plan = ctx["plan"][shard * shard_size:(shard + 1) * shard_size]
-    rows, rejects = make_rows(ctx, synth, plan)
+    rows, rejects = make_rows(ctx, synth, plan, ctx["cfg"]["batch_size"])
     name = f"part-{shard:05d}.parquet"
     storage.write_bytes(storage.join(out, "data", name), _parquet_bytes(pa.Table.from_pylist(rows, SCHEMA)))
     if rejects:
@@ -254,7 +274,7 @@ def generate(cfg: GenerateConfig, *, shard_size: int = 32, address: str | None =
     done = {int(n.split(".")[0]) for n in storage.list_names(storage.join(cfg.out, "_shards"))}
     todo = [k for k in range(n_shards) if k not in done]
 
-    t0, produced = time.perf_counter(), 0
+    t0, produced, actor_peak = time.perf_counter(), 0, 0.0
     if todo:
         init_ray(address)
         use_gpu = resolve_use_gpu(cfg.use_gpu) and cfg.generator == "dst"
@@ -282,6 +302,7 @@ def generate(cfg: GenerateConfig, *, shard_size: int = 32, address: str | None =
         )
         for finished, row in enumerate(ds.iter_rows(), 1):
             produced += row["written"] + row["rejected"]
+            actor_peak = max(actor_peak, float(row["peak_rss_mib"]))
             log.info("shard %d done (%d/%d): %d written, %d rejected; %.1f rows/s so far", row["shard"], finished,
                      len(todo), row["written"], row["rejected"], produced / (time.perf_counter() - t0))
     else:
@@ -289,7 +310,8 @@ def generate(cfg: GenerateConfig, *, shard_size: int = 32, address: str | None =
     elapsed = time.perf_counter() - t0
     summary = summarize(cfg.out)
     summary.update(requested=cfg.num_samples, produced_this_run=produced, seconds=round(elapsed, 2),
-                   rows_per_s=round(produced / elapsed, 3) if produced else None)
+                   rows_per_s=round(produced / elapsed, 3) if produced else None,
+                   actor_peak_rss_mib=round(actor_peak, 1) if produced else None)
     if summary["written"] + summary["rejected"] != cfg.num_samples:
         raise RuntimeError(f"{cfg.out}: {summary['written']} written + {summary['rejected']} rejected "
                            f"!= {cfg.num_samples} requested; re-run the same command to finish")
