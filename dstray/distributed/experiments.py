@@ -50,8 +50,8 @@ def experiment_preset(name: str) -> ExperimentPreset:
                                           batch_size=2), (0, 2))
     if name == "cpu":
         return ExperimentPreset(name, DSTConfig(steps=100, batch_size=4, patch_size=64, checkpoint_every=50), 300,
-                                SegConfig(backbone="resnet18", image_size=128, crop_size=64, steps=300,
-                                          eval_every=300, batch_size=8), (0, 25, 50, None))
+                                SegConfig(backbone="resnet18", image_size=128, crop_size=64, steps=200,
+                                          eval_every=200, batch_size=8), (0, 25, 50, None))
     if name == "paper":
         return ExperimentPreset(name, DSTConfig(steps=600, patch_size=None, whole_size=256, loss_weights="imagenet"),
                                 2167, SegConfig(backbone="resnet50", weights="imagenet", image_size=256,
