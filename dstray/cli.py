@@ -41,7 +41,7 @@ def _parse_value(text: str, annotation: str, default: Any):
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
-    """Add ``--field`` options for every field of the dataclass ``cls`` (defaults = None: keep config's)."""
+    """Add ``--field`` options for every field of the dataclass ``cls`` (absent unless given: keep config's)."""
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -51,7 +51,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, prefix: str =
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         annotation = str(f.type)
         flag = "--" + prefix + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=(prefix + f.name).replace("-", "_"), default=None, metavar=f.name.upper(),
+        parser.add_argument(flag, dest=(prefix + f.name).replace("-", "_"), default=argparse.SUPPRESS,
+                            metavar=f.name.upper(),
                             type=lambda s, a=annotation, d=default: _parse_value(s, a, d),
                             help=f"(default: {default})")
 
@@ -64,11 +65,10 @@ def build_config(cls: type, args: argparse.Namespace, base: Any | None = None, *
         if f.name == "area":
             area = cfg.area
             for af in dataclasses.fields(AreaConfig):
-                value = getattr(args, f"area_{af.name}", None)
-                if value is not None:
-                    area = dataclasses.replace(area, **{af.name: value})
+                if hasattr(args, f"area_{af.name}"):
+                    area = dataclasses.replace(area, **{af.name: getattr(args, f"area_{af.name}")})
             changes["area"] = area
-        elif getattr(args, f.name, None) is not None:
+        elif hasattr(args, f.name):  # given on the command line (``none`` gives None)
             changes[f.name] = getattr(args, f.name)
     changes.update({k: v for k, v in fixed.items() if v is not None})
     return dataclasses.replace(cfg, **changes)
@@ -76,7 +76,7 @@ def build_config(cls: type, args: argparse.Namespace, base: Any | None = None, *
 
 # --------------------------------------------------------------------------- subcommands
 def cmd_inspect(args) -> int:
-    from dstray.data.inspect import inspect_main
+    from dstray.data import inspect_main
 
     return inspect_main(args.data)
 
