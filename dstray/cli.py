@@ -40,8 +40,22 @@ def _parse_value(text: str, annotation: str, default: Any):
     return text
 
 
+def _field_comments(cls: type) -> dict[str, str]:
+    """The ``# comment`` after each field of a config dataclass: the CLI help text."""
+    import inspect
+    import re
+
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+):[^#]*#\s*(.+)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2).replace("%", "%%")
+    return comments
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
     """Add ``--field`` options for every field of the dataclass ``cls`` (absent unless given: keep config's)."""
+    comments = _field_comments(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -54,7 +68,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, prefix: str =
         parser.add_argument(flag, dest=(prefix + f.name).replace("-", "_"), default=argparse.SUPPRESS,
                             metavar=f.name.upper(),
                             type=lambda s, a=annotation, d=default: _parse_value(s, a, d),
-                            help=f"(default: {default})")
+                            help=f"{comments.get(f.name, '')} (default: {default})".strip())
 
 
 def build_config(cls: type, args: argparse.Namespace, base: Any | None = None, **fixed):

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from dstray.config import DSTConfig, GenerateConfig, SegConfig, to_dict
+from dstray.distributed.storage import absolute
 
 log = logging.getLogger("dstray")
 
@@ -143,7 +144,7 @@ def table1(*, data: str | None, out: str, preset: str = "cpu", use_gpu: str = "a
     from dstray.distributed.runtime import init_ray
 
     p = experiment_preset(preset)
-    run = Path(out).resolve()
+    run, data = Path(out).resolve(), absolute(data)
     run.mkdir(parents=True, exist_ok=True)
     init_ray(address)
     t0 = time.perf_counter()
@@ -176,7 +177,7 @@ def fig6(*, data: str | None, out: str, preset: str = "cpu", use_gpu: str = "aut
     from dstray.distributed.runtime import init_ray
 
     p = experiment_preset(preset)
-    run = Path(out).resolve()
+    run, data = Path(out).resolve(), absolute(data)
     run.mkdir(parents=True, exist_ok=True)
     init_ray(address)
     t0 = time.perf_counter()

@@ -126,6 +126,7 @@ def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | N
     """Fit every defect type (or ``types``) concurrently; returns one outcome per type."""
     from dstray.data import load_dataset
 
+    data = storage.absolute(data)  # Train workers run in other working directories
     dataset = load_dataset(data)
     types = types or sorted({s.defect_type for s in dataset.references()})
     for t in types:

@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -90,6 +91,8 @@ def prepare(cfg: GenerateConfig) -> dict:
 
     if cfg.generator not in GENERATORS:
         raise ValueError(f"--generator must be one of {GENERATORS}; got {cfg.generator!r}")
+    # absolute paths: the actors run in other working directories
+    cfg = replace(cfg, data=storage.absolute(cfg.data), models=storage.absolute(cfg.models), out=storage.absolute(cfg.out))
     dataset = load_dataset(cfg.data)
     types = sorted({s.defect_type for s in dataset.references()})
     weights = None
@@ -273,6 +276,7 @@ def _check_output(cfg: GenerateConfig, fingerprint: str) -> None:
 def generate(cfg: GenerateConfig, *, shard_size: int = 32, address: str | None = None) -> dict:
     """Run (or finish) a generation; returns the summary (also written to ``out/summary.json``)."""
     ctx = prepare(cfg)
+    cfg = from_dict(GenerateConfig, ctx["cfg"])  # with absolute paths
     _check_output(cfg, ctx["fingerprint"])
     n_shards = -(-cfg.num_samples // shard_size)
     done = {int(n.split(".")[0]) for n in storage.list_names(storage.join(cfg.out, "_shards"))}

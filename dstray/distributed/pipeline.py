@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from dstray.config import DSTConfig, GenerateConfig, PipelineConfig, SegConfig, to_dict
+from dstray.distributed.storage import absolute
 
 log = logging.getLogger("dstray")
 
@@ -117,6 +118,7 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
 
     run = Path(cfg.out).resolve()
     run.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, data=absolute(cfg.data), out=str(run))  # Ray workers run elsewhere
     dataset = load_dataset(cfg.data)  # fail fast on a bad path before any Ray work
     info = {"config": to_dict(cfg), "data": cfg.data or "embedded sample",
             "versions": {"dstray": dstray.__version__, "torch": torch.__version__, "ray": ray.__version__,

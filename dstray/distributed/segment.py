@@ -110,7 +110,9 @@ def check_inputs(cfg: SegConfig) -> SegConfig:
     if not cfg.synthetic and not cfg.real_splits:
         raise ValueError("no training data: give generated datasets (--synthetic DIR[,DIR]) and/or real splits "
                          "(--real-splits train,reference)")
-    return replace(cfg, synthetic=synthetic_paths(cfg.synthetic))
+    # absolute paths: Ray workers run in other working directories
+    return replace(cfg, data=storage.absolute(cfg.data),
+                   synthetic=[storage.absolute(p) for p in synthetic_paths(cfg.synthetic)])
 
 
 def synthetic_per_batch(cfg: SegConfig) -> int:

@@ -55,3 +55,13 @@ def list_names(location: str) -> list[str]:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File)
+
+
+def absolute(location: str | None) -> str | None:
+    """A local path made absolute against the driver's working directory (URIs and None as given).
+
+    Ray workers run in other working directories: every path handed to them must be absolute.
+    """
+    if location is None or "://" in location:
+        return location
+    return os.path.abspath(os.path.expanduser(location))

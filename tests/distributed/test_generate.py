@@ -107,3 +107,11 @@ def test_type_weights_choose_and_drop_types(ray_cluster, tmp_path):
     assert counts == {"crack": 6, "blowhole": 2}
     with pytest.raises(ValueError, match="not defect types"):
         _generate(tmp_path / "x", type_weights={"scratch": 1.0})
+
+
+def test_relative_paths_resolve_against_the_driver(ray_cluster, tmp_path, monkeypatch):
+    """Actors run in other working directories: a relative --out must still land here."""
+    monkeypatch.chdir(tmp_path)
+    summary = _generate("relative/out", num_samples=4, generator="copy")
+    assert summary["written"] == 4
+    assert pq.read_table(tmp_path / "relative" / "out" / "data").num_rows == 4
