@@ -98,7 +98,7 @@ class SegConfig:
     augment: bool = True  # flips, 90° and small rotations, random resized crop, brightness/contrast (segdata.py)
     synthetic: list[str] = field(default_factory=list)  # generated Parquet datasets to train on
     real_splits: list[str] = field(default_factory=list)  # real splits to train on ("train", "reference")
-    real_limit: int | None = None  # use only the first N real samples (paper Fig. 6)
+    real_limit: int | None = None  # use only N real samples, round-robin over defect types (paper Fig. 6)
     synthetic_fraction: float = 0.5  # share of each batch drawn from synthetic data when both are given
     data: str | None = None  # dataset path for real splits and evaluation; None = embedded sample
     eval_split: str = "test"  # real split evaluated each epoch

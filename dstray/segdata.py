@@ -145,6 +145,31 @@ def augment(item: dict, transform: v2.Transform | None, generator: torch.Generat
 
 
 # --------------------------------------------------------------------------- training source
+def real_samples(cfg: SegConfig) -> list[Sample]:
+    """The real training samples of ``cfg``: the splits ``cfg.real_splits`` of ``cfg.data``, in order.
+
+    With ``cfg.real_limit = N`` only N are kept, taken round-robin over defect types (in the
+    order of the splits, then of the manifest, within a type), so that a small N still covers
+    every type: with ``real_splits = ["reference", "train"]`` and N = references + k, that is
+    every reference plus k train samples spread over the types (paper Fig. 6).
+    """
+    if not cfg.real_splits:
+        return []
+    ds = load_dataset(cfg.data)
+    real = [s for name in cfg.real_splits for s in ds.split(name)]
+    if cfg.real_limit is None or cfg.real_limit >= len(real):
+        return real
+    queues: dict[str, list[Sample]] = {}
+    for s in real:
+        queues.setdefault(s.defect_type, []).append(s)
+    picked, order = [], sorted(queues)
+    while len(picked) < cfg.real_limit:
+        for t in order:
+            if queues[t] and len(picked) < cfg.real_limit:
+                picked.append(queues[t].pop(0))
+    return picked
+
+
 class SegSource:
     """Where training batches come from: real samples and/or generated Parquet datasets.
 
@@ -172,12 +197,8 @@ class SegSource:
 
     @classmethod
     def from_config(cls, cfg: SegConfig) -> "SegSource":
-        """Real samples of ``cfg.real_splits`` (first ``cfg.real_limit``) of ``cfg.data``, plus ``cfg.synthetic``."""
-        real = []
-        if cfg.real_splits:
-            ds = load_dataset(cfg.data)
-            real = [s for name in cfg.real_splits for s in ds.split(name)][:cfg.real_limit]
-        return cls(cfg, real, cfg.synthetic)
+        """Real samples of ``cfg`` (:func:`real_samples`) plus the generated datasets ``cfg.synthetic``."""
+        return cls(cfg, real_samples(cfg), cfg.synthetic)
 
     def __len__(self) -> int:
         return len(self.real) + len(self.synthetic_rows)

@@ -190,3 +190,18 @@ def test_train_seg_local_runs_and_resumes(tmp_path):
     assert again["steps"] == 3 and len(again["history"]) == 1
     with pytest.raises(ValueError, match="different config"):
         train_seg_local(replace(cfg, steps=4, lr=1e-4), tmp_path)
+
+
+def test_real_limit_takes_every_reference_then_train_samples_across_types():
+    from dstray.segdata import real_samples
+
+    ds = load_dataset(None)
+    n_refs = len(ds.references())
+    picked = real_samples(replace(SMALL, real_splits=["reference", "train"], real_limit=n_refs + 3))
+    assert [s.split for s in picked[:n_refs]] == ["reference"] * n_refs  # every type's reference comes first
+    assert {s.defect_type for s in picked[:n_refs]} == set(ds.defect_types)
+    extra = picked[n_refs:]
+    assert len(extra) == 3 and all(s.split == "train" for s in extra)
+    assert len({s.defect_type for s in extra}) == 3  # spread over types, not the first 3 of one type
+    assert real_samples(replace(SMALL, real_splits=["reference", "train"], real_limit=None)) == \
+        ds.split("reference") + ds.split("train")

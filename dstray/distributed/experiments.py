@@ -138,16 +138,20 @@ def _write(run: Path, name: str, rows: list[dict], columns: list[str], settings:
     return md
 
 
+def _start(data: str | None, out: str, preset: str, address: str | None):
+    """``(preset sizes, run folder, absolute data path, start time)``, with Ray connected."""
+    from dstray.distributed.runtime import init_ray
+
+    run = Path(out).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    init_ray(address)
+    return experiment_preset(preset), run, absolute(data), time.perf_counter()
+
+
 def table1(*, data: str | None, out: str, preset: str = "cpu", use_gpu: str = "auto", seed: int = 0,
            address: str | None = None) -> list[dict]:
     """Paper Table 1 analogue: pixel F1 on the real test split per generator x segmenter."""
-    from dstray.distributed.runtime import init_ray
-
-    p = experiment_preset(preset)
-    run, data = Path(out).resolve(), absolute(data)
-    run.mkdir(parents=True, exist_ok=True)
-    init_ray(address)
-    t0 = time.perf_counter()
+    p, run, data, t0 = _start(data, out, preset, address)
     generated = _prepare_generated(data, run, p, GENERATORS, use_gpu, seed)
     runs = {}
     for arch in ARCHS:
@@ -174,13 +178,8 @@ def fig6(*, data: str | None, out: str, preset: str = "cpu", use_gpu: str = "aut
          address: str | None = None) -> list[dict]:
     """Paper Fig. 6 analogue: Buttonlab F1 vs real train samples added, without (B) / with (C) DST samples."""
     from dstray.data import load_dataset
-    from dstray.distributed.runtime import init_ray
 
-    p = experiment_preset(preset)
-    run, data = Path(out).resolve(), absolute(data)
-    run.mkdir(parents=True, exist_ok=True)
-    init_ray(address)
-    t0 = time.perf_counter()
+    p, run, data, t0 = _start(data, out, preset, address)
     generated = _prepare_generated(data, run, p, ("dst",), use_gpu, seed)
     dataset = load_dataset(data)
     n_refs, n_train = len(dataset.references()), len(dataset.split("train"))

@@ -77,13 +77,10 @@ def synthetic_paths(paths: list[str]) -> list[str]:
 
 
 def real_training_samples(cfg: SegConfig) -> list:
-    """The real training samples of ``cfg`` (``real_splits``, first ``real_limit``), as ``SegSource.from_config``."""
-    if not cfg.real_splits:
-        return []
-    from dstray.data import load_dataset
+    """The real training samples of ``cfg``, as ``SegSource.from_config`` takes them."""
+    from dstray.segdata import real_samples
 
-    ds = load_dataset(cfg.data)
-    return [s for name in cfg.real_splits for s in ds.split(name)][:cfg.real_limit]
+    return real_samples(cfg)
 
 
 def check_inputs(cfg: SegConfig) -> SegConfig:
