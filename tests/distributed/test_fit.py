@@ -57,7 +57,7 @@ def test_dead_worker_restarts_from_last_checkpoint(ray_cluster, tmp_path):
     from dstray.distributed.fit import fit_all
 
     cfg = TINY.__class__(**{**TINY.__dict__, "steps": 6, "checkpoint_every": 2})
-    outcomes = fit_all(cfg, data=None, out=str(tmp_path), types=["blowhole"], cpus_per_worker=0.5, max_failures=1,
+    outcomes = fit_all(cfg, data=None, out=str(tmp_path), types=["blowhole"], cpus_per_worker=0.5, max_failures=3,
                        _extra={"fault_step": 3, "fault_marker": str(tmp_path / "died")})
     assert (tmp_path / "died-blowhole").exists()  # the worker process really exited at step 3
     assert outcomes[0].status == "fitted" and outcomes[0].steps == 6, outcomes
