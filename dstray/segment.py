@@ -239,6 +239,17 @@ def overlay(gray: np.ndarray, label: np.ndarray, pred: np.ndarray, alpha: float 
     return rgb.round().astype(np.uint8)
 
 
+def _strict_json(value):
+    """NaN (an undefined rate, e.g. no defect-free image in the split) as null: strict JSON for any reader."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    return value
+
+
 def write_eval(result: dict, out_dir: str | Path, name: str = "eval") -> dict[str, Path]:
     """``{name}.json`` (everything but the images), ``{name}.csv`` (one row per pixel set), ``{name}.png``."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend needed
@@ -246,8 +257,8 @@ def write_eval(result: dict, out_dir: str | Path, name: str = "eval") -> dict[st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{name}.json", "csv": out / f"{name}.csv", "png": out / f"{name}.png"}
-    plain = {k: v for k, v in result.items() if k != "examples"}
-    paths["json"].write_text(json.dumps(plain, indent=2, sort_keys=True) + "\n")
+    plain = _strict_json({k: v for k, v in result.items() if k != "examples"})
+    paths["json"].write_text(json.dumps(plain, indent=2, sort_keys=True, allow_nan=False) + "\n")
     rows = [{"set": "all", "images": result["n_images"], **result["pixel"]}]
     rows += [{"set": t, **r} for t, r in result["per_type"].items()]
     with paths["csv"].open("w", newline="") as f:
