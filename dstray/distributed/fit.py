@@ -135,7 +135,7 @@ def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | N
     if "://" not in storage_path:
         storage_path = os.path.abspath(storage_path)
 
-    outcomes, pending = [], {}
+    outcomes, todo = [], []
     init_ray(address)
     gpu = resolve_use_gpu(use_gpu)
     for t in types:
@@ -151,10 +151,19 @@ def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | N
         extra = dict(_extra or {})
         if "fault_marker" in extra:
             extra["fault_marker"] = f"{extra['fault_marker']}-{t}"
-        pending[_fit_one.remote(cfg, data, out, storage_path, gpu, cpus_per_worker, max_failures, extra)] = t
-    log.info("fitting %d defect type(s) with Ray Train%s; %d already done", len(pending),
-             " on GPU" if gpu else "", len(outcomes))
-    while pending:
+        todo.append((t, cfg, extra))
+    # Only as many runs as the cluster can hold at once: a waiting run still holds a driver task and
+    # a Train controller (each imports torch, ~0.75 GB), which is what filled 8.5 GB on 2 cores.
+    resources = ray.cluster_resources()
+    slots = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1) // cpus_per_worker)
+    slots = max(1, slots)
+    log.info("fitting %d defect type(s) with Ray Train%s, %d at a time; %d already done", len(todo),
+             " on GPU" if gpu else "", min(slots, len(todo)), len(outcomes))
+    pending = {}
+    while todo or pending:
+        while todo and len(pending) < slots:
+            t, cfg, extra = todo.pop(0)
+            pending[_fit_one.remote(cfg, data, out, storage_path, gpu, cpus_per_worker, max_failures, extra)] = t
         ready, _ = ray.wait(list(pending), num_returns=1)
         t = pending.pop(ready[0])
         try:
