@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +20,9 @@ def test_generate_job_submitted_through_job_client(ray_cluster, tmp_path):
 
     client = JobSubmissionClient(ray_cluster.dashboard_url)
     job = client.submit_job(
-        entrypoint=f"python jobs/generate.py --generator copy --num-samples 6 --seed 0 --num-actors 1 --out {tmp_path}",
+        # this interpreter (the project's venv), whatever `python` on PATH is
+        entrypoint=f"{sys.executable} jobs/generate.py --generator copy --num-samples 6 --seed 0 --num-actors 1 "
+                   f"--out {tmp_path}",
         runtime_env={"working_dir": str(ROOT), "excludes": [".venv", ".git", "runs", "*.parquet"],
                      "env_vars": {"RAY_AUTH_MODE": "disabled"}},
     )
