@@ -40,22 +40,11 @@ def fit_models(data: str | None, out: Path, steps: int) -> None:
 
 def plain_loop(cfg, shard_size: int) -> float:
     """The same work in one process; returns seconds."""
-    import torch
-
-    from dstray.config import AreaConfig
-    from dstray.distributed.generate import prepare, write_shard
-    from dstray.dst import load_dst
-    from dstray.synth import Reference, Synthesizer
+    from dstray.distributed.generate import build_synthesizer, prepare, write_shard
 
     t0 = time.perf_counter()
     ctx = prepare(cfg)
-    refs = {t: Reference(r["id"], torch.from_numpy(r["image"]), torch.from_numpy(r["mask"]))
-            for t, r in ctx["references"].items()}
-    masks = {t: [torch.from_numpy(m) for m in ms] for t, ms in ctx["area_masks"].items()}
-    models = {t: load_dst(__import__("io").BytesIO(b)) for t, b in ctx["models"].items()}
-    for t, m in models.items():
-        refs[t] = Reference(m.reference_id, m.reference_image, m.reference_mask)
-    synth = Synthesizer(cfg.generator, refs, masks, models, AreaConfig(), cfg.mode, cfg.patch_size)
+    synth = build_synthesizer(ctx)
     for shard in range(-(-cfg.num_samples // shard_size)):
         write_shard(ctx, synth, shard, shard_size)
     return time.perf_counter() - t0

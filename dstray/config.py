@@ -109,6 +109,16 @@ class SegConfig:
 
 
 # --------------------------------------------------------------------------- helpers
+def resolve_device(spec="auto"):
+    """A config's ``device`` as a ``torch.device``: ``"auto"`` -> cuda when available, else cpu."""
+    import torch
+
+    if str(spec) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A config as a plain, JSON-able dict (what Ray receives)."""
     return dataclasses.asdict(cfg)

@@ -45,8 +45,8 @@ from torch import Tensor
 
 from dstray import __version__
 from dstray.areas import AreaSampler, bbox, crop_window, paste_window
-from dstray.config import DSTConfig, from_dict, to_dict
-from dstray.data import DefectDataset, read_image, read_mask
+from dstray.config import DSTConfig, from_dict, resolve_device, to_dict
+from dstray.data import DefectDataset, read_image, read_mask, to_channels
 from dstray.histmatch import SortedReference, histmatch, sort_reference
 from dstray.losses import DSTLoss
 from dstray.nets.transfer_net import TransferNet, gaussian_blend
@@ -54,22 +54,6 @@ from dstray.nets.transfer_net import TransferNet, gaussian_blend
 log = logging.getLogger("dstray")
 
 TERMS = ("content", "style", "hist", "tv", "total")
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; anything else as given."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
-def to_channels(image: Tensor, channels: int) -> Tensor:
-    """(C,H,W) -> (channels,H,W): gray repeated to RGB, RGB averaged to gray."""
-    if image.shape[0] == channels:
-        return image
-    if channels == 1:
-        return image.mean(0, keepdim=True)
-    return image.expand(channels, -1, -1).contiguous()
 
 
 def _window(image: Tensor, win: tuple[int, int, int, int], shape: tuple[int, int] | None = None,

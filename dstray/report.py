@@ -408,7 +408,8 @@ def _figure3_row(page: _Page, defect_type: str, entry: dict, backgrounds, bg_cac
 
     from dstray.areas import AreaSampler, bbox, crop_window
     from dstray.data import read_image
-    from dstray.dst import load_dst, render_figure3_row, stylize, to_channels
+    from dstray.data import to_channels
+    from dstray.dst import load_dst, render_figure3_row, stylize
 
     ckpt, slug = entry["ckpt"], _slug(defect_type)
     ref = ckpt["reference"]

@@ -34,7 +34,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from dstray.config import SegConfig
-from dstray.data import MASK_THRESHOLD, DataError, Sample, decode_png, load_dataset, read_image, read_mask
+from dstray.data import (MASK_THRESHOLD, DataError, Sample, decode_png, load_dataset, read_image, read_mask,
+                         to_channels)
 
 ROTATION_DEGREES = 10.0  # "small rotation" range, ± degrees
 CROP_SCALE = (0.5, 1.0)  # area range of the random resized crop
@@ -83,15 +84,6 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
         return x.clone()
     smooth = mode in ("bilinear", "bicubic")
     return F.interpolate(x[None], size=size, mode=mode, antialias=smooth)[0]
-
-
-def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
-    """(C,H,W) -> (channels,H,W): grayscale repeated to RGB, RGB averaged to grayscale (ITU-R 601-2)."""
-    if image.shape[0] == channels:
-        return image
-    if channels == 3:
-        return image.expand(3, -1, -1).clone()
-    return v2.functional.rgb_to_grayscale(image)
 
 
 def prepare(image: torch.Tensor, mask: torch.Tensor | None, size: int, channels: int) -> dict:

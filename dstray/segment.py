@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from dstray.config import SegConfig, from_dict, to_dict
+from dstray.config import SegConfig, from_dict, resolve_device, to_dict
 from dstray.data import FREE, Sample, load_dataset
 from dstray.metrics import SegCounts
 from dstray.nets.baselines import build_segmenter
@@ -37,13 +37,6 @@ from dstray.segdata import SegSource, prepare_sample
 
 NUM_CLASSES = 2  # background, defect
 FIGURE_IMAGES = 8  # images drawn in the Figure-7-style prediction PNG
-
-
-def resolve_device(spec: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda if available else cpu; anything else as given."""
-    if str(spec) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,

@@ -142,6 +142,17 @@ def read_mask(path: str | Path, like: torch.Tensor | None = None) -> torch.Tenso
     return torch.from_numpy(a >= MASK_THRESHOLD).float().unsqueeze(0)
 
 
+def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """(C,H,W) -> (channels,H,W): grayscale repeated to RGB, RGB to grayscale (ITU-R 601-2 luma)."""
+    if image.shape[0] == channels:
+        return image
+    if channels == 3:
+        return image.expand(3, -1, -1).clone()
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.rgb_to_grayscale(image)
+
+
 def encode_png(image: torch.Tensor) -> bytes:
     """PNG bytes (8-bit L or RGB) of an image (C, H, W) or (H, W), C in {1, 3}.
 

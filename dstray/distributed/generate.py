@@ -34,7 +34,7 @@ import ray
 import torch
 
 import dstray
-from dstray.config import AreaConfig, GenerateConfig, from_dict, to_dict
+from dstray.config import GenerateConfig, from_dict, to_dict
 from dstray.distributed import storage
 from dstray.distributed.runtime import init_ray, resolve_use_gpu
 
@@ -150,26 +150,28 @@ def prepare(cfg: GenerateConfig) -> dict:
     }
 
 
+def build_synthesizer(ctx: dict, device: str = "cpu"):
+    """The :class:`dstray.synth.Synthesizer` of a prepared run (:func:`prepare`); models loaded once."""
+    from dstray.dst import load_dst
+    from dstray.synth import Reference, Synthesizer
+
+    cfg = from_dict(GenerateConfig, ctx["cfg"])
+    refs = {t: Reference(r["id"], torch.from_numpy(r["image"]), torch.from_numpy(r["mask"]))
+            for t, r in ctx["references"].items()}
+    masks = {t: [torch.from_numpy(m) for m in ms] for t, ms in ctx["area_masks"].items()}
+    models = {t: load_dst(io.BytesIO(blob), device=device) for t, blob in ctx["models"].items()}
+    for t, model in models.items():  # the model's own reference is the one DST matches to
+        refs[t] = Reference(model.reference_id, model.reference_image, model.reference_mask)
+    return Synthesizer(cfg.generator, refs, masks, models, cfg.area, cfg.mode, cfg.patch_size, device)
+
+
 class ShardGenerator:
     """Ray Data actor: builds the Synthesizer once, then turns shard ids into Parquet files."""
 
     def __init__(self, context_ref: list, shard_size: int):
-        from dstray.dst import load_dst
-        from dstray.synth import Reference, Synthesizer
-
-        ctx = ray.get(context_ref[0])
-        self.ctx, self.shard_size = ctx, shard_size
-        cfg = from_dict(GenerateConfig, ctx["cfg"])
-        self.cfg = cfg
+        self.ctx, self.shard_size = ray.get(context_ref[0]), shard_size
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        refs = {t: Reference(r["id"], torch.from_numpy(r["image"]), torch.from_numpy(r["mask"]))
-                for t, r in ctx["references"].items()}
-        masks = {t: [torch.from_numpy(m) for m in ms] for t, ms in ctx["area_masks"].items()}
-        models = {t: load_dst(io.BytesIO(blob), device=device) for t, blob in ctx["models"].items()}
-        for t, model in models.items():  # the model's own reference is the one DST matches to
-            refs[t] = Reference(model.reference_id, model.reference_image, model.reference_mask)
-        area = cfg.area if isinstance(cfg.area, AreaConfig) else from_dict(AreaConfig, cfg.area)
-        self.synth = Synthesizer(cfg.generator, refs, masks, models, area, cfg.mode, cfg.patch_size, device)
+        self.synth = build_synthesizer(self.ctx, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {"shard": [], "written": [], "rejected": [], "seconds": [], "peak_rss_mib": []}
