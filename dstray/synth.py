@@ -16,7 +16,6 @@ single-process loop the benchmark compares them with, so both do the same work.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,14 +23,9 @@ import torch
 
 from dstray.areas import AreaSampler
 from dstray.config import AreaConfig
+from dstray.seeds import derive_seed
 
 GENERATORS = ("dst", "histmatch", "copy")
-
-
-def sample_seed(seed: int, index: int) -> int:
-    """The seed of sample ``index`` of a run with global ``seed`` (stable across machines)."""
-    digest = hashlib.sha256(f"dstray:{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def plan_samples(
@@ -84,7 +78,7 @@ def plan_samples(
             "defect_type": types[type_of[i]],
             "background_id": bgs[bg_of[i]],
             "reference_id": reference_ids[types[type_of[i]]],
-            "seed": sample_seed(seed, i),
+            "seed": derive_seed(seed, i),
         }
         for i in range(num_samples)
     ]

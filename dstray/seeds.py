@@ -1,0 +1,25 @@
+"""One way to derive a seed: ``derive_seed(seed, *keys)``.
+
+Every random stream of dstray that is not the run's own seed comes from here, keyed by
+what it is for, so that streams never collide and do not depend on which other streams
+a run has: a generated sample's seed (``derive_seed(seed, index)``), the background order
+of a DST fit per pass (``derive_seed(seed, "dst-backgrounds", epoch)``), a Ray Train
+worker's batch stream, the report's choices. The value is stable across machines, Python
+versions and processes (sha256, not ``hash``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+SEED_MASK = 0x7FFF_FFFF_FFFF_FFFF  # 63 bits: a valid seed for torch, numpy and Python alike
+
+
+def derive_seed(seed: int, *keys: object) -> int:
+    """A seed in [0, 2**63) from ``seed`` and ``keys`` (ints or strings, in order).
+
+    The first 8 bytes (little endian) of sha256 of ``"dstray:" + ":".join(map(str, (seed, *keys)))``.
+    ``derive_seed(seed, index)`` is the per-sample seed of generation (the Parquet ``seed`` column).
+    """
+    text = "dstray:" + ":".join(str(k) for k in (seed, *keys))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & SEED_MASK
