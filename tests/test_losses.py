@@ -10,7 +10,7 @@ from dstray.histmatch import sort_reference
 from dstray.losses import DSTLoss, content_loss, feature_mask, gram, hist_loss, style_loss, tv_loss
 from dstray.nets.transfer_net import gaussian_blend
 from dstray.nets.vgg import VGGFeatures, _VGGTrunk, layer_names
-from dstray.nets.weights import WeightsUnavailableError
+from dstray.weights import WeightsUnavailableError
 
 
 def _mask(n, h, w, box):

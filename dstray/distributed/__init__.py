@@ -3,7 +3,6 @@
 - :mod:`.fit`: Ray Train fits one DST model per defect type, concurrently.
 - :mod:`.generate`: Ray Data maps histmatch + TransferNet over backgrounds into Parquet.
 - :mod:`.runtime`: connecting to a cluster, GPU detection.
-- :mod:`.storage`: local folders and pyarrow-filesystem URIs (``s3://...``) alike.
 
 Importing this package does not start Ray.
 """

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from dstray.config import DSTConfig, GenerateConfig, SegConfig, to_dict
-from dstray.distributed.storage import absolute
+from dstray.storage import absolute
 
 log = logging.getLogger("dstray")
 

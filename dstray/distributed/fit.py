@@ -29,7 +29,7 @@ import ray
 import torch
 
 from dstray.config import DSTConfig, from_dict, to_dict
-from dstray.distributed import storage
+from dstray import storage
 from dstray.distributed.runtime import init_ray, resolve_use_gpu
 
 log = logging.getLogger("dstray")

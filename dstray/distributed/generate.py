@@ -35,7 +35,7 @@ import torch
 
 import dstray
 from dstray.config import GenerateConfig, from_dict, to_dict
-from dstray.distributed import storage
+from dstray import storage
 from dstray.distributed.runtime import init_ray, resolve_use_gpu
 
 log = logging.getLogger("dstray")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from dstray.config import DSTConfig, GenerateConfig, PipelineConfig, SegConfig, to_dict
-from dstray.distributed.storage import absolute
+from dstray.storage import absolute
 
 log = logging.getLogger("dstray")
 

@@ -48,7 +48,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from dstray.config import SegConfig, from_dict, to_dict
-from dstray.distributed import storage
+from dstray import storage
 
 # torch and ray are imported inside the functions: `dstray --help` (which reads DEFAULT_SPACE) stays fast.
 

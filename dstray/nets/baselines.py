@@ -3,7 +3,7 @@
 DeepLab v3+ (Chen et al. 2018) and U-Net (Ronneberger et al. 2015) come from
 segmentation_models_pytorch, always built with ``encoder_weights=None`` so that smp
 never downloads anything. For ``weights="imagenet"`` (or a state-dict file) a
-torchvision ResNet is loaded through :func:`dstray.nets.weights.load_weights` and its
+torchvision ResNet is loaded through :func:`dstray.weights.load_weights` and its
 state dict (minus ``fc``) is loaded strictly into the smp encoder, which is a
 torchvision ``ResNet`` subclass with the same parameter names.
 

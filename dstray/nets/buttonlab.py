@@ -45,7 +45,7 @@ from torch.nn import functional as F
 from torchvision import models
 from torchvision.models._utils import IntermediateLayerGetter
 
-from dstray.nets.weights import load_weights
+from dstray.weights import IMAGENET_MEAN, IMAGENET_STD, load_weights
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 _IMAGENET_WEIGHTS = {  # torchvision's ImageNet weights, the same V1 set torchvision's DeepLab uses
@@ -53,8 +53,6 @@ _IMAGENET_WEIGHTS = {  # torchvision's ImageNet weights, the same V1 set torchvi
     "resnet34": models.ResNet34_Weights.IMAGENET1K_V1,
     "resnet50": models.ResNet50_Weights.IMAGENET1K_V1,
 }
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision ImageNet statistics
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 HIGH_CHANNELS = 256  # 1x1 projection of layer4 in place of ASPP (DeepLab v3+ ASPP output width)
 LOW_CHANNELS = 48  # low-level projection width, "proposed by authors" of DeepLab v3+

@@ -6,7 +6,7 @@ for, freeze it and return a dict of named activations (``relu1_1``, ``relu2_1``,
 ``conv4_2`` ...). Inputs are images in [0, 1]; ImageNet normalisation is done inside
 ``forward`` on a copy, and a 1-channel input is repeated to 3 channels.
 
-Weights (``weights=``), see :mod:`dstray.nets.weights`:
+Weights (``weights=``), see :mod:`dstray.weights`:
 
 - ``"imagenet"``: torchvision ``VGG19_Weights.IMAGENET1K_V1`` (cache or download);
 - a path to a state-dict file of torchvision's full ``vgg19()`` (the classifier keys
@@ -29,10 +29,7 @@ from torch import Tensor, nn
 from torchvision.models import VGG19_Weights
 from torchvision.models.vgg import cfgs, make_layers
 
-from dstray.nets.weights import load_weights
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision ImageNet preprocessing
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dstray.weights import IMAGENET_MEAN, IMAGENET_STD, load_weights
 
 
 def layer_names() -> list[str]:

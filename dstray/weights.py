@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 WEIGHT_CHOICES = ("imagenet", "random")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet preprocessing, for every pretrained network here
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class WeightsUnavailableError(RuntimeError):
