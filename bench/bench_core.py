@@ -54,7 +54,7 @@ def bench_histmatch(device: str, n: int) -> dict:
 
 def _inputs(data: str | None, n: int, size: tuple[int, int], seed: int = 0):
     """N backgrounds resized to ``size`` (N,C,H,W), areas L from the blowhole reference, and the model parts."""
-    from dstray.areas import AreaSampler
+    from dstray.dst.areas import AreaSampler
     from dstray.data import load_dataset, read_image, read_mask
 
     ds = load_dataset(data)
@@ -69,10 +69,10 @@ def _inputs(data: str | None, n: int, size: tuple[int, int], seed: int = 0):
 
 
 def bench_transfer_net(data: str | None, n: int, patch: int, device: torch.device, repeats: int) -> dict:
-    from dstray.areas import crop_window
+    from dstray.dst.areas import crop_window
     from dstray.config import DSTConfig
-    from dstray.dst import DSTModel, stylize_batch
-    from dstray.nets.transfer_net import TransferNet
+    from dstray.dst.stylize import DSTModel, stylize_batch
+    from dstray.dst.transfer_net import TransferNet
 
     s, a, h, m = _inputs(data, n, (256, 400))
     torch.manual_seed(0)
@@ -113,7 +113,7 @@ def fit_child(data: str | None, steps: int, device: str) -> dict:
 
     from dstray.config import DSTConfig
     from dstray.data import load_dataset
-    from dstray.dst import DSTFitter
+    from dstray.dst.fit import DSTFitter
 
     base_mib = _peak_rss_mib()
     cfg = replace(DSTConfig(), device=device)

@@ -31,7 +31,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 def fit_models(data: str | None, out: Path, steps: int) -> None:
     from dstray.config import DSTConfig
     from dstray.data import load_dataset
-    from dstray.dst import fit_dst
+    from dstray.dst.fit import fit_dst
 
     ds = load_dataset(data)
     for t in sorted({s.defect_type for s in ds.references()}):
@@ -40,7 +40,7 @@ def fit_models(data: str | None, out: Path, steps: int) -> None:
 
 def plain_loop(cfg, shard_size: int) -> float:
     """The same work in one process; returns seconds."""
-    from dstray.distributed.generate import build_synthesizer, prepare, write_shard
+    from dstray.dst.synth import build_synthesizer, prepare, write_shard
 
     t0 = time.perf_counter()
     ctx = prepare(cfg)

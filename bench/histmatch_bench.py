@@ -2,7 +2,7 @@
 
 The first step of DST (Wei et al., Algorithm 2) on a batch of Magnetic-Tile-sized
 grayscale backgrounds: each image's area L is matched to a reference defect region M.
-Compares, on the same inputs, ``dstray.histmatch.histmatch`` on the whole batch, the
+Compares, on the same inputs, ``dstray.dst.histmatch.histmatch`` on the whole batch, the
 same function called one sample at a time, and skimage's ``match_histograms`` on the
 extracted pixels of each region (put back). Real MT images/masks are used when
 ``/work/shared/data/magnetic-tile`` exists, random images and blobs otherwise.
@@ -22,7 +22,7 @@ import torch
 from skimage import io, transform
 from skimage.exposure import match_histograms
 
-from dstray.histmatch import histmatch
+from dstray.dst.histmatch import histmatch
 
 MT = Path("/work/shared/data/magnetic-tile")
 

@@ -106,7 +106,7 @@ def cmd_fit_dst(args) -> int:
         print(format_table(outcomes))
         return 1 if any(o.status == "failed" for o in outcomes) else 0
     from dstray.data import load_dataset
-    from dstray.dst import fit_dst
+    from dstray.dst.fit import fit_dst
 
     path = fit_dst(cfg, load_dataset(args.data), args.out)
     print(f"wrote {path}")
@@ -114,7 +114,7 @@ def cmd_fit_dst(args) -> int:
 
 
 def cmd_stylize(args) -> int:
-    from dstray.dst import stylize_file
+    from dstray.dst.stylize import stylize_file
 
     written = stylize_file(args.model, args.image, args.out, mask=args.mask, seed=args.seed, mode=args.mode,
                            patch_size=args.patch_size)

@@ -16,6 +16,11 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# Shared defaults and choices, named once (the configs below, the presets, the CLI and the code use them).
+PATCH_SIZE = 96  # side (px) of the square window around L that TransferNet sees in patch mode (fit and generation)
+GENERATORS = ("dst", "histmatch", "copy")  # how the area L of a generated sample is filled (paper Table 1 columns)
+ARCHS = ("buttonlab", "deeplabv3plus", "unet")  # the segmenters of paper Table 1
+
 
 # --------------------------------------------------------------------------- areas
 @dataclass
@@ -39,11 +44,11 @@ class DSTConfig:
     reference_id: str | None = None  # sample id of the reference; None = the first reference of the type
     steps: int = 300  # optimiser steps (paper: 10 epochs over 238 backgrounds; see README for the mapping)
     batch_size: int = 4  # backgrounds per step
-    patch_size: int | None = 96  # square window around L; None = whole image (the paper's mode)
+    patch_size: int | None = PATCH_SIZE  # square window around L; None = whole image (the paper's mode)
     whole_size: int = 256  # whole-image mode: backgrounds resized to this square size for batching
     lr: float = 1e-3  # Adam learning rate (paper §4)
     # loss weights (eq. 6): paper §4 prints w_c=1e5, w_s=2.5e-4, w_h=1 (or .1), w_tv=10 under its own
-    # normalisation; ours balance the four terms at init on Magnetic Tile (see dstray.losses.DSTLoss)
+    # normalisation; ours balance the four terms at init on Magnetic Tile (see dstray.dst.losses.DSTLoss)
     content_weight: float = 10.0  # w_c, content loss (mean over L of squared relu4_1 differences)
     style_weight: float = 0.3  # w_s, Gram style loss (Grams normalised by the masked count)
     hist_weight: float = 1.0  # w_h, histogram loss (Risser), mean over L
@@ -73,7 +78,7 @@ class GenerateConfig:
     seed: int = 0  # global seed; each sample's seed derives from it and its index
     type_weights: dict[str, float] | None = None  # relative frequency per defect type; None = balanced
     mode: str = "patch"  # "patch" (window around L) | "whole" (whole image, the paper's mode)
-    patch_size: int = 96  # window size in patch mode (grown to fit L)
+    patch_size: int = PATCH_SIZE  # window size in patch mode (grown to fit L)
     batch_size: int = 8  # rows per map_batches call
     num_actors: int = 0  # actor pool size; 0 = one per GPU, else one per 2 CPUs (at least 1)
     use_gpu: str = "auto"  # "auto" | "true" | "false"

@@ -372,7 +372,7 @@ def _figure3_section(page: _Page, run: Path, pipeline: dict, checkpoints: dict, 
     parts = ['<p class="note">As the paper\'s Figure 3, per defect type: the real reference H with its mask M '
              "outlined in red; a defect-free background S with the sampled area L outlined in green; the "
              "histogram-matching output y' (first step of Alg. 2); the DST output ŷ "
-             "(<code>dstray.dst.render_figure3_row</code>); then y' and ŷ zoomed on L (no outline). "
+             "(<code>dstray.dst.figures.render_figure3_row</code>); then y' and ŷ zoomed on L (no outline). "
              f"The background is the same for every type where it fits (seed {seed}); stylized "
              + (f"in {_e(mode)} mode{f' (window {patch} px)' if mode == 'patch' and patch else ''}, as generated"
                 if mode else "in the mode each model was fit in (no generation config recorded)") + ".</p>"]
@@ -406,10 +406,11 @@ def _figure3_row(page: _Page, defect_type: str, entry: dict, backgrounds, bg_cac
                 f'{_e(entry["path"])}: {_e(entry["error"])}</td></tr>')
     import torch
 
-    from dstray.areas import AreaSampler, bbox, crop_window
+    from dstray.dst.areas import AreaSampler, bbox, crop_window
     from dstray.data import read_image
     from dstray.data import to_channels
-    from dstray.dst import load_dst, render_figure3_row, stylize
+    from dstray.dst.figures import render_figure3_row
+    from dstray.dst.stylize import load_dst, stylize
 
     ckpt, slug = entry["ckpt"], _slug(defect_type)
     ref = ckpt["reference"]

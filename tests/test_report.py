@@ -41,7 +41,7 @@ def _img_srcs(html: str) -> list[str]:
 def checkpoints(tmp_path_factory, sample_dataset):
     """Real DST checkpoints of two types: 2 tiny steps each (random VGG weights, 32 px patches)."""
     from dstray.config import AreaConfig, DSTConfig
-    from dstray.dst import DSTFitter
+    from dstray.dst.fit import DSTFitter
 
     out = tmp_path_factory.mktemp("models")
     small = AreaConfig(scale_min=0.25, scale_max=0.25, keep_border_contact=False)  # windows of ~32 px: fast

@@ -54,9 +54,9 @@ def _comparable(cfg: dict) -> dict:
 
 
 def dst_train_loop(config: dict) -> None:
-    """Ray Train worker loop for one defect type (runs on a Train worker)."""
+    """Ray Train worker loop for one defect type: :func:`dstray.dst.fit.fit_loop` reporting to Ray Train."""
     from dstray.data import load_dataset
-    from dstray.dst import DSTFitter
+    from dstray.dst.fit import DSTFitter, fit_loop
 
     cfg = from_dict(DSTConfig, config["dst"])
     cfg = replace(cfg, device=str(ray.train.torch.get_device()))
@@ -66,21 +66,24 @@ def dst_train_loop(config: dict) -> None:
         with checkpoint.as_directory() as d:
             fitter.load_state_dict(torch.load(Path(d) / "state.pt", map_location=cfg.device, weights_only=True))
         print(f"[dst-{cfg.defect_type}] resumed from step {fitter.step_count}", flush=True)
+
+    def log_terms(step: int, terms: dict[str, float]) -> None:
+        ray.train.report({"step": step, **terms})  # [2] report metrics
+
+    def checkpoint_terms(step: int, terms: dict[str, float]) -> None:
+        with tempfile.TemporaryDirectory() as d:  # [2] report metrics + a checkpoint
+            torch.save(fitter.state_dict(), Path(d) / "state.pt")
+            fitter.save(Path(d) / "model.pt")
+            ray.train.report({"step": step, **terms}, checkpoint=ray.train.Checkpoint.from_directory(d))
+
     fault_step = config.get("fault_step")  # test hook: die once at this step (simulates a lost worker)
-    while fitter.step_count < cfg.steps:
-        losses = fitter.step()
-        step = fitter.step_count
-        metrics = {"step": step, **losses}
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            with tempfile.TemporaryDirectory() as d:  # [2] report metrics + a checkpoint
-                torch.save(fitter.state_dict(), Path(d) / "state.pt")
-                fitter.save(Path(d) / "model.pt")
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        elif step % cfg.log_every == 0:
-            ray.train.report(metrics)
-        if fault_step and step == fault_step and not os.path.exists(config["fault_marker"]):
+
+    def die_once(step: int) -> None:
+        if step == fault_step and not os.path.exists(config["fault_marker"]):
             Path(config["fault_marker"]).write_text("died once")
             os._exit(1)
+
+    fit_loop(fitter, on_log=log_terms, on_checkpoint=checkpoint_terms, on_step=die_once if fault_step else None)
 
 
 @ray.remote(num_cpus=0)

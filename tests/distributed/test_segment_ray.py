@@ -30,7 +30,7 @@ N_SYNTHETIC = 4
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> str:
     """A tiny generated dataset in the layout of `dstray generate` (data/ + _shards/), schema of design.md."""
-    from dstray.distributed.generate import SCHEMA
+    from dstray.dst.synth import SCHEMA
 
     out = tmp_path_factory.mktemp("generated")
     (out / "data").mkdir()

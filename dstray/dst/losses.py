@@ -1,6 +1,6 @@
 """The DST losses, all restricted to the target area (paper §3.1, eq. 3-6).
 
-With φ_j the VGG-19 activation at layer j (:class:`dstray.nets.vgg.VGGFeatures`) and
+With φ_j the VGG-19 activation at layer j (:class:`dstray.dst.loss_net.VGGFeatures`) and
 m_j the area mask brought to that layer's size (:func:`feature_mask`):
 
 - content (eq. 3, Gatys/Johnson): mean over L of (φ_j(ŷ) − φ_j(y'))², y' the
@@ -9,7 +9,7 @@ m_j the area mask brought to that layer's size (:func:`feature_mask`):
   inside the mask normalised by the number of masked positions, S the defect-free image;
 - histogram (eq. 4, Risser et al. 2017): mean over L of (φ_j(ŷ) − R_j)², R_j = φ_j(ŷ)
   inside L histogram-matched per channel to φ_j(H) inside M (detached), H, M the
-  reference defect and its mask. The matching is :func:`dstray.histmatch.match_to_sorted`,
+  reference defect and its mask. The matching is :func:`dstray.dst.histmatch.match_to_sorted`,
   the same quantile mapping as the image-level histogram matching;
 - total variation (eq. 5): mean over L of squared horizontal and vertical differences
   of ŷ, counting the pairs that cross L's border with the outside pixel detached (S),
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dstray.config import DSTConfig
-from dstray.histmatch import SortedReference, match_features, sort_reference
-from dstray.nets.vgg import VGGFeatures
+from dstray.dst.histmatch import SortedReference, match_features, sort_reference
+from dstray.dst.loss_net import VGGFeatures
 
 
 def feature_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
@@ -73,7 +73,7 @@ def hist_loss(features: Tensor, mask: Tensor, reference: SortedReference) -> Ten
     """Risser's histogram loss (eq. 4) inside ``mask``: mean of (φ − R)², R = φ matched to ``reference``.
 
     features (N,C,h,w); mask (N,1,h,w) 0/1; reference: φ_j(H) inside M per channel, from
-    :func:`dstray.histmatch.sort_reference`. R is detached (a target), outside the mask R = φ.
+    :func:`dstray.dst.histmatch.sort_reference`. R is detached (a target), outside the mask R = φ.
     """
     return _masked_mean_sq(features - match_features(features, mask, reference), mask)
 

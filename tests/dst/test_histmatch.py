@@ -9,7 +9,7 @@ import torch
 from skimage import io
 from skimage.exposure import match_histograms
 
-from dstray.histmatch import (
+from dstray.dst.histmatch import (
     histmatch,
     histmatch_np,
     match_features,

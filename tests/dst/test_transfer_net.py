@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dstray.nets.transfer_net import TransferNet, gaussian_blend, gaussian_blur
+from dstray.dst.transfer_net import TransferNet, gaussian_blend, gaussian_blur
 
 
 def _area(n, h, w, seed=0):

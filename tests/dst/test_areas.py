@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage import io
 
-from dstray.areas import (
+from dstray.dst.areas import (
     AreaSampler,
     FixedAreas,
     areas_from_masks,

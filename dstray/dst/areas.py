@@ -30,8 +30,9 @@ Masks are resampled with nearest neighbour and stay exactly {0,1}; very thin sha
 (cracks) may break into pieces when scaled down. All randomness comes from the given
 ``torch.Generator`` (CPU): the same generator state gives the same L.
 
-:func:`crop_window` / :func:`paste_window` serve DST's patch mode: TransferNet runs on a
-square window around L instead of the whole image.
+:func:`crop_window` / :func:`cut_window` / :func:`paste_window` serve DST's patch mode:
+TransferNet runs on a square window around L instead of the whole image.
+:func:`area_for_seed` is how every caller turns a per-sample seed into L.
 """
 
 from __future__ import annotations
@@ -266,3 +267,30 @@ def paste_window(full: Tensor, window: Tensor, box: tuple[int, int, int, int]) -
     out = full.clone()
     out[..., top : top + h, left : left + w] = window
     return out
+
+
+def cut_window(image: Tensor, box: tuple[int, int, int, int], shape: tuple[int, int] | None = None,
+               pad_mode: str = "replicate") -> Tensor:
+    """``image`` (C,H,W) cut to box=(top, left, h, w), padded bottom/right to ``shape`` when smaller.
+
+    ``pad_mode``: ``"replicate"`` for images, ``"zeros"`` for masks.
+    """
+    top, left, h, w = box
+    out = image[:, top:top + h, left:left + w]
+    if shape is not None and (h, w) != tuple(shape):
+        pad = (0, shape[1] - w, 0, shape[0] - h)
+        pad_fn = torch.nn.functional.pad
+        out = pad_fn(out, pad) if pad_mode == "zeros" else pad_fn(out[None], pad, mode=pad_mode)[0]
+    return out
+
+
+def area_for_seed(sampler: AreaSampler, height: int, width: int, seed: int) -> tuple[Tensor, torch.Generator]:
+    """The area L (1,H,W) of a sample with per-sample ``seed``, and the generator for its later draws.
+
+    The one way L is drawn from a seed: generation (the Parquet row whose ``seed`` column is
+    ``seed``), ``dstray stylize --seed`` and the report's Figure-3 row all call this, so the same
+    seed, sampler (masks + AreaConfig) and image size give the same L. ValueError when the
+    image cannot take an area of this type.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return sampler.sample(height, width, generator), generator

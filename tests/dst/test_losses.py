@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from dstray.config import DSTConfig
-from dstray.histmatch import sort_reference
-from dstray.losses import DSTLoss, content_loss, feature_mask, gram, hist_loss, style_loss, tv_loss
-from dstray.nets.transfer_net import gaussian_blend
-from dstray.nets.vgg import VGGFeatures, _VGGTrunk, layer_names
+from dstray.dst.histmatch import sort_reference
+from dstray.dst.losses import DSTLoss, content_loss, feature_mask, gram, hist_loss, style_loss, tv_loss
+from dstray.dst.transfer_net import gaussian_blend
+from dstray.dst.loss_net import VGGFeatures, _VGGTrunk, layer_names
 from dstray.weights import WeightsUnavailableError
 
 

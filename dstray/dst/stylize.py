@@ -1,0 +1,187 @@
+"""Stylize with a fitted DST model: Alg. 2 at inference, one image or a batch (paper §3.1).
+
+:func:`load_dst` reads a checkpoint written by :class:`dstray.dst.fit.DSTFitter`;
+:func:`stylize` / :func:`stylize_batch` run histogram matching then TransferNet on the
+whole image (the paper's mode) or on a window around L (patch mode, pasted back), so
+pixels outside L are always exactly those of S. :func:`stylize_file` is ``dstray stylize``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+from torch import Tensor
+
+from dstray.config import PATCH_SIZE, DSTConfig, from_dict, resolve_device
+from dstray.data import encode_png, read_image, read_mask, to_channels
+from dstray.dst.areas import AreaSampler, crop_window, cut_window, paste_window
+from dstray.dst.figures import render_figure3_row
+from dstray.dst.histmatch import SortedReference, histmatch, sort_reference
+from dstray.dst.transfer_net import TransferNet
+
+
+@dataclass
+class DSTModel:
+    """A fitted DST model, ready to stylize (from :func:`load_dst`)."""
+
+    net: TransferNet
+    reference_image: Tensor  # H (C,H,W) in [0,1], on the model's device
+    reference_mask: Tensor  # M (1,H,W) {0,1}
+    reference_id: str
+    config: DSTConfig
+    defect_type: str
+    digest: str  # sha256 of the checkpoint file, first 16 hex digits
+    steps: int = 0
+    ref_sorted: SortedReference | None = field(default=None, repr=False)
+
+    @property
+    def reference(self) -> tuple[Tensor, Tensor]:
+        return self.reference_image, self.reference_mask
+
+    @property
+    def device(self) -> torch.device:
+        return self.reference_image.device
+
+    def sorted_reference(self) -> SortedReference:
+        if self.ref_sorted is None:
+            self.ref_sorted = sort_reference(self.reference_image[None], self.reference_mask[None])
+        return self.ref_sorted
+
+
+def load_dst(path: str | Path | BinaryIO, device: str | torch.device = "cpu") -> DSTModel:
+    """Load a checkpoint written by :meth:`DSTFitter.save` (a path or a binary file object)."""
+    if isinstance(path, (str, Path)):
+        data = Path(path).read_bytes()
+    else:
+        data = path.read()
+    ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    cfg = from_dict(DSTConfig, ckpt["config"])
+    device = resolve_device(str(device))
+    net = TransferNet(int(ckpt["in_channels"]), cfg.blend_sigma)
+    net.load_state_dict(ckpt["state_dict"])
+    net.to(device).eval().requires_grad_(False)
+    ref = ckpt["reference"]
+    return DSTModel(net=net, reference_image=ref["image"].to(device), reference_mask=ref["mask"].to(device),
+                    reference_id=ref["id"], config=cfg, defect_type=ckpt["defect_type"],
+                    digest=hashlib.sha256(data).hexdigest()[:16], steps=int(ckpt["steps"]))
+
+
+def _check_inputs(model: DSTModel, background: Tensor, area: Tensor) -> tuple[Tensor, Tensor]:
+    c = model.reference_image.shape[0]
+    if background.dim() != 3 or background.shape[0] != c:
+        raise ValueError(f"background must be (C,H,W) with C={c} (the model's channels); got {tuple(background.shape)}")
+    if area.shape != (1, *background.shape[1:]):
+        raise ValueError(f"area must be (1,H,W) = (1, {background.shape[1]}, {background.shape[2]}); "
+                         f"got {tuple(area.shape)}")
+    return background.to(model.device, torch.float32), area.to(model.device, torch.float32)
+
+
+@torch.no_grad()
+def stylize(model: DSTModel, background: Tensor, area: Tensor, *, mode: str = "patch",
+            patch_size: int = PATCH_SIZE) -> dict[str, Tensor]:
+    """Generate the model's defect in ``area`` of ``background`` (Alg. 2 at inference).
+
+    Args:
+        background: S (C,H,W) in [0,1]; area: L (1,H,W) 0/1.
+        mode: ``"whole"`` runs the network on the whole image (the paper); ``"patch"`` on a
+            square window of ``patch_size`` (grown to fit L) around L, pasted back.
+    Returns:
+        {"image": ŷ (C,H,W), "histmatch": y' (C,H,W)}, on the model's device. Outside L
+        both are bit-identical to S.
+    """
+    s, a = _check_inputs(model, background, area)
+    return {k: v[0] for k, v in _stylize_batch(model, s[None], a[None], mode, patch_size).items()}
+
+
+@torch.no_grad()
+def stylize_batch(model: DSTModel, backgrounds: Sequence[Tensor] | Tensor, areas: Sequence[Tensor] | Tensor, *,
+                  mode: str = "patch", patch_size: int = PATCH_SIZE) -> dict[str, list[Tensor]]:
+    """:func:`stylize` for several backgrounds, batching network calls.
+
+    Whole mode batches images of equal size. Patch mode takes each image's own window
+    (:func:`dstray.dst.areas.crop_window`, as :func:`stylize` does) and batches windows of equal
+    shape, so image i equals ``stylize(...)`` of that image alone whatever the batch holds
+    (InstanceNorm is per sample). Returns {"image": [...], "histmatch": [...]}, (C,H,W) each.
+    """
+    if mode not in ("patch", "whole"):
+        raise ValueError(f"mode must be 'patch' or 'whole', got {mode!r}")
+    pairs = [_check_inputs(model, s, a) for s, a in zip(backgrounds, areas)]
+    if not pairs:
+        return {"image": [], "histmatch": []}
+    wins = [crop_window(a, patch_size) for _, a in pairs] if mode == "patch" else [None] * len(pairs)
+    keys = [tuple(s.shape) if mode == "whole" else w[2:] for (s, _), w in zip(pairs, wins)]
+    images: list = [None] * len(pairs)
+    matched: list = [None] * len(pairs)
+    for key in dict.fromkeys(keys):
+        idx = [i for i, k in enumerate(keys) if k == key]
+        if mode == "whole":
+            out = _run(model, torch.stack([pairs[i][0] for i in idx]), torch.stack([pairs[i][1] for i in idx]))
+        else:
+            out = _run_windows(model, [pairs[i][0] for i in idx], [pairs[i][1] for i in idx], [wins[i] for i in idx])
+        for j, i in enumerate(idx):
+            images[i], matched[i] = out["image"][j], out["histmatch"][j]
+    return {"image": images, "histmatch": matched}
+
+
+def _stylize_batch(model: DSTModel, s: Tensor, a: Tensor, mode: str, patch_size: int) -> dict[str, Tensor]:
+    """s (N,C,H,W), a (N,1,H,W) -> {"image", "histmatch"} (N,C,H,W); patch mode: one window per image."""
+    if mode not in ("patch", "whole"):
+        raise ValueError(f"mode must be 'patch' or 'whole', got {mode!r}")
+    if mode == "whole":
+        return _run(model, s, a)
+    outs = [_run_windows(model, [si], [ai], [crop_window(ai, patch_size)]) for si, ai in zip(s, a)]
+    return {k: torch.stack([o[k][0] for o in outs]) for k in ("image", "histmatch")}
+
+
+def _run(model: DSTModel, s: Tensor, a: Tensor) -> dict[str, Tensor]:
+    """Alg. 2 on whole images s (N,C,H,W), a (N,1,H,W)."""
+    y_match = histmatch(s, a, model.sorted_reference())
+    return {"image": model.net(y_match, s, a), "histmatch": y_match}
+
+
+def _run_windows(model: DSTModel, s: list[Tensor], a: list[Tensor],
+                 wins: list[tuple[int, int, int, int]]) -> dict[str, list[Tensor]]:
+    """Alg. 2 on windows of one shape, pasted back into each background (C,H,W).
+
+    A window contains all of L, so matching the window equals matching the whole image.
+    """
+    sw = torch.stack([cut_window(si, w) for si, w in zip(s, wins)])
+    aw = torch.stack([cut_window(ai, w) for ai, w in zip(a, wins)])
+    out = _run(model, sw, aw)
+    return {k: [paste_window(si, v[j], w) for j, (si, w) in enumerate(zip(s, wins))] for k, v in out.items()}
+
+
+def stylize_file(model_path: str | Path, image: str | Path, out_dir: str | Path, *, mask: str | Path | None = None,
+                 seed: int = 0, mode: str = "whole", patch_size: int = PATCH_SIZE, device: str = "auto") -> list[Path]:
+    """``dstray stylize``: one defect on one background file.
+
+    L is read from ``mask`` or sampled (seeded) from the model's reference mask. Writes
+    ``stylized.png`` (ŷ), ``histmatch.png`` (y'), ``mask.png`` (L) and ``figure3.png``
+    (:func:`render_figure3_row`) to ``out_dir``; returns their paths.
+    """
+    model = load_dst(model_path, device=device)
+    background = to_channels(read_image(image), model.reference_image.shape[0])
+    if mask is not None:
+        area = read_mask(mask, like=background)
+    else:
+        sampler = AreaSampler([model.reference_mask.cpu()], model.config.area)
+        area = sampler.sample(background.shape[1], background.shape[2], torch.Generator().manual_seed(seed))
+    out = stylize(model, background, area, mode=mode, patch_size=patch_size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, t in (("stylized", out["image"]), ("histmatch", out["histmatch"]), ("mask", area)):
+        p = out_dir / f"{name}.png"
+        p.write_bytes(encode_png(t.cpu()))
+        written.append(p)
+    fig = out_dir / "figure3.png"
+    render_figure3_row(model.reference_image, model.reference_mask, background, area, out["histmatch"],
+                       out["image"], path=fig)
+    return written + [fig]
+

@@ -1,0 +1,410 @@
+"""Generation without Ray: the plan of a run, one labelled sample per plan row, Parquet shards.
+
+A generation run is planned up front (:func:`plan_samples`): row ``i`` fixes the defect
+type, the background S, the reference H and a per-sample seed ``derive_seed(seed, i)``.
+:class:`Synthesizer` then makes the sample of a row: the area L (also the label, drawn by
+:func:`dstray.dst.areas.area_for_seed` from the row's seed), filled by one of the generators
+
+- ``dst``: masked histogram matching, then the type's TransferNet (paper §3.1, Alg. 2);
+- ``histmatch``: the first step only (paper Table 1, "Hist match");
+- ``copy``: the reference defect pasted into L with Gaussian blending (the traditional
+  copy-paste baseline, :func:`copy_paste`).
+
+A run (:func:`prepare`, :func:`build_synthesizer`, :func:`write_shard`) turns shards of the
+plan into Parquet files (:data:`SCHEMA`, :data:`REJECT_SCHEMA`) plus a marker per shard, so a
+shard's file depends on the plan only. The Ray Data actors (:mod:`dstray.distributed.generate`)
+and the benchmark's plain loop call the same functions, so both do the same work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dstray import __version__, storage
+from dstray.config import GENERATORS, PATCH_SIZE, AreaConfig, GenerateConfig, from_dict, to_dict
+from dstray.data import DataError, encode_png, load_dataset, read_image, read_mask, to_channels
+from dstray.dst.areas import AreaSampler, area_for_seed, bbox
+from dstray.dst.histmatch import histmatch
+from dstray.dst.stylize import load_dst, stylize_batch
+from dstray.dst.transfer_net import gaussian_blend
+from dstray.seeds import derive_seed
+
+SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("index", pa.int64()),
+    ("defect_type", pa.string()),
+    ("image", pa.binary()),
+    ("mask", pa.binary()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("background_id", pa.string()),
+    ("reference_id", pa.string()),
+    ("generator", pa.string()),
+    ("model_digest", pa.string()),
+    ("seed", pa.int64()),
+    ("bbox", pa.list_(pa.int32())),
+    ("area_px", pa.int64()),
+    ("dstray_version", pa.string()),
+])
+REJECT_SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("index", pa.int64()),
+    ("defect_type", pa.string()),
+    ("background_id", pa.string()),
+    ("reason", pa.string()),
+])
+
+
+# --------------------------------------------------------------------------- one sample
+def plan_samples(
+    *,
+    num_samples: int,
+    seed: int,
+    defect_types: list[str],
+    background_ids: list[str],
+    reference_ids: dict[str, str],
+    type_weights: dict[str, float] | None = None,
+) -> list[dict]:
+    """The exact list of samples to generate, one dict per sample.
+
+    Types are balanced (``num_samples // T`` each, the remainder to the first types in
+    sorted order) or follow ``type_weights`` (largest-remainder rounding, so the counts
+    always add up to ``num_samples``); their order is shuffled with ``seed``. Backgrounds
+    are drawn so that each is used as evenly as possible (a seeded permutation, repeated).
+    """
+    if num_samples <= 0:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    if not defect_types:
+        raise ValueError("no defect types to generate")
+    if not background_ids:
+        raise ValueError("no backgrounds (defect-free images) to generate on")
+    types = sorted(defect_types)
+    if type_weights:
+        unknown = set(type_weights) - set(types)
+        if unknown:
+            raise ValueError(f"type_weights names unknown defect types {sorted(unknown)}; known: {types}")
+        w = np.array([max(float(type_weights.get(t, 0.0)), 0.0) for t in types])
+        if w.sum() <= 0:
+            raise ValueError(f"type_weights must have a positive weight; got {type_weights}")
+        exact = w / w.sum() * num_samples
+        counts = np.floor(exact).astype(int)
+        for k in np.argsort(-(exact - counts), kind="stable")[: num_samples - counts.sum()]:
+            counts[k] += 1
+    else:
+        counts = np.full(len(types), num_samples // len(types))
+        counts[: num_samples % len(types)] += 1
+    rng = np.random.default_rng(seed)
+    type_of = np.repeat(np.arange(len(types)), counts)
+    rng.shuffle(type_of)
+    bgs = sorted(background_ids)
+    reps = -(-num_samples // len(bgs))
+    bg_of = np.concatenate([rng.permutation(len(bgs)) for _ in range(reps)])[:num_samples]
+    return [
+        {
+            "index": i,
+            "sample_id": f"{seed}-{i:08d}",
+            "defect_type": types[type_of[i]],
+            "background_id": bgs[bg_of[i]],
+            "reference_id": reference_ids[types[type_of[i]]],
+            "seed": derive_seed(seed, i),
+        }
+        for i in range(num_samples)
+    ]
+
+
+@dataclass
+class Reference:
+    """One real defect: H (C,H,W) float [0,1] and M (1,H,W) {0,1}."""
+
+    id: str
+    image: torch.Tensor
+    mask: torch.Tensor
+
+
+class Synthesizer:
+    """Makes labelled samples for every defect type with one generator.
+
+    Args:
+        generator: ``dst`` | ``histmatch`` | ``copy``.
+        references: defect type -> the reference H, M used for histogram matching / copying.
+        area_masks: defect type -> all reference masks of that type (the shapes L is drawn from).
+        models: defect type -> loaded DST model (:func:`dstray.dst.stylize.load_dst`); only for ``dst``.
+        area: how L is sampled.
+        mode: ``patch`` (window around L) or ``whole`` (the paper's whole-image pass).
+        patch_size: window size in patch mode, pixels.
+        device: torch device for the networks.
+    """
+
+    def __init__(self, generator: str, references: dict[str, Reference], area_masks: dict[str, list[torch.Tensor]],
+                 models: dict | None = None, area: AreaConfig | None = None, mode: str = "patch",
+                 patch_size: int = PATCH_SIZE, device: str | torch.device = "cpu"):
+        if generator not in GENERATORS:
+            raise ValueError(f"unknown generator {generator!r}; choose one of {GENERATORS}")
+        if generator == "dst":
+            missing = sorted(set(references) - set(models or {}))
+            if missing:
+                raise ValueError(f"generator 'dst' needs a DST model for every type; missing: {missing}. "
+                                 "Fit them with `dstray fit-dst --all` and pass --models DIR.")
+        if mode not in ("patch", "whole"):
+            raise ValueError(f"mode must be 'patch' or 'whole', got {mode!r}")
+        self.generator, self.references, self.models = generator, references, models or {}
+        self.mode, self.patch_size, self.device = mode, patch_size, torch.device(device)
+        area = area or AreaConfig()
+        self.samplers = {t: AreaSampler(masks, area) for t, masks in area_masks.items()}
+
+    def sample_area(self, defect_type: str, background: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Generator]:
+        """The area L (1,H,W) of a sample, and the sample's generator (for later random draws).
+
+        Raises ``ValueError`` when the background cannot take an area of this type (too small).
+        """
+        _, h, w = background.shape
+        return area_for_seed(self.samplers[defect_type], h, w, seed)
+
+    def fill(self, items: list[tuple[str, torch.Tensor, torch.Tensor, torch.Generator]],
+             batch_size: int = 8) -> list[torch.Tensor]:
+        """Fill the areas: items (defect_type, background (C,H,W), area (1,H,W), generator) -> images.
+
+        DST runs the network on up to ``batch_size`` windows at once; each image is the same as
+        when made alone (windows are per image, InstanceNorm is per sample).
+        """
+        images: list[torch.Tensor | None] = [None] * len(items)
+        if self.generator == "dst":
+            by_type: dict[str, list[int]] = {}
+            for i, (t, *_rest) in enumerate(items):
+                by_type.setdefault(t, []).append(i)
+            for t, idx in by_type.items():
+                for k in range(0, len(idx), batch_size):
+                    chunk = idx[k:k + batch_size]
+                    out = stylize_batch(self.models[t], [items[i][1].to(self.device) for i in chunk],
+                                            [items[i][2].to(self.device) for i in chunk],
+                                            mode=self.mode, patch_size=self.patch_size)
+                    for i, image in zip(chunk, out["image"]):
+                        images[i] = image.cpu()
+        for i, (t, background, area, gen) in enumerate(items):
+            ref = self.references[t]
+            if self.generator == "copy":
+                images[i] = copy_paste(background, area, ref.image, ref.mask, gen)
+            elif self.generator == "histmatch":
+                images[i] = histmatch(background[None], area[None], ref.image[None], ref.mask[None])[0]
+        return [im.clamp(0, 1) for im in images]
+
+    def __call__(self, defect_type: str, background: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sample: ``(image (C,H,W) float [0,1], label L (1,H,W) {0,1})``."""
+        area, gen = self.sample_area(defect_type, background, seed)
+        return self.fill([(defect_type, background, area, gen)])[0], area
+
+
+def copy_paste(background: Tensor, area: Tensor, reference: Tensor, reference_mask: Tensor,
+               generator: torch.Generator | None = None, sigma: float = 2.0) -> Tensor:
+    """The traditional copy-paste baseline: the reference defect pasted into L, Gaussian-blended.
+
+    The bounding-box crop of H around M is resized (bilinear) to L's bounding box and
+    fused into S inside L with the same Gaussian mask as DST (:func:`gaussian_blend`,
+    std ``sigma`` px). L is usually a rotated/scaled/flipped copy of M whose transform
+    is not known here, so the crop is not warped like L: L only selects which pasted
+    pixels are kept. ``generator`` (optional) draws a random flip of the crop, so the
+    pasted texture varies between samples. Returns (C,H,W); outside L bit-identical to S.
+    """
+    if background.dim() != 3 or area.shape != (1, *background.shape[1:]):
+        raise ValueError(f"background must be (C,H,W) and area (1,H,W); "
+                         f"got {tuple(background.shape)}, {tuple(area.shape)}")
+    if not bool((area > 0.5).any()):
+        return background.clone()
+    r0, c0, r1, c1 = bbox(reference_mask > 0.5)  # ValueError for an empty reference mask
+    crop = to_channels(reference, background.shape[0])[:, r0:r1, c0:c1]
+    if generator is not None:
+        flips = torch.randint(0, 2, (2,), generator=generator).tolist()
+        crop = crop.flip([d + 1 for d, f in enumerate(flips) if f]) if any(flips) else crop
+    y0, x0, y1, x1 = bbox(area > 0.5)
+    patch = F.interpolate(crop[None].to(background), size=(y1 - y0, x1 - x0), mode="bilinear",
+                          align_corners=False, antialias=True)[0].clamp(0, 1)
+    pasted = background.clone()
+    pasted[:, y0:y1, x0:x1] = patch
+    return gaussian_blend(pasted[None], background[None], area[None].to(background), sigma)[0]
+
+
+# --------------------------------------------------------------------------- a run, in shards
+def prepare(cfg: GenerateConfig) -> dict:
+    """Validate inputs and plan the run; everything the actors need, as plain data.
+
+    Raises ``ValueError`` / ``DataError`` with what to do, before any Ray work starts.
+    """
+    if cfg.generator not in GENERATORS:
+        raise ValueError(f"--generator must be one of {GENERATORS}; got {cfg.generator!r}")
+    # absolute paths: the actors run in other working directories
+    cfg = replace(cfg, data=storage.absolute(cfg.data), models=storage.absolute(cfg.models), out=storage.absolute(cfg.out))
+    dataset = load_dataset(cfg.data)
+    types = sorted({s.defect_type for s in dataset.references()})
+    weights = None
+    if cfg.type_weights:  # a type with weight 0 or left out is not generated (and needs no model)
+        unknown = sorted(set(cfg.type_weights) - set(types))
+        if unknown:
+            raise ValueError(f"--type-weights names {unknown}, which are not defect types with a reference "
+                             f"in {dataset.root}; known: {types}")
+        weights = {t: w for t, w in cfg.type_weights.items() if w > 0}
+        types = sorted(weights)
+    if not types:
+        raise ValueError(f"{dataset.root}: no defect type has a reference image; nothing to generate")
+    backgrounds = dataset.backgrounds()
+    if not backgrounds:
+        raise ValueError(f"{dataset.root}: no background (defect-free) images to generate on")
+
+    references, area_masks, ref_ids = {}, {}, {}
+    for t in types:
+        refs = dataset.references(t)
+        first = refs[0]
+        image = read_image(first.image)
+        references[t] = {"id": first.id, "image": image.numpy(), "mask": read_mask(first.mask, like=image).numpy()}
+        area_masks[t] = [read_mask(r.mask).numpy() for r in refs]
+        ref_ids[t] = first.id
+
+    models, digests = {}, {}
+    if cfg.generator == "dst":
+        if not cfg.models:
+            raise ValueError("--generator dst needs --models DIR (the output of `dstray fit-dst --all`)")
+        for t in types:
+            path = _model_path(cfg.models, t)
+            if not storage.exists(path):
+                raise ValueError(f"no DST model for defect type {t!r} at {path}; "
+                                 f"fit it with `dstray fit-dst --all --out {cfg.models}` or leave the type out "
+                                 "of --type-weights")
+            blob = storage.read_bytes(path)
+            models[t] = blob
+            digests[t] = hashlib.sha256(blob).hexdigest()[:16]
+            ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+            ref_ids[t] = ckpt["reference"]["id"]  # the reference the model was fit on
+
+    plan = plan_samples(num_samples=cfg.num_samples, seed=cfg.seed, defect_types=types,
+                        background_ids=[b.id for b in backgrounds], reference_ids=ref_ids,
+                        type_weights=weights)
+    plan_digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "cfg": to_dict(cfg),
+        "plan": plan,
+        "backgrounds": {b.id: str(b.image) for b in backgrounds},  # paths; the driver swaps in object refs
+        "references": references,
+        "area_masks": area_masks,
+        "models": models,
+        "digests": digests,
+        "fingerprint": _fingerprint(cfg, digests, plan_digest),
+    }
+
+
+def _fingerprint(cfg: GenerateConfig, digests: dict[str, str], plan_digest: str) -> str:
+    """What makes two runs the same dataset (not: where it is written or how fast)."""
+    keep = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "batch_size", "num_actors", "use_gpu")}
+    blob = json.dumps({"cfg": keep, "models": digests, "plan": plan_digest}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _model_path(models: str, defect_type: str) -> str:
+    return storage.join(models, defect_type, "model.pt")
+
+
+def build_synthesizer(ctx: dict, device: str = "cpu"):
+    """The :class:`Synthesizer` of a prepared run (:func:`prepare`); models loaded once."""
+    cfg = from_dict(GenerateConfig, ctx["cfg"])
+    refs = {t: Reference(r["id"], torch.from_numpy(r["image"]), torch.from_numpy(r["mask"]))
+            for t, r in ctx["references"].items()}
+    masks = {t: [torch.from_numpy(m) for m in ms] for t, ms in ctx["area_masks"].items()}
+    models = {t: load_dst(io.BytesIO(blob), device=device) for t, blob in ctx["models"].items()}
+    for t, model in models.items():  # the model's own reference is the one DST matches to
+        refs[t] = Reference(model.reference_id, model.reference_image, model.reference_mask)
+    return Synthesizer(cfg.generator, refs, masks, models, cfg.area, cfg.mode, cfg.patch_size, device)
+
+
+def read_background(source: str | bytes) -> torch.Tensor:
+    """A background (C,H,W) from a path or the bytes of its file (PNG/JPEG ...)."""
+    return read_image(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def shard_plan(ctx: dict, shard: int, shard_size: int) -> list[dict]:
+    """The plan rows of shard ``shard``: ``shard_size`` consecutive samples."""
+    return ctx["plan"][shard * shard_size:(shard + 1) * shard_size]
+
+
+def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> tuple[list[dict], list[dict]]:
+    """Generate the samples of ``plan_rows``: ``(rows, rejects)``.
+
+    A sample whose background cannot be read or cannot take the area is a reject (with
+    its reason), never an error.
+    """
+    rejects, ready = [], []
+    for p in plan_rows:
+        try:
+            background = read_background(ctx["backgrounds"][p["background_id"]])
+            area, gen = synth.sample_area(p["defect_type"], background, p["seed"])
+        except (DataError, ValueError, OSError) as exc:
+            rejects.append({k: p[k] for k in ("sample_id", "index", "defect_type", "background_id")}
+                           | {"reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        ready.append((p, background, area, gen))
+    images = synth.fill([(p["defect_type"], bg, area, gen) for p, bg, area, gen in ready], batch_size)
+    rows = []
+    for (p, _, area, _), image in zip(ready, images):
+        ys, xs = torch.nonzero(area[0], as_tuple=True)
+        rows.append({
+            "sample_id": p["sample_id"], "index": p["index"], "defect_type": p["defect_type"],
+            "image": encode_png(image), "mask": encode_png(area),
+            "height": image.shape[1], "width": image.shape[2],
+            "background_id": p["background_id"], "reference_id": p["reference_id"],
+            "generator": synth.generator, "model_digest": ctx["digests"].get(p["defect_type"], ""),
+            "seed": p["seed"],
+            "bbox": [int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1],
+            "area_px": int(area.sum()), "dstray_version": __version__,
+        })
+    return rows, rejects
+
+
+def write_shard(ctx: dict, synth, shard: int, shard_size: int) -> tuple[int, int]:
+    """Generate shard ``shard`` and write its files; returns ``(written, rejected)``."""
+    out = ctx["cfg"]["out"]
+    plan = shard_plan(ctx, shard, shard_size)
+    rows, rejects = make_rows(ctx, synth, plan, ctx["cfg"]["batch_size"])
+    name = f"part-{shard:05d}.parquet"
+    storage.write_bytes(storage.join(out, "data", name), parquet_bytes(pa.Table.from_pylist(rows, SCHEMA)))
+    if rejects:
+        storage.write_bytes(storage.join(out, "rejects", name),
+                            parquet_bytes(pa.Table.from_pylist(rejects, REJECT_SCHEMA)))
+    marker = {"shard": shard, "written": len(rows), "rejected": len(rejects), "fingerprint": ctx["fingerprint"]}
+    storage.write_bytes(storage.join(out, "_shards", f"{shard:05d}.json"), json.dumps(marker).encode())
+    return len(rows), len(rejects)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` as the bytes of one Parquet file (a shard's file depends on its rows only)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def check_output(cfg: GenerateConfig, fingerprint: str) -> None:
+    """Refuse an output folder that holds another generated dataset; record this one's manifest."""
+    manifest = storage.join(cfg.out, "manifest.json")
+    if storage.exists(manifest):
+        old = json.loads(storage.read_bytes(manifest))
+        if old.get("fingerprint") != fingerprint:
+            raise ValueError(f"{cfg.out} already holds a different generated dataset "
+                             f"(fingerprint {old.get('fingerprint')} != {fingerprint}: other data, models, "
+                             "seed, generator or settings). Choose another --out or delete that folder.")
+    storage.write_bytes(manifest, json.dumps({"fingerprint": fingerprint, "config": to_dict(cfg),
+                                              "dstray_version": __version__}, indent=2).encode())
+
+
+def summarize(out: str) -> dict:
+    """Counts from the shard markers of a generated dataset."""
+    markers = [json.loads(storage.read_bytes(storage.join(out, "_shards", n)))
+               for n in storage.list_names(storage.join(out, "_shards"))]
+    written = sum(m["written"] for m in markers)
+    rejected = sum(m["rejected"] for m in markers)
+    return {"out": out, "written": written, "rejected": rejected, "shards": len(markers)}
