@@ -14,30 +14,17 @@ import logging
 import sys
 from typing import Any
 
-from dstray.config import AreaConfig, DSTConfig, GenerateConfig
+from dstray.config import AreaConfig, DSTConfig, GenerateConfig, parse_value
 
 log = logging.getLogger("dstray")
 
 
 # --------------------------------------------------------------------------- config <-> argparse
 def _parse_value(text: str, annotation: str, default: Any):
-    if text.lower() in ("none", "") and "None" in annotation:
-        return None
-    if isinstance(default, bool) or annotation.startswith("bool"):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-    if "dict" in annotation:
-        return {k: float(v) for k, v in (item.split("=") for item in text.split(","))}
-    if "list" in annotation:
-        return [x for x in text.split(",") if x]
-    if annotation.startswith("int") or isinstance(default, int):
-        return int(text)
-    if annotation.startswith("float") or isinstance(default, float):
-        return float(text)
-    return text
+    try:
+        return parse_value(text, annotation, default)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _field_comments(cls: type) -> dict[str, str]:

@@ -46,7 +46,7 @@ def _ray_options(s: argparse.ArgumentParser, *, default_name: str) -> None:
 
 # --------------------------------------------------------------------------- train-seg
 def cmd_train_seg(args) -> int:
-    from dstray.distributed.segment import train_seg
+    from dstray.distributed.train_seg import train_seg
 
     cfg = _base_config(args)
     result = train_seg(cfg, out=args.out, num_workers=args.num_workers, use_gpu=args.use_gpu,
@@ -65,49 +65,10 @@ def cmd_train_seg(args) -> int:
 
 
 # --------------------------------------------------------------------------- evaluate
-def format_eval(result: dict) -> str:
-    """The evaluation table: pixel P/R/F1/IoU overall and per type, then image-level detection and false alarms."""
-    head = f"{'set':<12} {'images':>6} {'precision':>9} {'recall':>7} {'F1':>7} {'IoU':>7}"
-    lines = [f"{result['n_images']} images, {result['resolution']}, threshold {result['threshold']}", head,
-             "-" * len(head)]
-    rows = [("all", result["n_images"], result["pixel"])]
-    rows += [(t, r.get("images", ""), r) for t, r in result["per_type"].items()]
-    for name, n, r in rows:
-        lines.append(f"{name:<12} {n:>6} {r['precision']:>9.4f} {r['recall']:>7.4f} {r['f1']:>7.4f} {r['iou']:>7.4f}")
-    im = result["image"]
-    lines.append(f"image level: {im['detected']}/{im['defect_images']} defect images detected "
-                 f"(rate {im['detection_rate']:.3f}); {im['false_alarms']}/{im['free_images']} defect-free images "
-                 f"with a false alarm (rate {im['false_alarm_rate']:.3f})")
-    return "\n".join(lines)
-
-
-def evaluate_checkpoint(model: str, *, out: str, data: str | None = None, split: str | None = None,
-                        device: str = "auto", threshold: float | None = None) -> tuple[dict, dict]:
-    """Load a :meth:`SegTrainer.save` checkpoint, evaluate it on a real split, write ``out/eval.{json,csv,png}``.
-
-    ``data``/``split``/``threshold`` default to the checkpoint's config. Returns ``(result, paths)``.
-    """
-    from dataclasses import replace
-    from pathlib import Path
-
-    from dstray.data import load_dataset
-    from dstray.segment import evaluate, load_segmenter, write_eval
-
-    if not Path(model).is_file():
-        raise FileNotFoundError(f"no checkpoint at {model}; give the model.pt written by `dstray train-seg`")
-    net, cfg = load_segmenter(model, device)
-    cfg = replace(cfg, **{k: v for k, v in {"data": data, "eval_split": split, "threshold": threshold}.items()
-                          if v is not None})
-    dataset = load_dataset(cfg.data)
-    samples = dataset.split(cfg.eval_split)
-    if not samples:
-        raise ValueError(f"{dataset.root}: split {cfg.eval_split!r} has no samples; choose --split among "
-                         f"{sorted({s.split for s in dataset.samples})}")
-    result = evaluate(net, samples, cfg, next(net.parameters()).device)
-    return result, write_eval(result, out)
-
-
 def cmd_evaluate(args) -> int:
+    from dstray.seg.evaluate import format_eval
+    from dstray.seg.train import evaluate_checkpoint
+
     result, paths = evaluate_checkpoint(args.model, out=args.out, data=args.data, split=args.split,
                                         device=args.device, threshold=args.threshold)
     print(format_eval(result))
@@ -118,7 +79,8 @@ def cmd_evaluate(args) -> int:
 
 # --------------------------------------------------------------------------- tune
 def cmd_tune(args) -> int:
-    from dstray.distributed.segment import parse_space, tune_seg
+    from dstray.distributed.space import parse_space
+    from dstray.distributed.tune_seg import tune_seg
 
     base = _base_config(args)
     space = parse_space(args.space, defaults=not args.no_default_space)
@@ -142,10 +104,10 @@ def register(subparsers) -> None:
     """Add ``train-seg``, ``evaluate`` and ``tune`` to the ``dstray`` subparsers."""
     from dstray.cli import add_config_args
     from dstray.config import SegConfig
-    from dstray.distributed.segment import SPACE_HELP  # light: torch and ray are imported where used
+    from dstray.distributed.space import SPACE_HELP  # light: torch and ray are imported where used
 
     s = subparsers.add_parser("train-seg", help=TRAIN_HELP, description=TRAIN_HELP + ". Writes OUT/model.pt, "
-                              "OUT/history.csv and OUT/eval/eval.{json,csv,png}. --batch-size is per worker. "
+                              "OUT/history.jsonl and OUT/eval/eval.{json,csv,png}. --batch-size is per worker. "
                               "--device is ignored: Ray places the workers (--use-gpu).")
     _ray_options(s, default_name="train-seg")
     s.add_argument("--num-workers", type=int, default=1, help="data-parallel Train workers (DDP when > 1)")

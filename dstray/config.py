@@ -12,7 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 
@@ -65,6 +65,9 @@ class DSTConfig:
     log_every: int = 10  # steps between loss log lines
     checkpoint_every: int = 100  # steps between checkpoints (Ray Train reports at the same cadence)
 
+    # fields that do not change the fitted model: they may differ when a fit is resumed or compared
+    RESUME_FREE: ClassVar[tuple[str, ...]] = ("steps", "device", "log_every", "checkpoint_every")
+
 
 # --------------------------------------------------------------------------- generation
 @dataclass
@@ -109,8 +112,11 @@ class SegConfig:
     eval_split: str = "test"  # real split evaluated each epoch
     eval_every: int = 100  # steps between evaluations/checkpoints
     threshold: float = 0.5  # defect probability threshold for predictions
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0  # seeds init, batch draws, crops and augmentation
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+
+    # fields that may change when a training run is resumed (more steps, another cadence or device)
+    RESUME_FREE: ClassVar[tuple[str, ...]] = ("steps", "eval_every", "device")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -121,7 +127,6 @@ def resolve_device(spec="auto"):
     if str(spec) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
-
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -154,6 +159,61 @@ def load(cls: type[T], path: str | Path) -> T:
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"could not read the {cls.__name__} file {path}: {exc}") from exc
     return from_dict(cls, data)
+
+
+def changed_fields(saved: dict[str, Any], cfg: Any, free: tuple[str, ...] | None = None) -> list[str]:
+    """Fields of ``cfg`` whose value differs from ``saved`` (a :func:`to_dict`), except ``free``.
+
+    ``free`` defaults to the config class's ``RESUME_FREE``: the fields that may change between
+    a run and its resumption.
+    """
+    free = getattr(type(cfg), "RESUME_FREE", ()) if free is None else free
+    now = to_dict(cfg)
+    return sorted(k for k in now if k not in free and saved.get(k) != now[k])
+
+
+def check_resumable(saved: dict[str, Any], cfg: Any, path: Any, free: tuple[str, ...] | None = None, *,
+                    hint: str = "use another output folder, or delete the checkpoint to start over") -> None:
+    """The one resume check: ValueError when the run at ``path`` was trained with other settings.
+
+    ``saved`` is the config the run was started with (a :func:`to_dict`); fields in ``free``
+    (default: the class's ``RESUME_FREE``) may differ. The message names the fields and ``hint``.
+    """
+    changed = changed_fields(saved, cfg, free)
+    if changed:
+        raise ValueError(f"{path} was trained with a different config ({', '.join(changed)} differ); {hint}")
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default value of field ``name`` of the dataclass ``cls``."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def parse_value(text: str, annotation: str, default: Any) -> Any:
+    """A config field's value from text (the CLI and Tune search spaces use this).
+
+    ``annotation`` is the field's type as a string, ``default`` its default: ``none`` gives
+    None where the type allows it; booleans take true/false/yes/no/1/0/on/off; dicts
+    ``k=v,k=v`` (float values); lists ``a,b``; ints and floats by the type.
+    """
+    if text.lower() in ("none", "") and "None" in annotation:
+        return None
+    if isinstance(default, bool) or annotation.startswith("bool"):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true/false, got {text!r}")
+    if "dict" in annotation:
+        return {k: float(v) for k, v in (item.split("=") for item in text.split(","))}
+    if "list" in annotation:
+        return [x for x in text.split(",") if x]
+    if annotation.startswith("int") or isinstance(default, int):
+        return int(text)
+    if annotation.startswith("float") or isinstance(default, float):
+        return float(text)
+    return text
 
 
 # --------------------------------------------------------------------------- pipeline

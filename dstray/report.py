@@ -547,7 +547,7 @@ def _losses_section(page: _Page, run: Path, pipeline: dict, checkpoints: dict) -
         parts.append(problem)
     if not history:
         if not problem:
-            parts.append(_not_run("no segmentation history (RUN/seg/history.csv or history.jsonl)"))
+            parts.append(_not_run("no segmentation history (RUN/seg/history.jsonl)"))
         return "\n".join(parts)
     steps = [h.get("step", j + 1) for j, h in enumerate(history)]
     fig = Figure(figsize=(10, 3.4), layout="constrained")
@@ -559,11 +559,11 @@ def _losses_section(page: _Page, run: Path, pipeline: dict, checkpoints: dict) -
     ax.set_xlabel("step")
     ax.grid(True, which="both", alpha=0.3)
     ax = fig.add_subplot(1, 2, 2)
-    for key, style in (("pixel_f1", "-"), ("pixel_iou", ":"), ("pixel_precision", "--"), ("pixel_recall", "--")):
+    for key, style in (("f1", "-"), ("iou", ":"), ("precision", "--"), ("recall", "--")):
         if any(key in h for h in history):
             vals = [h.get(key) if isinstance(h.get(key), (int, float)) else np.nan for h in history]
-            ax.plot(steps, vals, style, marker="o" if key == "pixel_f1" else None, ms=3,
-                    lw=1.8 if key == "pixel_f1" else 1.0, label=key.removeprefix("pixel_"))
+            ax.plot(steps, vals, style, marker="o" if key == "f1" else None, ms=3,
+                    lw=1.8 if key == "f1" else 1.0, label=key)
     ax.set_ylim(0, 1)
     ax.set_title("pixel scores on the evaluation split", fontsize=10)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -573,7 +573,7 @@ def _losses_section(page: _Page, run: Path, pipeline: dict, checkpoints: dict) -
     parts.append(page.figure("seg-history.png", fig, "segmentation loss and F1 over steps"))
     last = history[-1]
     parts.append(f'<p class="note">last evaluation: step {_e(_fmt(last.get("step")))}, '
-                 f'loss {_e(_fmt(last.get("loss")))}, pixel F1 {_score(last.get("pixel_f1"))}</p>')
+                 f'loss {_e(_fmt(last.get("loss")))}, pixel F1 {_score(last.get("f1"))}</p>')
     return "\n".join(parts)
 
 
@@ -637,33 +637,18 @@ def _timings_section(run: Path, pipeline: dict) -> str:
 
 
 def _seg_history(seg: Path) -> tuple[list[dict], str]:
-    """Evaluation history of the segmenter: ``history.csv`` (Ray Train, keys f1/precision/...) or
-    ``history.jsonl`` (in-process trainer, keys pixel_f1/...); keys normalised to ``pixel_*``.
-    Returns (rows, an HTML problem note or "")."""
-    rows, bad, name = [], 0, ""
-    if (seg / "history.csv").exists():
-        import csv
-
-        name = "history.csv"
-        with open(seg / "history.csv", newline="", encoding="utf-8") as f:
-            for r in csv.DictReader(f):
-                try:
-                    rows.append({k: float(v) for k, v in r.items() if v not in ("", None)})
-                except ValueError:
-                    bad += 1
-    elif (seg / "history.jsonl").exists():
-        name = "history.jsonl"
-        for line in (seg / name).read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    bad += 1
-    for r in rows:
-        for key in ("f1", "precision", "recall", "iou"):
-            if key in r and f"pixel_{key}" not in r:
-                r[f"pixel_{key}"] = r[key]
-    problem = f'<p class="error">{bad} unreadable line(s) in seg/{name} skipped</p>' if bad else ""
-    if name and not rows and not bad:
-        problem = f'<p class="notrun">seg/{name} has no entries</p>'
+    """Evaluation history of the segmenter, ``seg/history.jsonl`` (:func:`dstray.seg.train.write_history`),
+    read line by line so that a damaged line loses only itself. Returns (rows, an HTML problem note or "")."""
+    rows, bad, path = [], 0, seg / "history.jsonl"
+    if not path.exists():
+        return rows, ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                bad += 1
+    problem = f'<p class="error">{bad} unreadable line(s) in seg/{path.name} skipped</p>' if bad else ""
+    if not rows and not bad:
+        problem = f'<p class="notrun">seg/{path.name} has no entries</p>'
     return rows, problem

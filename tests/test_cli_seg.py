@@ -35,7 +35,7 @@ def test_config_file_then_cli_overrides(tmp_path):
 def test_space_defaults_overrides_and_domains():
     from ray import tune
 
-    from dstray.distributed.segment import DEFAULT_SPACE, parse_space, to_domain
+    from dstray.distributed.space import DEFAULT_SPACE, parse_space, to_domain
 
     space = parse_space(["lr=1e-3:1e-1,log", "backbone=resnet18", "augment=default", "crop-size=32:96"])
     assert space["lr"] == "1e-3:1e-1,log" and "augment" not in space and set(space) == set(DEFAULT_SPACE) - {"augment"}
@@ -59,14 +59,14 @@ def test_space_defaults_overrides_and_domains():
     ("augment=maybe", "not a valid"),
 ])
 def test_space_errors_say_what_to_do(entry, message):
-    from dstray.distributed.segment import parse_space
+    from dstray.distributed.space import parse_space
 
     with pytest.raises(ValueError, match=message):
         parse_space([entry])
 
 
 def test_format_eval_table():
-    from dstray.cli_seg import format_eval
+    from dstray.seg.evaluate import format_eval
 
     scores = {"tp": 1, "fp": 1, "fn": 1, "tn": 9, "precision": 0.5, "recall": 0.5, "f1": 0.5, "iou": 1 / 3}
     result = {"n_images": 3, "resolution": "letterboxed 64x64", "threshold": 0.5, "pixel": scores,
@@ -85,7 +85,9 @@ def test_evaluate_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_inputs_checked_before_ray(tmp_path):
-    from dstray.distributed.segment import _check_run_config, check_inputs, synthetic_paths
+    from dstray.distributed.train_seg import _check_run_config
+    from dstray.seg.data import synthetic_paths
+    from dstray.seg.train import check_inputs
 
     with pytest.raises(ValueError, match="no training data"):
         check_inputs(SegConfig())

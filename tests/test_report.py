@@ -100,8 +100,8 @@ def test_full_report(tmp_path, checkpoints, sample_dataset):
     _generated(run, sample_dataset)
     (run / "seg").mkdir()
     (run / "seg" / "history.jsonl").write_text("".join(
-        json.dumps({"step": s, "loss": 1.0 / s, "pixel_f1": s / 40, "pixel_precision": 0.5, "pixel_recall": 0.4,
-                    "pixel_iou": s / 50}) + "\n" for s in (10, 20)))
+        json.dumps({"step": s, "loss": 1.0 / s, "f1": s / 40, "precision": 0.5, "recall": 0.4,
+                    "iou": s / 50}) + "\n" for s in (10, 20)))
     (run / "eval").mkdir()
     (run / "eval" / "eval.json").write_text(json.dumps(EVAL))
     eval_png = encode_png(torch.rand(3, 20, 30, generator=torch.Generator().manual_seed(0)))
@@ -156,7 +156,7 @@ def test_unreadable_parts_are_reported(tmp_path):
     (run / "models" / "blowhole").mkdir(parents=True)
     (run / "models" / "blowhole" / "model.pt").write_bytes(b"not a checkpoint")
     (run / "seg").mkdir()
-    (run / "seg" / "history.jsonl").write_text('{"step": 1, "loss": 0.5, "pixel_f1": 0.1}\n{broken\n')
+    (run / "seg" / "history.jsonl").write_text('{"step": 1, "loss": 0.5, "f1": 0.1}\n{broken\n')
     html = write_report(run, out_dir=tmp_path / "out").read_text()
     assert "no pipeline.json" in html
     assert "unreadable checkpoint" in html and "blowhole" in html

@@ -95,12 +95,12 @@ def _run_all(runs: dict[str, SegConfig], run: Path, use_gpu: str) -> dict[str, d
         import torch
 
         from dstray.config import from_dict
-        from dstray.segment import train_seg_local
+        from dstray.seg.train import train_local
 
         torch.set_num_threads(1)
         cfg = from_dict(SegConfig, cfg_dict)
         t0 = time.perf_counter()
-        result = train_seg_local(dataclasses.replace(cfg, device="cuda" if gpu else "cpu"), out)
+        result = train_local(dataclasses.replace(cfg, device="cuda" if gpu else "cpu"), out)
         final = {"pixel": result["final"]["pixel"], "per_type": result["final"]["per_type"],
                  "image": result["final"]["image"], "seconds": round(time.perf_counter() - t0, 1)}
         Path(out, "final.json").write_text(json.dumps(final, indent=2))

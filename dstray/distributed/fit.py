@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -30,7 +29,7 @@ import torch
 
 from dstray.config import DSTConfig, from_dict, to_dict
 from dstray import storage
-from dstray.distributed.runtime import init_ray, resolve_use_gpu
+from dstray.distributed.runtime import die_once_at, init_ray, ray_storage_path, resolve_use_gpu
 
 log = logging.getLogger("dstray")
 
@@ -76,14 +75,8 @@ def dst_train_loop(config: dict) -> None:
             fitter.save(Path(d) / "model.pt")
             ray.train.report({"step": step, **terms}, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    fault_step = config.get("fault_step")  # test hook: die once at this step (simulates a lost worker)
-
-    def die_once(step: int) -> None:
-        if step == fault_step and not os.path.exists(config["fault_marker"]):
-            Path(config["fault_marker"]).write_text("died once")
-            os._exit(1)
-
-    fit_loop(fitter, on_log=log_terms, on_checkpoint=checkpoint_terms, on_step=die_once if fault_step else None)
+    die = die_once_at(config["fault_step"], config["fault_marker"]) if config.get("fault_step") else None  # tests
+    fit_loop(fitter, on_log=log_terms, on_checkpoint=checkpoint_terms, on_step=die)
 
 
 @ray.remote(num_cpus=0)
@@ -134,9 +127,7 @@ def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | N
     types = types or sorted({s.defect_type for s in dataset.references()})
     for t in types:
         dataset.references(t)  # raises a clear error for an unknown type
-    storage_path = storage_path or storage.join(out, "_ray")
-    if "://" not in storage_path:
-        storage_path = os.path.abspath(storage_path)
+    storage_path = ray_storage_path(out, storage_path)
 
     outcomes, todo = [], []
     init_ray(address)

@@ -114,12 +114,12 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
     from dstray.distributed.fit import fit_all, format_table
     from dstray.distributed.generate import generate
     from dstray.distributed.runtime import init_ray
-    from dstray.distributed.segment import train_seg
+    from dstray.distributed.train_seg import train_seg
 
     run = Path(cfg.out).resolve()
     run.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, data=absolute(cfg.data), out=str(run))  # Ray workers run elsewhere
-    dataset = load_dataset(cfg.data)  # fail fast on a bad path before any Ray work
+    load_dataset(cfg.data)  # fail fast on a bad path before any Ray work
     info = {"config": to_dict(cfg), "data": cfg.data or "embedded sample",
             "versions": {"dstray": dstray.__version__, "torch": torch.__version__, "ray": ray.__version__,
                          "python": platform.python_version()},
@@ -166,15 +166,13 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
 
     # [4] Evaluate on the real test split.
     t0 = time.perf_counter()
-    from dstray.segment import evaluate, load_segmenter, write_eval
+    from dstray.seg.train import evaluate_checkpoint
 
     ckpt = stage.dir / "model.pt"
     eval_stage = _Stage(run, "eval", _key(hashlib.sha256(ckpt.read_bytes()).hexdigest(), seg_cfg.eval_split))
     state = eval_stage.begin()
     if state != "done":
-        model, saved_cfg = load_segmenter(ckpt)
-        result = evaluate(model, dataset.split(seg_cfg.eval_split), saved_cfg)
-        write_eval(result, eval_stage.dir)
+        evaluate_checkpoint(ckpt, out=eval_stage.dir, split=seg_cfg.eval_split, device="cpu")
     eval_stage.finish()
     pixel = json.loads((eval_stage.dir / "eval.json").read_text())["pixel"]
     record("evaluate", t0, state, f1=pixel["f1"])

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import ray
+
+from dstray import storage
 
 log = logging.getLogger("dstray")
 
@@ -36,3 +40,22 @@ def resolve_use_gpu(flag: str | bool) -> bool:
     if value in ("false", "0", "no"):
         return False
     raise ValueError(f"--use-gpu must be auto, true or false; got {flag!r}")
+
+
+def ray_storage_path(out: str, storage_path: str | None = None) -> str:
+    """Where Ray Train/Tune keep a run's checkpoints: ``storage_path`` or ``out/_ray``, absolute if local."""
+    path = storage_path or storage.join(out, "_ray")
+    return path if "://" in path else os.path.abspath(path)
+
+
+def die_once_at(step: int, marker: str | Path) -> Callable[[int], None]:
+    """Test hook: a per-step callback that kills this process the first time ``step`` is reached.
+
+    Simulates a lost worker or trial; ``marker`` (a file, written before dying) makes it happen once.
+    """
+    def hook(current: int) -> None:
+        if current == step and not os.path.exists(marker):
+            Path(marker).write_text("died once")
+            os._exit(1)
+
+    return hook

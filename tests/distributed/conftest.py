@@ -7,6 +7,7 @@ cost seconds each; keep them to this one.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -38,3 +39,36 @@ def ray_cluster():
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+N_SYNTHETIC = 4  # rows of the `synthetic` fixture
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory) -> str:
+    """A tiny generated dataset in the layout of `dstray generate` (data/ + _shards/), schema of design.md."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from dstray.data import encode_png
+    from dstray.dst.synth import SCHEMA
+
+    out = tmp_path_factory.mktemp("generated")
+    (out / "data").mkdir()
+    (out / "_shards").mkdir()
+    g = torch.Generator().manual_seed(7)
+    rows = []
+    for i in range(N_SYNTHETIC):
+        h, w = 40 + 8 * i, 56
+        image = torch.rand(1, h, w, generator=g)
+        mask = torch.zeros(1, h, w)
+        mask[:, 10:20, 12 + i:30] = 1.0
+        image[mask.bool()] *= 0.3  # a dark defect
+        rows.append({"sample_id": f"0-{i:08d}", "index": i, "defect_type": "crack", "image": encode_png(image),
+                     "mask": encode_png(mask), "height": h, "width": w, "background_id": "bg", "reference_id": "ref",
+                     "generator": "histmatch", "model_digest": "", "seed": i, "bbox": [10, 12 + i, 20, 30],
+                     "area_px": int(mask.sum()), "dstray_version": "test"})
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), out / "data" / "part-00000.parquet")
+    (out / "_shards" / "00000.json").write_text(json.dumps({"written": N_SYNTHETIC, "rejected": 0}))
+    return str(out)

@@ -3,7 +3,7 @@
 DeepLab v3+ (Chen et al. 2018) and U-Net (Ronneberger et al. 2015) come from
 segmentation_models_pytorch, always built with ``encoder_weights=None`` so that smp
 never downloads anything. For ``weights="imagenet"`` (or a state-dict file) a
-torchvision ResNet is loaded through :func:`dstray.weights.load_weights` and its
+torchvision ResNet is loaded through :func:`dstray.seg.encoders.resnet` and its
 state dict (minus ``fc``) is loaded strictly into the smp encoder, which is a
 torchvision ``ResNet`` subclass with the same parameter names.
 
@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dstray.config import SegConfig
-from dstray.nets.buttonlab import buttonlab, resnet, to_rgb_normalised
+from dstray.config import ARCHS, SegConfig
+from dstray.seg.buttonlab import buttonlab
+from dstray.seg.encoders import resnet, to_rgb_normalised
 
-ARCHS = ("buttonlab", "deeplabv3plus", "unet")
 _SMP_STRIDE = 32  # smp encoders downsample 5 times
 
 

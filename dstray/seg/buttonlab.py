@@ -11,7 +11,7 @@ resolution::
 The three upsampling steps (×4 to 1/4, ×2 to 1/2, ×2 to full size) are the paper's
 "restore the resolution gradually by three times of sampling".
 
-Choices the paper leaves open (documented here, tested in ``tests/test_buttonlab.py``):
+Choices the paper leaves open (documented here, tested in ``tests/seg/test_buttonlab.py``):
 
 - **Dilation.** For ResNet-50 the last stage is dilated (``replace_stride_with_dilation
   =[False, False, True]``, output stride 16), as torchvision's DeepLab does. ResNet-18/34
@@ -42,41 +42,15 @@ from collections import OrderedDict
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision import models
+from torchvision.models import ResNet
 from torchvision.models._utils import IntermediateLayerGetter
 
-from dstray.weights import IMAGENET_MEAN, IMAGENET_STD, load_weights
-
-BACKBONES = ("resnet18", "resnet34", "resnet50")
-_IMAGENET_WEIGHTS = {  # torchvision's ImageNet weights, the same V1 set torchvision's DeepLab uses
-    "resnet18": models.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet34": models.ResNet34_Weights.IMAGENET1K_V1,
-    "resnet50": models.ResNet50_Weights.IMAGENET1K_V1,
-}
+from dstray.seg.encoders import resnet, to_rgb_normalised
 
 HIGH_CHANNELS = 256  # 1x1 projection of layer4 in place of ASPP (DeepLab v3+ ASPP output width)
 LOW_CHANNELS = 48  # low-level projection width, "proposed by authors" of DeepLab v3+
 LOCAL_CHANNELS = 48  # branch projection width: we treat local features like low-level ones
 DECODER_CHANNELS = (128, 64)  # widths of the 1/4 and 1/2 decoder stages (ours: (256, 128) was ~1.5x slower on CPU)
-
-
-def to_rgb_normalised(x: torch.Tensor) -> torch.Tensor:
-    """(N,C,H,W) in [0,1], C in {1,3} -> (N,3,H,W) ImageNet-normalised copy."""
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    elif x.shape[1] != 3:
-        raise ValueError(f"expected 1 or 3 input channels, got {x.shape[1]}")
-    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def resnet(backbone: str, weights: str = "random", *, dilate: bool = False) -> models.ResNet:
-    """A torchvision ResNet with ``weights`` (``imagenet`` / state-dict path / ``random``) loaded."""
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
-    net = getattr(models, backbone)(weights=None, replace_stride_with_dilation=[False, False, dilate])
-    return load_weights(net, weights, enum=_IMAGENET_WEIGHTS[backbone], what=f"Buttonlab {backbone} backbone")
 
 
 class ConvBNReLU(nn.Sequential):
@@ -106,7 +80,7 @@ class BranchNet(nn.Sequential):
     (N,3,h,w) -> (N,C1,ceil(h/2),ceil(w/2)); C1 = 64 (ResNet-18/34) or 256 (ResNet-50). No max-pool.
     """
 
-    def __init__(self, net: models.ResNet) -> None:
+    def __init__(self, net: ResNet) -> None:
         super().__init__(OrderedDict(conv1=net.conv1, bn1=net.bn1, relu=net.relu, layer1=net.layer1))
 
 

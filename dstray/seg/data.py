@@ -15,8 +15,10 @@ limited to the first N (Figure 6).
   image and the two masks (``tv_tensors.Mask``: nearest interpolation, no colour
   change): horizontal/vertical flips, a random multiple of 90°, a small rotation,
   a random resized crop, brightness/contrast jitter.
-- **Mixing.** A batch of B holds ``round(synthetic_fraction * B)`` generated samples
-  when both kinds are given; indices are drawn uniformly with replacement.
+- **Mixing** (:func:`synthetic_count`, :func:`mixed_batch`: the one rule, also used by the
+  Ray Train shard source of :mod:`dstray.distributed.train_seg`). A batch of B holds
+  ``round(synthetic_fraction * B)`` generated samples when both kinds are given (all B when
+  only one kind is), then real samples drawn uniformly with replacement.
 - **Determinism.** All draws come from the caller's ``torch.Generator``; the v2
   transforms (which use the global RNG) run inside ``torch.random.fork_rng`` seeded
   from that generator, so the global RNG is left untouched.
@@ -33,6 +35,7 @@ from torch.nn import functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from dstray import storage
 from dstray.config import SegConfig
 from dstray.data import (MASK_THRESHOLD, DataError, Sample, decode_png, load_dataset, read_image, read_mask,
                          to_channels)
@@ -101,6 +104,12 @@ def prepare_sample(sample: Sample, size: int, channels: int) -> dict:
     return prepare(image, mask, size, channels)
 
 
+def prepare_row(image_png: bytes, mask_png: bytes, size: int, channels: int) -> dict:
+    """A generated Parquet row (PNG bytes of ``image`` and ``mask``) decoded and letterboxed (:func:`prepare`)."""
+    mask = (decode_png(mask_png)[:1] >= (MASK_THRESHOLD - 0.5) / 255).float()  # 8-bit value >= 128
+    return prepare(decode_png(image_png), mask, size, channels)
+
+
 # --------------------------------------------------------------------------- augmentation
 class RandomRot90(v2.Transform):
     """Rotate every input by the same random multiple of 90° (exact, no interpolation)."""
@@ -137,6 +146,18 @@ def augment(item: dict, transform: v2.Transform | None, generator: torch.Generat
 
 
 # --------------------------------------------------------------------------- training source
+def synthetic_paths(paths: list[str]) -> list[str]:
+    """Generated datasets as Parquet locations: an output folder of ``dstray generate`` means its ``data/``."""
+    out = []
+    for p in paths:
+        if not storage.exists(p):
+            raise FileNotFoundError(f"synthetic dataset {p} does not exist; give the output folder of "
+                                    "`dstray generate` (or its data/ folder, or a Parquet file)")
+        data = storage.join(p, "data")
+        out.append(data if storage.exists(storage.join(p, "_shards")) and storage.exists(data) else p)
+    return out
+
+
 def real_samples(cfg: SegConfig) -> list[Sample]:
     """The real training samples of ``cfg``: the splits ``cfg.real_splits`` of ``cfg.data``, in order.
 
@@ -160,6 +181,32 @@ def real_samples(cfg: SegConfig) -> list[Sample]:
             if queues[t] and len(picked) < cfg.real_limit:
                 picked.append(queues[t].pop(0))
     return picked
+
+
+def synthetic_count(batch_size: int, fraction: float, *, real: bool, synthetic: bool) -> int:
+    """How many items of a batch are generated samples (paper §4.2, strategy C when both are given).
+
+    All of them when only generated samples are given, none when only real ones, else
+    ``round(fraction * batch_size)``.
+    """
+    if not synthetic:
+        return 0
+    if not real:
+        return batch_size
+    return round(fraction * batch_size)
+
+
+def mixed_batch(synthetic: list[dict], real: list[dict], batch_size: int, generator: torch.Generator,
+                transform: v2.Transform | None) -> dict[str, torch.Tensor]:
+    """The batch: the ``synthetic`` items, then real items drawn with replacement, each augmented.
+
+    ``batch_size - len(synthetic)`` indices into ``real`` are drawn with ``generator``, then every
+    item is augmented jointly (:func:`augment`, seeded from ``generator``) and stacked:
+    ``{"image": (B,C,S,S), "mask": (B,1,S,S), "valid": (B,1,S,S)}``.
+    """
+    picks = torch.randint(len(real) or 1, (batch_size - len(synthetic),), generator=generator).tolist()
+    items = [augment(item, transform, generator) for item in [*synthetic, *(real[i] for i in picks)]]
+    return {k: torch.stack([item[k] for item in items]) for k in ("image", "mask", "valid")}
 
 
 class SegSource:
@@ -196,20 +243,10 @@ class SegSource:
         return len(self.real) + len(self.synthetic_rows)
 
     def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """``{"image": (B,C,S,S), "mask": (B,1,S,S), "valid": (B,1,S,S)}`` drawn with replacement."""
-        if self.real and self.synthetic_rows:
-            n_syn = round(self.cfg.synthetic_fraction * batch_size)
-        else:
-            n_syn = batch_size if self.synthetic_rows else 0
-        picks = [("syn", i) for i in torch.randint(len(self.synthetic_rows) or 1, (n_syn,), generator=generator)]
-        picks += [("real", i) for i in torch.randint(len(self.real) or 1, (batch_size - n_syn,), generator=generator)]
-        items = [augment(self._item(kind, int(i)), self.transform, generator) for kind, i in picks]
-        return {k: torch.stack([item[k] for item in items]) for k in ("image", "mask", "valid")}
-
-    def _item(self, kind: str, index: int) -> dict:
-        if kind == "real":
-            return self.real[index]
-        image_png, mask_png = self.synthetic_rows[index]
-        mask = (decode_png(mask_png)[:1] >= (MASK_THRESHOLD - 0.5) / 255).float()  # 8-bit value >= 128
-        return prepare(decode_png(image_png), mask, self.cfg.image_size, self.channels)
-
+        """``{"image": (B,C,S,S), "mask": (B,1,S,S), "valid": (B,1,S,S)}``: :func:`synthetic_count` generated
+        rows drawn with replacement, then real samples (:func:`mixed_batch`)."""
+        n_syn = synthetic_count(batch_size, self.cfg.synthetic_fraction, real=bool(self.real),
+                                synthetic=bool(self.synthetic_rows))
+        rows = torch.randint(len(self.synthetic_rows) or 1, (n_syn,), generator=generator).tolist()
+        synthetic = [prepare_row(*self.synthetic_rows[i], self.cfg.image_size, self.channels) for i in rows]
+        return mixed_batch(synthetic, self.real, batch_size, generator, self.transform)

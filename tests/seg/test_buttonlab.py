@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dstray.config import SegConfig
-from dstray.nets.baselines import build_segmenter
-from dstray.nets.buttonlab import buttonlab
-from dstray.segment import masked_cross_entropy
+from dstray.seg.baselines import build_segmenter
+from dstray.seg.buttonlab import buttonlab
+from dstray.seg.train import masked_cross_entropy
 
 
 @pytest.fixture

@@ -1,0 +1,209 @@
+"""Segmenter hyper-parameter search with Ray Tune (``dstray tune``): an adapter of the one loop.
+
+Each trial is a plain function trainable (:func:`seg_trial`) that runs
+:func:`dstray.seg.train.train_loop` in the trial's process (Train inside Tune leaks resources
+without the dashboard, see ``shared/notes/ray-2.60.md``), one report per evaluation (ASHA's
+time unit) with a checkpoint (``model.pt`` and ``history.jsonl``: trials resume from it; an
+interrupted search resumes with ``Tuner.restore``). ASHA stops trials on pixel F1 of the
+real test split. The search space syntax is :mod:`dstray.distributed.space`'s.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from dstray.config import SegConfig, from_dict, save, to_dict
+from dstray.data import load_dataset
+from dstray.distributed.runtime import die_once_at, init_ray, ray_storage_path, resolve_use_gpu
+from dstray.distributed.space import DEFAULT_SPACE, parse_space, to_domain
+from dstray.seg.data import SegSource
+from dstray.seg.evaluate import evaluate
+from dstray.seg.train import HISTORY, SegTrainer, check_inputs, read_history, train_loop, write_history
+
+log = logging.getLogger("dstray")
+
+SEARCH_SPEC = "dstray-search.json"  # the search of a tune run (restore check)
+
+
+def seg_trial(config: dict, base: dict, fault: dict | None = None) -> None:
+    """Tune function trainable: one SegConfig (``base`` + the sampled ``config``), evaluated every ``eval_every``.
+
+    ``fault`` (tests): ``{"step": k, "marker": path}``: the first trial to reach step k exits (once).
+    """
+    cfg = replace(from_dict(SegConfig, base), **config)
+    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    trainer = SegTrainer(cfg, SegSource.from_config(cfg), device)
+    history: list[dict] = []
+    checkpoint = tune.get_checkpoint()  # [5] a restarted trial (or a restored search) continues from its checkpoint
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            trainer.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True))
+            history = read_history(Path(d) / HISTORY)
+    eval_samples = load_dataset(cfg.data).split(cfg.eval_split)
+    die = die_once_at(fault["step"], fault["marker"]) if fault else None  # simulates a lost trial process
+
+    def on_eval(row: dict, result: dict) -> None:
+        history.append(row)
+        with tempfile.TemporaryDirectory() as d:  # [6] one report per evaluation: ASHA's time unit
+            trainer.save(Path(d) / "model.pt")
+            write_history(Path(d) / HISTORY, history)
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
+
+    train_loop(trainer, steps=cfg.steps, eval_every=cfg.eval_every,
+               evaluator=lambda: evaluate(trainer.model, eval_samples, cfg, device), on_eval=on_eval,
+               on_step=(lambda log: die(log["step"])) if die else None)
+
+
+@dataclass
+class TuneSegResult:
+    """What ``tune_seg`` returns (and ``dstray tune`` prints)."""
+
+    table_csv: str
+    table_md: str
+    best_config: str  # a SegConfig JSON for `dstray train-seg --config`
+    plot: str
+    best: dict  # the best trial's row
+    rows: list[dict]
+    seconds: float
+
+
+def _trial_rows(results, space: dict, steps: int) -> list[dict]:
+    rows = []
+    for r in results:
+        df = r.metrics_dataframe
+        has = df is not None and len(df) and "f1" in df
+        best = df.loc[df["f1"].idxmax()] if has and df["f1"].notna().any() else None
+        trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
+        row = {"trial": trial_id, **{k: r.config.get(k) for k in space},
+               "best_f1": float(best["f1"]) if best is not None else float("nan"),
+               "best_step": int(best["step"]) if best is not None else 0,
+               "last_f1": float(df["f1"].iloc[-1]) if has else float("nan"),
+               "steps": int(df["step"].max()) if has else 0}
+        row["status"] = "error" if r.error else ("done" if row["steps"] >= steps else "stopped early (ASHA)")
+        if r.error:
+            row["error"] = str(r.error).splitlines()[0][:200]
+        rows.append(row)
+    return sorted(rows, key=lambda x: -x["best_f1"] if x["best_f1"] == x["best_f1"] else math.inf)
+
+
+def _markdown(rows: list[dict], columns: list[str]) -> str:
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(results, rows: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure  # no pyplot: Agg, no GUI backend
+
+    fig = Figure(figsize=(8, 5))
+    ax = fig.add_subplot(1, 1, 1)
+    labels = {row["trial"]: row for row in rows}
+    for r in results:
+        df = r.metrics_dataframe
+        if df is None or not len(df) or "f1" not in df:
+            continue
+        trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
+        ax.plot(df["step"], df["f1"], marker="o", label=f"{trial_id} (best {labels[trial_id]['best_f1']:.3f})")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("pixel F1 (real test split)")
+    ax.set_title("F1 per trial")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=100)
+
+
+def tune_seg(base: SegConfig, *, out: str, space: dict[str, str] | None = None, num_samples: int = 8,
+             max_concurrent: int = 2, grace_period: int = 1, reduction_factor: float = 2.0,
+             cpus_per_trial: float = 1.0, gpus_per_trial: float = 1.0, use_gpu: str = "auto",
+             storage_path: str | None = None, name: str = "tune-seg", max_failures: int = 1, search_seed: int = 0,
+             address: str | None = None, _fault: dict | None = None) -> TuneSegResult:
+    """Search ``space`` around ``base`` with ASHA on pixel F1; writes the table, best config and plot to ``out``."""
+    space = parse_space(space or {}, defaults=False) if space is not None else dict(DEFAULT_SPACE)
+    if num_samples < 1 or max_concurrent < 0:
+        raise ValueError(f"--num-samples must be >= 1 and --max-concurrent >= 0; got {num_samples}, {max_concurrent}")
+    base = check_inputs(base)
+    evaluations = math.ceil(base.steps / base.eval_every)
+    if grace_period > evaluations:
+        raise ValueError(f"--grace-period {grace_period} is more than the {evaluations} evaluation(s) of a trial "
+                         "(steps / eval_every); lower it or raise --steps")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage_path = ray_storage_path(str(out_dir), storage_path)
+    run_dir = os.path.join(storage_path, name)
+    spec = {"base": to_dict(base), "space": space, "num_samples": num_samples, "search_seed": search_seed}
+    spec_path = Path(run_dir) / SEARCH_SPEC
+
+    init_ray(address)  # [1]
+    gpu = resolve_use_gpu(use_gpu)
+    resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial if gpu else 0}
+    # [2] a plain function trainable (no Train inside Tune) with its resources; plain dicts only
+    trainable = tune.with_resources(tune.with_parameters(seg_trial, base=to_dict(base), fault=_fault), resources)
+    t0 = time.perf_counter()
+    if tune.Tuner.can_restore(run_dir):  # [3] a search of this name exists: continue it (no-op when finished)
+        saved = json.loads(spec_path.read_text()) if spec_path.exists() else None
+        if saved != json.loads(json.dumps(spec)):
+            raise ValueError(f"{run_dir} holds a search with other settings (base config, space, --num-samples or "
+                             "--search-seed); give another --name to start a new search, or the same options to "
+                             "continue it")
+        log.info("resuming the search in %s", run_dir)
+        tuner = tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        param_space = {k: to_domain(k, v) for k, v in space.items()}
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric="f1", mode="max", num_samples=num_samples,
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=evaluations,  # one iteration = one eval
+                                        grace_period=grace_period, reduction_factor=reduction_factor),
+                search_alg=BasicVariantGenerator(max_concurrent=max_concurrent, random_state=search_seed),
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+        spec_path.parent.mkdir(parents=True, exist_ok=True)
+        spec_path.write_text(json.dumps(spec, indent=2))
+    log.info("tuning %s over %s: %d trial(s), at most %s at once, %s per trial", base.arch, sorted(space),
+             num_samples, max_concurrent or "all", resources)
+    results = tuner.fit()  # [4]
+    rows = _trial_rows(results, space, base.steps)
+    if not rows or not rows[0]["best_f1"] == rows[0]["best_f1"]:
+        errors = "; ".join(r.get("error", "") for r in rows if r.get("error"))
+        raise RuntimeError(f"no trial of {run_dir} reported an F1{': ' + errors if errors else ''}")
+    columns = ["trial", *space, "best_f1", "best_step", "last_f1", "steps", "status"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns + ["error"], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    paths = {"csv": out_dir / "results.csv", "md": out_dir / "results.md", "best": out_dir / "best_config.json",
+             "png": out_dir / "f1_per_trial.png"}
+    paths["csv"].write_text(buf.getvalue())
+    paths["md"].write_text(f"# dstray tune: {name}\n\nmetric: pixel F1 on the real `{base.eval_split}` split "
+                           f"(best over the trial's evaluations), ASHA on {evaluations} evaluation(s)\n\n"
+                           + _markdown(rows, columns))
+    best = rows[0]
+    best_cfg = replace(base, **{k: best[k] for k in space})
+    save(best_cfg, paths["best"])
+    _plot(results, rows, paths["png"])
+    return TuneSegResult(table_csv=str(paths["csv"]), table_md=str(paths["md"]), best_config=str(paths["best"]),
+                         plot=str(paths["png"]), best=best, rows=rows, seconds=time.perf_counter() - t0)
