@@ -27,6 +27,8 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from dstray.config import GENERATORS  # noqa: E402
+
 
 def fit_models(data: str | None, out: Path, steps: int) -> None:
     from dstray.config import DSTConfig
@@ -54,7 +56,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="dataset (default: the embedded sample)")
     p.add_argument("--num-samples", type=int, default=96)
-    p.add_argument("--generator", default="dst", choices=["dst", "histmatch", "copy"])
+    p.add_argument("--generator", default="dst", choices=GENERATORS)
     p.add_argument("--shard-size", type=int, default=16)
     p.add_argument("--fit-steps", type=int, default=2)
     a = p.parse_args()

@@ -120,9 +120,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
-    from dstray.distributed.pipeline import preset, run_pipeline
+    from dstray.distributed.pipeline import run_pipeline
+    from dstray.presets import pipeline_preset
 
-    cfg = preset(args.preset)
+    cfg = pipeline_preset(args.preset)
     overrides = {k: getattr(args, k) for k in ("data", "out", "generator", "num_samples", "use_gpu")
                  if getattr(args, k) is not None}
     cfg = dataclasses.replace(cfg, **overrides)

@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 # Shared defaults and choices, named once (the configs below, the presets, the CLI and the code use them).
 PATCH_SIZE = 96  # side (px) of the square window around L that TransferNet sees in patch mode (fit and generation)
-GENERATORS = ("dst", "histmatch", "copy")  # how the area L of a generated sample is filled (paper Table 1 columns)
+GENERATORS = ("copy", "histmatch", "dst")  # how L of a generated sample is filled (paper Table 1's columns, in order)
 ARCHS = ("buttonlab", "deeplabv3plus", "unet")  # the segmenters of paper Table 1
 
 
@@ -227,6 +227,7 @@ class PipelineConfig:
     generator: str = "dst"  # generator whose samples train the segmenter
     num_samples: int = 200  # generated samples (paper: 2167)
     use_gpu: str = "auto"  # "auto" | "true" | "false" for every Ray stage
+    seed: int = 0  # seeds every stage: replaces the seeds of dst, generate and seg
     dst: DSTConfig = field(default_factory=DSTConfig)  # per-type DST fit (defect_type is set per type)
     seg: SegConfig = field(default_factory=SegConfig)  # segmenter training; synthetic/data filled in by the pipeline
     generate: GenerateConfig = field(default_factory=GenerateConfig)  # generation settings (out/models filled in)

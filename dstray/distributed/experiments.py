@@ -23,48 +23,22 @@ import logging
 import time
 from pathlib import Path
 
-from dstray.config import DSTConfig, GenerateConfig, SegConfig, to_dict
+import ray
+import torch
+
+from dstray.config import ARCHS, GENERATORS, GenerateConfig, SegConfig, from_dict, to_dict
+from dstray.data import load_dataset
+from dstray.distributed.fit import fit_all, format_table
+from dstray.distributed.generate import generate
+from dstray.distributed.runtime import init_ray, resolve_use_gpu
+from dstray.presets import ExperimentPreset, experiment_preset
+from dstray.seg.train import train_local
 from dstray.storage import absolute
 
 log = logging.getLogger("dstray")
 
-ARCHS = ("buttonlab", "deeplabv3plus", "unet")
-GENERATORS = ("copy", "histmatch", "dst")
-
-
-@dataclasses.dataclass
-class ExperimentPreset:
-    """Sizes of one experiment preset."""
-
-    name: str
-    dst: DSTConfig  # DST fit per type
-    num_samples: int  # generated samples per generator (paper: 2167)
-    seg: SegConfig  # every segmentation run (arch, data and limits set per run)
-    real_counts: tuple[int | None, ...]  # fig6: real train samples added (None = all)
-
-
-def experiment_preset(name: str) -> ExperimentPreset:
-    """``smoke`` (tests), ``cpu`` (about an hour per experiment on 2 cores), ``paper`` (GPUs, §4 settings)."""
-    if name == "smoke":
-        return ExperimentPreset(name, DSTConfig(steps=4, batch_size=1, patch_size=32, checkpoint_every=4), 10,
-                                SegConfig(backbone="resnet18", image_size=64, crop_size=32, steps=4, eval_every=4,
-                                          batch_size=2), (0, 2))
-    if name == "cpu":
-        return ExperimentPreset(name, DSTConfig(steps=100, batch_size=4, patch_size=64, checkpoint_every=50), 300,
-                                SegConfig(backbone="resnet18", image_size=128, crop_size=64, steps=200,
-                                          eval_every=200, batch_size=8), (0, 25, 50, None))
-    if name == "paper":
-        return ExperimentPreset(name, DSTConfig(steps=600, patch_size=None, whole_size=256, loss_weights="imagenet"),
-                                2167, SegConfig(backbone="resnet50", weights="imagenet", image_size=256,
-                                                crop_size=128, steps=32500, eval_every=2700, batch_size=8),
-                                (0, 25, 50, None))
-    raise ValueError(f"unknown experiment preset {name!r}; choose smoke, cpu or paper")
-
 
 def _prepare_generated(data: str | None, run: Path, p: ExperimentPreset, generators, use_gpu: str, seed: int):
-    from dstray.distributed.fit import fit_all, format_table
-    from dstray.distributed.generate import generate
-
     if "dst" in generators:
         outcomes = fit_all(p.dst, data=data, out=str(run / "models"), use_gpu=use_gpu)
         print(format_table(outcomes), flush=True)
@@ -84,19 +58,10 @@ def _prepare_generated(data: str | None, run: Path, p: ExperimentPreset, generat
 
 def _run_all(runs: dict[str, SegConfig], run: Path, use_gpu: str) -> dict[str, dict]:
     """Train + evaluate every named SegConfig in Ray tasks (finished ones are read back)."""
-    import ray
-
-    from dstray.distributed.runtime import resolve_use_gpu
-
     gpu = resolve_use_gpu(use_gpu)
 
     @ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=2)
     def train_one(cfg_dict: dict, out: str) -> dict:
-        import torch
-
-        from dstray.config import from_dict
-        from dstray.seg.train import train_local
-
         torch.set_num_threads(1)
         cfg = from_dict(SegConfig, cfg_dict)
         t0 = time.perf_counter()
@@ -140,8 +105,6 @@ def _write(run: Path, name: str, rows: list[dict], columns: list[str], settings:
 
 def _start(data: str | None, out: str, preset: str, address: str | None):
     """``(preset sizes, run folder, absolute data path, start time)``, with Ray connected."""
-    from dstray.distributed.runtime import init_ray
-
     run = Path(out).resolve()
     run.mkdir(parents=True, exist_ok=True)
     init_ray(address)
@@ -177,8 +140,6 @@ def table1(*, data: str | None, out: str, preset: str = "cpu", use_gpu: str = "a
 def fig6(*, data: str | None, out: str, preset: str = "cpu", use_gpu: str = "auto", seed: int = 0,
          address: str | None = None) -> list[dict]:
     """Paper Fig. 6 analogue: Buttonlab F1 vs real train samples added, without (B) / with (C) DST samples."""
-    from dstray.data import load_dataset
-
     p, run, data, t0 = _start(data, out, preset, address)
     generated = _prepare_generated(data, run, p, ("dst",), use_gpu, seed)
     dataset = load_dataset(data)

@@ -27,49 +27,21 @@ import shutil
 import time
 from pathlib import Path
 
-from dstray.config import DSTConfig, GenerateConfig, PipelineConfig, SegConfig, to_dict
+import ray
+import torch
+
+import dstray
+from dstray.config import PipelineConfig, to_dict
+from dstray.data import load_dataset
+from dstray.distributed.fit import fit_all, format_table
+from dstray.distributed.generate import generate
+from dstray.distributed.runtime import init_ray
+from dstray.distributed.train_seg import train_seg
+from dstray.report import write_report
+from dstray.seg.train import evaluate_checkpoint
 from dstray.storage import absolute
 
 log = logging.getLogger("dstray")
-
-PRESETS = ("smoke", "cpu", "paper")
-
-
-def preset(name: str, **overrides) -> PipelineConfig:
-    """Stage sizes for a preset.
-
-    - ``smoke``: seconds per stage; for tests and for checking an installation.
-    - ``cpu``: the default; the embedded sample on a 2-core laptop in about ten minutes.
-    - ``paper``: the paper's settings (§4) for GPU clusters: whole-image DST with 10 epochs
-      over the backgrounds, 2167 generated samples, Buttonlab ResNet-50, 120 epochs of batch 8.
-    """
-    if name == "smoke":
-        cfg = PipelineConfig(
-            preset=name, num_samples=10,
-            dst=DSTConfig(steps=6, batch_size=1, patch_size=32, checkpoint_every=6, log_every=2),
-            generate=GenerateConfig(patch_size=48, num_actors=1),
-            seg=SegConfig(backbone="resnet18", image_size=64, crop_size=32, steps=4, eval_every=4, batch_size=2),
-        )
-    elif name == "cpu":
-        cfg = PipelineConfig(
-            preset=name, num_samples=200,
-            dst=DSTConfig(steps=60, batch_size=4, patch_size=64, checkpoint_every=20, log_every=10),
-            generate=GenerateConfig(patch_size=64),
-            seg=SegConfig(backbone="resnet18", image_size=128, crop_size=64, steps=150, eval_every=50, batch_size=8),
-        )
-    elif name == "paper":
-        cfg = PipelineConfig(
-            preset=name, num_samples=2167,  # paper §4: 2167 generated samples
-            dst=DSTConfig(steps=600, batch_size=4, patch_size=None, whole_size=256,  # 10 epochs x 238 bgs / 4
-                          loss_weights="imagenet", checkpoint_every=100),
-            generate=GenerateConfig(mode="whole", batch_size=16),
-            seg=SegConfig(backbone="resnet50", weights="imagenet", image_size=256, crop_size=128,
-                          steps=32500, eval_every=2700, batch_size=8),  # 120 epochs x 2167 / 8 (paper §4)
-        )
-    else:
-        raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
-    return dataclasses.replace(cfg, **overrides)
-
 
 def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -105,20 +77,16 @@ class _Stage:
 
 
 def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
-    """Run (or finish) every stage; returns ``pipeline.json``'s content."""
-    import ray
-    import torch
+    """Run (or finish) every stage; returns ``pipeline.json``'s content.
 
-    import dstray
-    from dstray.data import load_dataset
-    from dstray.distributed.fit import fit_all, format_table
-    from dstray.distributed.generate import generate
-    from dstray.distributed.runtime import init_ray
-    from dstray.distributed.train_seg import train_seg
-
+    ``cfg.seed`` seeds every stage: it replaces the seeds of ``cfg.dst``, ``cfg.generate`` and ``cfg.seg``.
+    """
     run = Path(cfg.out).resolve()
     run.mkdir(parents=True, exist_ok=True)
-    cfg = dataclasses.replace(cfg, data=absolute(cfg.data), out=str(run))  # Ray workers run elsewhere
+    cfg = dataclasses.replace(cfg, data=absolute(cfg.data), out=str(run),  # Ray workers run elsewhere
+                              dst=dataclasses.replace(cfg.dst, seed=cfg.seed),
+                              generate=dataclasses.replace(cfg.generate, seed=cfg.seed),
+                              seg=dataclasses.replace(cfg.seg, seed=cfg.seed))
     load_dataset(cfg.data)  # fail fast on a bad path before any Ray work
     info = {"config": to_dict(cfg), "data": cfg.data or "embedded sample",
             "versions": {"dstray": dstray.__version__, "torch": torch.__version__, "ray": ray.__version__,
@@ -166,8 +134,6 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
 
     # [4] Evaluate on the real test split.
     t0 = time.perf_counter()
-    from dstray.seg.train import evaluate_checkpoint
-
     ckpt = stage.dir / "model.pt"
     eval_stage = _Stage(run, "eval", _key(hashlib.sha256(ckpt.read_bytes()).hexdigest(), seg_cfg.eval_split))
     state = eval_stage.begin()
@@ -179,8 +145,6 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
 
     # [5] The visual report.
     t0 = time.perf_counter()
-    from dstray.report import write_report
-
     record("report", t0, "new", path=str(run / "report" / "index.html"))  # before writing: the report shows it
     html = write_report(run)
     print(f"pixel F1 on the real {seg_cfg.eval_split} split: {pixel['f1']:.4f}  "

@@ -11,9 +11,10 @@ pytestmark = pytest.mark.ray
 
 def test_smoke_pipeline_writes_report_with_every_type_and_the_evaluation(ray_cluster, tmp_path):
     from dstray.data import load_dataset
-    from dstray.distributed.pipeline import preset, run_pipeline
+    from dstray.distributed.pipeline import run_pipeline
+    from dstray.presets import pipeline_preset
 
-    cfg = preset("smoke", out=str(tmp_path / "run"))
+    cfg = pipeline_preset("smoke", out=str(tmp_path / "run"))
     info = run_pipeline(cfg)
     run = tmp_path / "run"
     html = (run / "report" / "index.html").read_text()

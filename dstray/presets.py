@@ -1,0 +1,83 @@
+"""Every size preset in one place: the pipeline's and the experiments' ``smoke``, ``cpu``, ``paper``.
+
+- ``smoke``: seconds per stage; for tests and for checking an installation.
+- ``cpu``: the embedded sample on a 2-core laptop in about ten minutes (pipeline), about an
+  hour per experiment on the full Magnetic Tile data.
+- ``paper``: the paper's settings (§4) for GPU clusters: whole-image DST with 10 epochs over
+  the backgrounds, 2167 generated samples, Buttonlab ResNet-50, 120 epochs of batch 8.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dstray.config import DSTConfig, GenerateConfig, PipelineConfig, SegConfig
+
+PRESETS = ("smoke", "cpu", "paper")
+
+# paper §4, shared by the pipeline and the experiments
+PAPER_SAMPLES = 2167  # generated samples
+
+
+def _paper_dst() -> DSTConfig:
+    return DSTConfig(steps=600, batch_size=4, patch_size=None, whole_size=256,  # 10 epochs x 238 bgs / 4
+                     loss_weights="imagenet", checkpoint_every=100)
+
+
+def _paper_seg() -> SegConfig:
+    return SegConfig(backbone="resnet50", weights="imagenet", image_size=256, crop_size=128,
+                     steps=32500, eval_every=2700, batch_size=8)  # 120 epochs x 2167 / 8
+
+
+def _unknown(name: str) -> ValueError:
+    return ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+def pipeline_preset(name: str, **overrides) -> PipelineConfig:
+    """The stage sizes of the one-command pipeline for preset ``name``, with ``overrides`` applied."""
+    if name == "smoke":
+        cfg = PipelineConfig(
+            preset=name, num_samples=10,
+            dst=DSTConfig(steps=6, batch_size=1, patch_size=32, checkpoint_every=6, log_every=2),
+            generate=GenerateConfig(patch_size=48, num_actors=1),
+            seg=SegConfig(backbone="resnet18", image_size=64, crop_size=32, steps=4, eval_every=4, batch_size=2),
+        )
+    elif name == "cpu":
+        cfg = PipelineConfig(
+            preset=name, num_samples=200,
+            dst=DSTConfig(steps=60, batch_size=4, patch_size=64, checkpoint_every=20, log_every=10),
+            generate=GenerateConfig(patch_size=64),
+            seg=SegConfig(backbone="resnet18", image_size=128, crop_size=64, steps=150, eval_every=50, batch_size=8),
+        )
+    elif name == "paper":
+        cfg = PipelineConfig(preset=name, num_samples=PAPER_SAMPLES, dst=_paper_dst(),
+                             generate=GenerateConfig(mode="whole", batch_size=16), seg=_paper_seg())
+    else:
+        raise _unknown(name)
+    return dataclasses.replace(cfg, **overrides)
+
+
+@dataclasses.dataclass
+class ExperimentPreset:
+    """Sizes of the paper's experiments (``dstray experiment table1|fig6``)."""
+
+    name: str
+    dst: DSTConfig  # DST fit per type
+    num_samples: int  # generated samples per generator (paper: 2167)
+    seg: SegConfig  # every segmentation run (arch, data and limits set per run)
+    real_counts: tuple[int | None, ...]  # fig6: real train samples added (None = all)
+
+
+def experiment_preset(name: str) -> ExperimentPreset:
+    """``smoke`` (tests), ``cpu`` (about an hour per experiment on 2 cores), ``paper`` (GPUs, §4 settings)."""
+    if name == "smoke":
+        return ExperimentPreset(name, DSTConfig(steps=4, batch_size=1, patch_size=32, checkpoint_every=4), 10,
+                                SegConfig(backbone="resnet18", image_size=64, crop_size=32, steps=4, eval_every=4,
+                                          batch_size=2), (0, 2))
+    if name == "cpu":
+        return ExperimentPreset(name, DSTConfig(steps=100, batch_size=4, patch_size=64, checkpoint_every=50), 300,
+                                SegConfig(backbone="resnet18", image_size=128, crop_size=64, steps=200,
+                                          eval_every=200, batch_size=8), (0, 25, 50, None))
+    if name == "paper":
+        return ExperimentPreset(name, _paper_dst(), PAPER_SAMPLES, _paper_seg(), (0, 25, 50, None))
+    raise _unknown(name)

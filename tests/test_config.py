@@ -1,0 +1,35 @@
+"""Configs: the one resume check, value parsing, and the presets (all in one place)."""
+
+import pytest
+
+from dstray.config import DSTConfig, SegConfig, changed_fields, check_resumable, parse_value, to_dict
+from dstray.presets import PRESETS, experiment_preset, pipeline_preset
+
+
+def test_resume_check_lets_only_the_free_fields_change(tmp_path):
+    saved = to_dict(SegConfig(steps=5))
+    check_resumable(saved, SegConfig(steps=50, eval_every=10, device="cpu"), tmp_path)  # SegConfig.RESUME_FREE
+    with pytest.raises(ValueError, match=r"different config \(backbone, lr differ\)"):
+        check_resumable(saved, SegConfig(lr=0.1, backbone="resnet50"), tmp_path)
+    assert changed_fields(to_dict(DSTConfig(steps=3)), DSTConfig(steps=9, log_every=1)) == []
+    assert changed_fields(to_dict(DSTConfig()), DSTConfig(lr=1.0)) == ["lr"]
+
+
+def test_parse_value_follows_the_field_type():
+    assert parse_value("none", "int | None", 96) is None
+    assert parse_value("yes", "bool", True) is True and parse_value("0", "bool", True) is False
+    assert parse_value("a=1,b=2.5", "dict[str, float] | None", None) == {"a": 1.0, "b": 2.5}
+    assert parse_value("x,y", "list[str]", []) == ["x", "y"] and parse_value("7", "int", 0) == 7
+    with pytest.raises(ValueError, match="true/false"):
+        parse_value("maybe", "bool", True)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_build_and_the_paper_sizes_are_shared(name):
+    pipeline, experiment = pipeline_preset(name, out="x"), experiment_preset(name)
+    assert pipeline.preset == name and pipeline.out == "x" and experiment.name == name
+    if name == "paper":  # the paper's DST and segmentation sizes are defined once
+        assert pipeline.dst == experiment.dst and pipeline.seg == experiment.seg
+        assert pipeline.num_samples == experiment.num_samples == 2167
+    with pytest.raises(ValueError, match="unknown preset"):
+        pipeline_preset("huge")
