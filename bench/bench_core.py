@@ -116,7 +116,7 @@ def fit_child(data: str | None, steps: int, device: str) -> dict:
     from dstray.dst.fit import DSTFitter
 
     base_mib = _peak_rss_mib()
-    cfg = replace(DSTConfig(), device=device)
+    cfg = replace(DSTConfig(), defect_type="blowhole", device=device)  # the default config, one type
     fitter = DSTFitter(cfg, load_dataset(data))
     fitter.step()  # warm-up (first batch decodes backgrounds, allocator warm-up)
     dev = fitter.device

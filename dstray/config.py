@@ -40,7 +40,7 @@ class AreaConfig:
 class DSTConfig:
     """Fitting one TransferNet (one defect type), paper §3.1 and §4."""
 
-    defect_type: str = "blowhole"  # which defect type to learn (one reference image H, mask M)
+    defect_type: str | None = None  # which defect type to learn (one reference H, M); None = the dataset's only type
     reference_id: str | None = None  # sample id of the reference; None = the first reference of the type
     steps: int = 300  # optimiser steps (paper: 10 epochs over 238 backgrounds; see README for the mapping)
     batch_size: int = 4  # backgrounds per step

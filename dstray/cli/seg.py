@@ -1,6 +1,5 @@
-"""Segmentation subcommands of ``dstray``: ``train-seg`` (Ray Train), ``evaluate`` (pure torch), ``tune`` (Ray Tune).
+"""The paper's second half on the command line: ``train-seg`` (Ray Train), ``evaluate`` (no Ray), ``tune`` (Ray Tune).
 
-``register(subparsers)`` adds them to the ``dstray`` parser (``dstray.cli.build_parser``).
 SegConfig options are generated from the dataclass (``--lr``, ``--crop-size`` ...);
 ``--config FILE`` loads a SegConfig JSON first (e.g. ``best_config.json`` written by
 ``dstray tune``) and the options given on the command line override it.
@@ -20,38 +19,21 @@ import argparse
 import json
 import math
 
+from dstray.cli.args import add_config_args, add_data, add_ray, config_from_args
+from dstray.config import SegConfig
+from dstray.distributed.space import SPACE_HELP  # light: no torch, no ray
+
 TRAIN_HELP = "train a segmenter with Ray Train (data parallel, Ray Data ingestion, resumable)"
 EVAL_HELP = "evaluate a segmenter checkpoint on a real split (pixel P/R/F1/IoU, image-level detection)"
 TUNE_HELP = "search segmenter hyper-parameters with Ray Tune (ASHA on pixel F1 of the real test split)"
 
 
-def _base_config(args):
-    """SegConfig: ``--config FILE`` (or defaults), then the SegConfig options given on the command line."""
-    from dstray.cli import build_config
-    from dstray.config import SegConfig, load
-
-    base = load(SegConfig, args.config) if args.config else None
-    return build_config(SegConfig, args, base=base)
-
-
-def _ray_options(s: argparse.ArgumentParser, *, default_name: str) -> None:
-    s.add_argument("--config", default=None, help="SegConfig JSON to start from (CLI options override it)")
-    s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--storage-path", default=None, help="Ray checkpoint storage (folder or s3://...); default OUT/_ray")
-    s.add_argument("--name", default=default_name,
-                   help=f"run name under the storage path; the same name resumes (default: {default_name})")
-    s.add_argument("--use-gpu", default="auto", choices=["auto", "true", "false"])
-    s.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local runtime)")
-
-
-# --------------------------------------------------------------------------- train-seg
 def cmd_train_seg(args) -> int:
     from dstray.distributed.train_seg import train_seg
 
-    cfg = _base_config(args)
-    result = train_seg(cfg, out=args.out, num_workers=args.num_workers, use_gpu=args.use_gpu,
-                       cpus_per_worker=args.cpus_per_worker, storage_path=args.storage_path, name=args.name,
-                       max_failures=args.max_failures, address=args.address)
+    result = train_seg(config_from_args(SegConfig, args), out=args.out, num_workers=args.num_workers,
+                       use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, storage_path=args.storage_path,
+                       name=args.name, max_failures=args.max_failures, address=args.address)
     m = result.metrics
     if result.skipped:
         start = "already done: nothing to do"
@@ -64,7 +46,6 @@ def cmd_train_seg(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args) -> int:
     from dstray.seg.evaluate import format_eval
     from dstray.seg.train import evaluate_checkpoint
@@ -77,14 +58,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- tune
 def cmd_tune(args) -> int:
     from dstray.distributed.space import parse_space
     from dstray.distributed.tune_seg import tune_seg
 
-    base = _base_config(args)
     space = parse_space(args.space, defaults=not args.no_default_space)
-    result = tune_seg(base, out=args.out, space=space, num_samples=args.num_samples,
+    result = tune_seg(config_from_args(SegConfig, args), out=args.out, space=space, num_samples=args.num_samples,
                       max_concurrent=args.max_concurrent, grace_period=args.grace_period,
                       reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
                       gpus_per_trial=args.gpus_per_trial, use_gpu=args.use_gpu, storage_path=args.storage_path,
@@ -99,37 +78,39 @@ def cmd_tune(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- parser
-def register(subparsers) -> None:
-    """Add ``train-seg``, ``evaluate`` and ``tune`` to the ``dstray`` subparsers."""
-    from dstray.cli import add_config_args
-    from dstray.config import SegConfig
-    from dstray.distributed.space import SPACE_HELP  # light: torch and ray are imported where used
+def _run_options(s: argparse.ArgumentParser, *, default_name: str) -> None:
+    """What train-seg and tune share: the config file, the output, the run name."""
+    s.add_argument("--config", default=None, help="SegConfig JSON to start from (CLI options override it)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--name", default=default_name,
+                   help=f"run name under the storage path; the same name resumes (default: {default_name})")
 
-    s = subparsers.add_parser("train-seg", help=TRAIN_HELP, description=TRAIN_HELP + ". Writes OUT/model.pt, "
-                              "OUT/history.jsonl and OUT/eval/eval.{json,csv,png}. --batch-size is per worker. "
-                              "--device is ignored: Ray places the workers (--use-gpu).")
-    _ray_options(s, default_name="train-seg")
+
+def register(sub) -> None:
+    """Add ``train-seg``, ``evaluate`` and ``tune`` to the ``dstray`` subparsers."""
+    s = sub.add_parser("train-seg", help=TRAIN_HELP, description=TRAIN_HELP + ". Writes OUT/model.pt, "
+                       "OUT/history.jsonl and OUT/eval/eval.{json,csv,png}. --batch-size is per worker. "
+                       "--device is ignored: Ray places the workers (--use-gpu).")
+    _run_options(s, default_name="train-seg")
     s.add_argument("--num-workers", type=int, default=1, help="data-parallel Train workers (DDP when > 1)")
-    s.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Train worker")
-    s.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint")
+    add_ray(s, storage=True, workers=True, max_failures=2, restarts="worker-group restarts from the last checkpoint")
     add_config_args(s, SegConfig)
     s.set_defaults(func=cmd_train_seg)
 
-    s = subparsers.add_parser("evaluate", help=EVAL_HELP, description=EVAL_HELP + " (no Ray).")
+    s = sub.add_parser("evaluate", help=EVAL_HELP, description=EVAL_HELP + " (no Ray).")
     s.add_argument("--model", required=True, help="checkpoint (model.pt of train-seg)")
-    s.add_argument("--data", default=None, help="dataset folder or manifest CSV (default: the model's, else the "
-                   "embedded sample)")
+    add_data(s, help="dataset folder or manifest CSV (default: the model's, else the embedded sample)")
     s.add_argument("--split", default=None, help="real split to evaluate (default: the model's eval_split, 'test')")
     s.add_argument("--out", required=True, help="output folder for eval.{json,csv,png}")
     s.add_argument("--threshold", type=float, default=None, help="defect probability threshold (default: the model's)")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
     s.set_defaults(func=cmd_evaluate)
 
-    s = subparsers.add_parser("tune", help=TUNE_HELP, description=TUNE_HELP + ". Writes OUT/results.{csv,md} "
-                              "(one row per trial), OUT/best_config.json (for train-seg --config) and "
-                              "OUT/f1_per_trial.png. The SegConfig options set the base config of every trial.")
-    _ray_options(s, default_name="tune-seg")
+    s = sub.add_parser("tune", help=TUNE_HELP, description=TUNE_HELP + ". Writes OUT/results.{csv,md} "
+                       "(one row per trial), OUT/best_config.json (for train-seg --config) and "
+                       "OUT/f1_per_trial.png. The SegConfig options set the base config of every trial.")
+    _run_options(s, default_name="tune-seg")
+    add_ray(s, storage=True, max_failures=1, restarts="restarts of a failed trial from its checkpoint")
     s.add_argument("--space", action="append", default=[], metavar="KEY=SPEC", help=SPACE_HELP)
     s.add_argument("--no-default-space", action="store_true", help="search only the --space keys")
     s.add_argument("--num-samples", type=int, default=8, help="number of trials")
@@ -139,7 +120,6 @@ def register(subparsers) -> None:
     s.add_argument("--cpus-per-trial", type=float, default=1.0)
     s.add_argument("--gpus-per-trial", type=float, default=1.0, help="GPUs per trial when GPUs are used (0.5: two "
                    "trials share one)")
-    s.add_argument("--max-failures", type=int, default=1, help="restarts of a failed trial from its checkpoint")
     s.add_argument("--search-seed", type=int, default=0, help="seed of the random search")
     add_config_args(s, SegConfig)
     s.set_defaults(func=cmd_tune)

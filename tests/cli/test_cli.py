@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from dstray.cli import build_config, build_parser, main
+from dstray.cli import build_parser, main
+from dstray.cli.args import build_config
 from dstray.config import DSTConfig, GenerateConfig
 
 
@@ -56,3 +57,49 @@ def test_unknown_defect_type_is_a_clear_error(tmp_path, capsys):
     assert main(["fit-dst", "--defect-type", "scratch", "--steps", "1", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "scratch" in err and "blowhole" in err
+
+
+def test_defect_type_rules_of_fit_dst(tmp_path, capsys):
+    # --defect-type fits one type in-process: together with --all / --types it is an error (before any Ray work)
+    for extra in (["--all"], ["--types", "crack,fray"]):
+        assert main(["fit-dst", "--defect-type", "crack", *extra, "--out", str(tmp_path)]) == 2
+        assert "--defect-type" in capsys.readouterr().err
+    # no --defect-type on a dataset with several types: an error that lists them
+    assert main(["fit-dst", "--steps", "1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert all(t in err for t in ("blowhole", "break", "crack", "fray", "uneven"))
+
+
+def test_fit_dst_without_defect_type_fits_a_single_type_dataset(tmp_path):
+    import csv
+
+    from dstray.data import sample_root
+
+    rows = list(csv.DictReader(open(sample_root() / "splits.csv")))
+    keep = [r for r in rows if r["defect_type"].lower() in ("crack", "free")]
+    manifest = tmp_path / "crack.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: (str(sample_root() / v) if k in ("image", "mask") and v else v) for k, v in r.items()}
+                         for r in keep)
+    assert main(["fit-dst", "--data", str(manifest), "--steps", "1", "--batch-size", "1", "--patch-size", "32",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert torch.load(tmp_path / "out" / "model.pt", weights_only=True)["defect_type"] == "crack"
+
+
+def test_run_subcommands_parse():
+    p = build_parser()
+    args = p.parse_args(["pipeline", "--preset", "smoke", "--seed", "3"])
+    assert (args.preset, args.seed, args.use_gpu) == ("smoke", 3, "auto")
+    args = p.parse_args(["experiment", "fig6", "--preset", "smoke", "--data", "d"])
+    assert (args.experiment, args.preset, args.data, args.out) == ("fig6", "smoke", "d", "runs/experiments")
+    args = p.parse_args(["report", "runs/x", "--out", "o"])
+    assert (args.run, args.out) == ("runs/x", "o")
+
+
+def test_report_subcommand_writes_the_page(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "page")]) == 0
+    assert (tmp_path / "page" / "index.html").exists() and "index.html" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "missing")]) == 2

@@ -23,12 +23,12 @@ def test_parser_has_the_segmentation_subcommands():
 
 def test_config_file_then_cli_overrides(tmp_path):
     from dstray.cli import build_parser
-    from dstray.cli_seg import _base_config
+    from dstray.cli.args import config_from_args
     from dstray.config import save
 
     save(SegConfig(lr=0.5, steps=7, backbone="resnet50"), tmp_path / "c.json")
     args = build_parser().parse_args(["train-seg", "--out", "o", "--config", str(tmp_path / "c.json"), "--steps", "3"])
-    cfg = _base_config(args)
+    cfg = config_from_args(SegConfig, args)
     assert (cfg.lr, cfg.steps, cfg.backbone) == (0.5, 3, "resnet50")
 
 

@@ -1,0 +1,104 @@
+"""Shared argument helpers of the ``dstray`` command line: config <-> argparse, and the flags
+every command group shares, each declared once here.
+
+Options of each job are generated from its config dataclass (``--steps`` sets
+``DSTConfig.steps``; ``--area-max-rotation`` sets ``DSTConfig.area.max_rotation``; the help is
+the field's comment), so the CLI, the ``jobs/*.py`` entrypoints and the Python API share one
+definition. An option is absent unless given, so the config's value is kept (``none`` gives None).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+from typing import Any
+
+from dstray.config import AreaConfig, field_default, load, parse_value
+
+USE_GPU = ("auto", "true", "false")
+DATA_HELP = "dataset folder or manifest CSV (default: the embedded sample)"
+
+
+# --------------------------------------------------------------------------- config <-> argparse
+def _value_type(annotation: str, default: Any):
+    """An argparse ``type`` for a config field: :func:`dstray.config.parse_value`, errors as argparse's."""
+    def parse(text: str):
+        try:
+            return parse_value(text, annotation, default)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """The ``# comment`` after each field of a config dataclass: the CLI help text."""
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+):[^#]*#\s*(.+)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2).replace("%", "%%")
+    return comments
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Add ``--field`` options for every field of the dataclass ``cls`` (absent unless given: keep config's)."""
+    comments = _field_comments(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if f.name == "area":
+            add_config_args(parser, AreaConfig, prefix="area-")
+            continue
+        default = field_default(cls, f.name)
+        flag = "--" + prefix + f.name.replace("_", "-")
+        parser.add_argument(flag, dest=(prefix + f.name).replace("-", "_"), default=argparse.SUPPRESS,
+                            metavar=f.name.upper(), type=_value_type(str(f.type), default),
+                            help=f"{comments.get(f.name, '')} (default: {default})".strip())
+
+
+def build_config(cls: type, args: argparse.Namespace, base: Any | None = None, **fixed):
+    """A config from ``base`` (or defaults), then CLI values that were given, then ``fixed``."""
+    cfg = base if base is not None else cls()
+    changes = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "area":
+            area = cfg.area
+            for af in dataclasses.fields(AreaConfig):
+                if hasattr(args, f"area_{af.name}"):
+                    area = dataclasses.replace(area, **{af.name: getattr(args, f"area_{af.name}")})
+            changes["area"] = area
+        elif hasattr(args, f.name):  # given on the command line (``none`` gives None)
+            changes[f.name] = getattr(args, f.name)
+    changes.update({k: v for k, v in fixed.items() if v is not None})
+    return dataclasses.replace(cfg, **changes)
+
+
+def config_from_args(cls: type, args: argparse.Namespace):
+    """A config: ``--config FILE`` (or the defaults), then the options given on the command line."""
+    base = load(cls, args.config) if getattr(args, "config", None) else None
+    return build_config(cls, args, base=base)
+
+
+# --------------------------------------------------------------------------- shared flags, declared once
+def add_data(parser: argparse.ArgumentParser, help: str = DATA_HELP) -> None:
+    parser.add_argument("--data", default=None, help=help)
+
+
+def add_ray(parser: argparse.ArgumentParser, *, use_gpu: bool = True, storage: bool = False,
+            workers: bool = False, max_failures: int | None = None, restarts: str = "") -> None:
+    """The Ray options of a command: ``--address`` always; ``--use-gpu``; ``--storage-path``;
+    ``--cpus-per-worker``; ``--max-failures`` (default ``max_failures``; ``restarts`` says what restarts)."""
+    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local runtime)")
+    if use_gpu:
+        parser.add_argument("--use-gpu", default="auto", choices=USE_GPU,
+                            help="auto: GPUs when the cluster has them (default: auto)")
+    if storage:
+        parser.add_argument("--storage-path", default=None,
+                            help="Ray checkpoint storage (folder or s3://...); default OUT/_ray")
+    if workers:
+        parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Train worker")
+    if max_failures is not None:
+        parser.add_argument("--max-failures", type=int, default=max_failures, help=restarts)

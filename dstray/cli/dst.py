@@ -1,0 +1,78 @@
+"""The paper's first half on the command line: ``fit-dst``, ``stylize``, ``generate``."""
+
+from __future__ import annotations
+
+import json
+
+from dstray.cli.args import add_config_args, add_data, add_ray, build_config
+from dstray.config import PATCH_SIZE, DSTConfig, GenerateConfig
+
+
+def cmd_fit_dst(args) -> int:
+    cfg = build_config(DSTConfig, args)
+    if args.all or args.types:
+        if cfg.defect_type is not None:
+            raise ValueError("--defect-type fits one type in this process; --all / --types fit several with Ray "
+                             "Train: give one or the other")
+        from dstray.distributed.fit import fit_all, format_table
+
+        outcomes = fit_all(cfg, data=args.data, out=args.out, types=args.types.split(",") if args.types else None,
+                           storage_path=args.storage_path, use_gpu=args.use_gpu, max_failures=args.max_failures,
+                           cpus_per_worker=args.cpus_per_worker, address=args.address)
+        print(format_table(outcomes))
+        return 1 if any(o.status == "failed" for o in outcomes) else 0
+    from dstray.data import load_dataset
+    from dstray.dst.fit import fit_dst
+
+    path = fit_dst(cfg, load_dataset(args.data), args.out)  # no --defect-type: the dataset's only type
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_stylize(args) -> int:
+    from dstray.dst.stylize import stylize_file
+
+    written = stylize_file(args.model, args.image, args.out, mask=args.mask, seed=args.seed, mode=args.mode,
+                           patch_size=args.patch_size)
+    for p in written:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from dstray.distributed.generate import generate
+
+    summary = generate(build_config(GenerateConfig, args), shard_size=args.shard_size, address=args.address)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("fit-dst", help="fit the DST model of one defect type (or all of them on Ray)",
+                       description="Fit one defect type in this process (--defect-type; may be left out when the "
+                       "dataset has one type), or several concurrently with Ray Train (--all / --types).")
+    add_data(s)
+    s.add_argument("--out", required=True, help="output folder (one type: model.pt here; --all: <type>/model.pt)")
+    s.add_argument("--all", action="store_true", help="fit every defect type concurrently with Ray Train")
+    s.add_argument("--types", default=None, help="comma-separated types to fit with Ray Train (default with --all: all)")
+    add_ray(s, storage=True, workers=True, max_failures=2,
+            restarts="worker restarts (from the last checkpoint) per type")
+    add_config_args(s, DSTConfig)
+    s.set_defaults(func=cmd_fit_dst)
+
+    s = sub.add_parser("stylize", help="generate one defect on one background with a fitted DST model")
+    s.add_argument("--model", required=True, help="DST checkpoint (model.pt)")
+    s.add_argument("--image", required=True, help="defect-free image S")
+    s.add_argument("--mask", default=None, help="area L to fill (default: sampled from the type's reference masks "
+                   "with --seed, as generation samples the row whose seed column is that value)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--seed", type=int, default=0, help="per-sample seed of L (a generated row's `seed` column)")
+    s.add_argument("--mode", choices=["patch", "whole"], default="whole")
+    s.add_argument("--patch-size", type=int, default=PATCH_SIZE)
+    s.set_defaults(func=cmd_stylize)
+
+    s = sub.add_parser("generate", help="generate a labelled Parquet dataset with Ray Data")
+    s.add_argument("--shard-size", type=int, default=32, help="samples per output file (the unit of retry/resume)")
+    add_ray(s, use_gpu=False)  # --use-gpu is GenerateConfig.use_gpu
+    add_config_args(s, GenerateConfig)
+    s.set_defaults(func=cmd_generate)

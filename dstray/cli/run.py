@@ -1,0 +1,73 @@
+"""Whole runs on the command line: ``pipeline``, ``experiment table1|fig6``, ``report RUN``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dstray.cli.args import add_data, add_ray
+from dstray.config import GENERATORS
+from dstray.presets import PRESETS
+
+
+def cmd_pipeline(args) -> int:
+    from dstray.distributed.pipeline import run_pipeline
+    from dstray.presets import pipeline_preset
+
+    cfg = pipeline_preset(args.preset, use_gpu=args.use_gpu, seed=args.seed)
+    overrides = {k: getattr(args, k) for k in ("data", "out", "generator", "num_samples")
+                 if getattr(args, k) is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    if args.dst_steps is not None:
+        cfg = dataclasses.replace(cfg, dst=dataclasses.replace(cfg.dst, steps=args.dst_steps))
+    if args.seg_steps is not None:
+        cfg = dataclasses.replace(cfg, seg=dataclasses.replace(cfg.seg, steps=args.seg_steps))
+    run_pipeline(cfg, address=args.address)
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from dstray.distributed import experiments
+
+    run = getattr(experiments, args.experiment)
+    run(data=args.data, out=args.out, preset=args.preset, use_gpu=args.use_gpu, seed=args.seed, address=args.address)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from dstray.report import write_report
+
+    print(f"wrote {write_report(args.run, out_dir=args.out, seed=args.seed)}")
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("pipeline", help="fit DST for every type -> generate -> train -> evaluate -> report")
+    s.add_argument("--preset", default="cpu", choices=PRESETS,
+                   help="stage sizes: smoke (seconds), cpu (the sample on a laptop, ~10 min), paper (GPU cluster)")
+    add_data(s)
+    s.add_argument("--out", default="runs/pipeline", help="run folder; re-running reuses finished stages")
+    s.add_argument("--generator", default=None, choices=GENERATORS)
+    s.add_argument("--num-samples", type=int, default=None, help="generated samples (preset's by default)")
+    s.add_argument("--dst-steps", type=int, default=None, help="DST steps per type (preset's by default)")
+    s.add_argument("--seg-steps", type=int, default=None, help="segmenter steps (preset's by default)")
+    s.add_argument("--seed", type=int, default=0, help="seeds the DST fits, the generation and the segmenter")
+    add_ray(s)
+    s.set_defaults(func=cmd_pipeline)
+
+    s = sub.add_parser("experiment", help="the paper's Table 1 or Figure 6 on a real dataset, on Ray",
+                       description="table1: generators x segmenters, pixel F1 on the real test split (paper "
+                       "Table 1). fig6: Buttonlab vs real train samples added, without/with DST samples (paper "
+                       "Fig. 6). Both share one run folder and resume where they stopped.")
+    s.add_argument("experiment", choices=["table1", "fig6"])
+    add_data(s)
+    s.add_argument("--out", default="runs/experiments", help="run folder shared by both experiments")
+    s.add_argument("--preset", default="cpu", choices=PRESETS)
+    s.add_argument("--seed", type=int, default=0, help="seeds the generation and the segmenters")
+    add_ray(s)
+    s.set_defaults(func=cmd_experiment)
+
+    s = sub.add_parser("report", help="write the HTML report of a pipeline run folder")
+    s.add_argument("run", help="the run folder (what `dstray pipeline --out` wrote)")
+    s.add_argument("--out", default=None, help="where index.html and its PNGs go (default: RUN/report)")
+    s.add_argument("--seed", type=int, default=0, help="seeds the Figure-3 backgrounds and areas, and the contact sheet")
+    s.set_defaults(func=cmd_report)
