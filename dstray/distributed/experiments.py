@@ -32,6 +32,7 @@ from dstray.distributed.fit import fit_all, format_table
 from dstray.distributed.generate import generate
 from dstray.distributed.runtime import init_ray, resolve_use_gpu
 from dstray.presets import ExperimentPreset, experiment_preset
+from dstray.report.tables import markdown_table
 from dstray.seg.train import train_local
 from dstray.storage import absolute
 
@@ -93,13 +94,11 @@ def _write(run: Path, name: str, rows: list[dict], columns: list[str], settings:
         w = csv.DictWriter(f, columns)
         w.writeheader()
         w.writerows(rows)
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    text = markdown_table(rows, columns, "{:.4f}".format)
     md = run / f"{name}.md"
-    md.write_text("\n".join(lines) + "\n")
+    md.write_text(text)
     (run / f"{name}-settings.json").write_text(json.dumps(settings, indent=2, default=str))
-    print("\n".join(lines), flush=True)
+    print(text, end="", flush=True)
     return md
 
 

@@ -31,6 +31,7 @@ from dstray.config import SegConfig, from_dict, save, to_dict
 from dstray.data import load_dataset
 from dstray.distributed.runtime import die_once_at, init_ray, ray_storage_path, resolve_use_gpu
 from dstray.distributed.space import DEFAULT_SPACE, parse_space, to_domain
+from dstray.report.tables import markdown_table
 from dstray.seg.data import SegSource
 from dstray.seg.evaluate import evaluate
 from dstray.seg.train import HISTORY, SegTrainer, check_inputs, read_history, train_loop, write_history
@@ -99,15 +100,6 @@ def _trial_rows(results, space: dict, steps: int) -> list[dict]:
             row["error"] = str(r.error).splitlines()[0][:200]
         rows.append(row)
     return sorted(rows, key=lambda x: -x["best_f1"] if x["best_f1"] == x["best_f1"] else math.inf)
-
-
-def _markdown(rows: list[dict], columns: list[str]) -> str:
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def _plot(results, rows: list[dict], path: Path) -> None:
@@ -200,7 +192,7 @@ def tune_seg(base: SegConfig, *, out: str, space: dict[str, str] | None = None, 
     paths["csv"].write_text(buf.getvalue())
     paths["md"].write_text(f"# dstray tune: {name}\n\nmetric: pixel F1 on the real `{base.eval_split}` split "
                            f"(best over the trial's evaluations), ASHA on {evaluations} evaluation(s)\n\n"
-                           + _markdown(rows, columns))
+                           + markdown_table(rows, columns))
     best = rows[0]
     best_cfg = replace(base, **{k: best[k] for k in space})
     save(best_cfg, paths["best"])

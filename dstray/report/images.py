@@ -1,0 +1,76 @@
+"""Image helpers of the report: arrays to PNG, masks outlined, thumbnails, zooms on L."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+LABEL_RGB = (255, 0, 0)  # outline colour of masks / areas (red, as the label in the paper's Fig. 7)
+ZOOM_PX = 180  # zoom crops are upscaled (nearest) to about this size
+
+
+def png(a: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rgb(image) -> np.ndarray:
+    """(C,H,W) float tensor/array in [0,1], C in {1,3} -> (H,W,3) uint8."""
+    a = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    a = np.clip(np.asarray(a, np.float32), 0, 1)
+    if a.shape[0] == 1:
+        a = np.repeat(a, 3, axis=0)
+    return (a.transpose(1, 2, 0) * 255).round().astype(np.uint8)
+
+
+def bool_mask(mask) -> np.ndarray:
+    """(1,H,W) / (H,W) tensor or array -> (H,W) bool."""
+    a = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
+    return np.asarray(a).reshape(a.shape[-2:]) > 0.5
+
+
+def outline(rgb: np.ndarray, mask: np.ndarray, colour=LABEL_RGB, thickness: int | None = None) -> np.ndarray:
+    """A copy of ``rgb`` (H,W,3) uint8 with the border of ``mask`` (H,W) bool drawn just outside it.
+
+    The line is ``thickness`` pixels wide (default: about 1/250 of the longer image side, at
+    least 1) so it stays visible when the image is shown small; the defect itself is not covered.
+    """
+    from scipy.ndimage import binary_dilation
+    from skimage.morphology import disk
+    from skimage.segmentation import find_boundaries
+
+    out = rgb.copy()
+    if not mask.any():
+        return out
+    if thickness is None:
+        thickness = max(1, round(max(mask.shape) / 250))
+    ring = find_boundaries(mask, mode="outer") & ~mask
+    if thickness > 1:
+        ring = binary_dilation(ring, structure=disk(thickness - 1)) & ~mask
+    out[ring] = colour
+    return out
+
+
+def shrink(rgb: np.ndarray, mask: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image (area-averaged) and mask (nearest) downscaled so the longer side is at most ``max_side``."""
+    from PIL import Image
+
+    h, w = mask.shape
+    if max(h, w) <= max_side:
+        return rgb, mask
+    size = (max(1, round(w * max_side / max(h, w))), max(1, round(h * max_side / max(h, w))))
+    small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
+    small_mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 127
+    return small, small_mask
+
+
+def zoom(rgb: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """The (top, left, h, w) window of ``rgb``, upscaled by an integer factor (nearest) to about ZOOM_PX."""
+    top, left, h, w = window
+    crop = rgb[top:top + h, left:left + w]
+    k = max(1, ZOOM_PX // max(crop.shape[:2]))
+    return np.repeat(np.repeat(crop, k, axis=0), k, axis=1)
