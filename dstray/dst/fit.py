@@ -47,6 +47,7 @@ from dstray.dst.areas import AreaSampler, crop_window, cut_window
 from dstray.dst.histmatch import SortedReference, histmatch, sort_reference
 from dstray.dst.losses import DSTLoss
 from dstray.dst.transfer_net import TransferNet
+from dstray.seeds import derive_seed
 
 log = logging.getLogger("dstray")
 
@@ -135,7 +136,7 @@ class DSTFitter:
         n = len(self.backgrounds)
         epoch, pos = divmod(self.draws, n)
         if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "dst-backgrounds", epoch))
             self._perm = (epoch, torch.randperm(n, generator=g))
         self.draws += 1
         return int(self._perm[1][pos])
@@ -228,14 +229,17 @@ class DSTFitter:
             "in_channels": self.in_channels,
             "dstray_version": __version__,
             "losses": [dict(h) for h in self.history],
+            "area_masks": [m.clone() for m in self.area_masks],
         }
 
     def save(self, path: str | Path) -> Path:
         """Write the model checkpoint, loadable with ``torch.load(path, weights_only=True)``.
 
         Keys: state_dict, config (plain dict), reference {id, image (C,H,W), mask (1,H,W)},
-        defect_type, steps, in_channels, dstray_version, losses (history). Written to a
-        temporary file first, then renamed.
+        defect_type, steps, in_channels, dstray_version, losses (history), area_masks (every
+        reference mask M of the type, (1,H,W) each: the shapes L is drawn from, so that
+        ``dstray stylize --seed`` draws L as generation does). Written to a temporary file
+        first, then renamed.
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +247,6 @@ class DSTFitter:
         torch.save(self.checkpoint(), tmp)
         os.replace(tmp, path)
         return path
-
 
 
 def write_losses_csv(history: list[dict[str, float]], path: str | Path) -> Path:

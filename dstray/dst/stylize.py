@@ -20,7 +20,7 @@ from torch import Tensor
 
 from dstray.config import PATCH_SIZE, DSTConfig, from_dict, resolve_device
 from dstray.data import encode_png, read_image, read_mask, to_channels
-from dstray.dst.areas import AreaSampler, crop_window, cut_window, paste_window
+from dstray.dst.areas import AreaSampler, area_for_seed, crop_window, cut_window, paste_window
 from dstray.dst.figures import render_figure3_row
 from dstray.dst.histmatch import SortedReference, histmatch, sort_reference
 from dstray.dst.transfer_net import TransferNet
@@ -38,6 +38,7 @@ class DSTModel:
     defect_type: str
     digest: str  # sha256 of the checkpoint file, first 16 hex digits
     steps: int = 0
+    area_masks: list[Tensor] = field(default_factory=list)  # every M of the type, (1,H,W) CPU; [] = [reference_mask]
     ref_sorted: SortedReference | None = field(default=None, repr=False)
 
     @property
@@ -48,6 +49,10 @@ class DSTModel:
     def device(self) -> torch.device:
         return self.reference_image.device
 
+    def sampler(self) -> AreaSampler:
+        """The area sampler of this model's type: its reference masks with the fit's ``AreaConfig``."""
+        return AreaSampler(self.area_masks or [self.reference_mask.cpu()], self.config.area)
+
     def sorted_reference(self) -> SortedReference:
         if self.ref_sorted is None:
             self.ref_sorted = sort_reference(self.reference_image[None], self.reference_mask[None])
@@ -55,7 +60,11 @@ class DSTModel:
 
 
 def load_dst(path: str | Path | BinaryIO, device: str | torch.device = "cpu") -> DSTModel:
-    """Load a checkpoint written by :meth:`DSTFitter.save` (a path or a binary file object)."""
+    """Load a checkpoint written by :meth:`DSTFitter.save` (a path or a binary file object).
+
+    A checkpoint written before ``area_masks`` was stored gives the model its single reference
+    mask as the shapes of L.
+    """
     if isinstance(path, (str, Path)):
         data = Path(path).read_bytes()
     else:
@@ -69,7 +78,8 @@ def load_dst(path: str | Path | BinaryIO, device: str | torch.device = "cpu") ->
     ref = ckpt["reference"]
     return DSTModel(net=net, reference_image=ref["image"].to(device), reference_mask=ref["mask"].to(device),
                     reference_id=ref["id"], config=cfg, defect_type=ckpt["defect_type"],
-                    digest=hashlib.sha256(data).hexdigest()[:16], steps=int(ckpt["steps"]))
+                    digest=hashlib.sha256(data).hexdigest()[:16], steps=int(ckpt["steps"]),
+                    area_masks=list(ckpt.get("area_masks") or [ref["mask"]]))
 
 
 def _check_inputs(model: DSTModel, background: Tensor, area: Tensor) -> tuple[Tensor, Tensor]:
@@ -161,7 +171,9 @@ def stylize_file(model_path: str | Path, image: str | Path, out_dir: str | Path,
                  seed: int = 0, mode: str = "whole", patch_size: int = PATCH_SIZE, device: str = "auto") -> list[Path]:
     """``dstray stylize``: one defect on one background file.
 
-    L is read from ``mask`` or sampled (seeded) from the model's reference mask. Writes
+    L is read from ``mask`` or drawn with :func:`dstray.dst.areas.area_for_seed` from the type's
+    reference masks (:meth:`DSTModel.sampler`) and ``seed``: exactly the L of a generated row
+    whose ``seed`` column is ``seed`` (same background, same ``AreaConfig``). Writes
     ``stylized.png`` (ŷ), ``histmatch.png`` (y'), ``mask.png`` (L) and ``figure3.png``
     (:func:`render_figure3_row`) to ``out_dir``; returns their paths.
     """
@@ -170,8 +182,7 @@ def stylize_file(model_path: str | Path, image: str | Path, out_dir: str | Path,
     if mask is not None:
         area = read_mask(mask, like=background)
     else:
-        sampler = AreaSampler([model.reference_mask.cpu()], model.config.area)
-        area = sampler.sample(background.shape[1], background.shape[2], torch.Generator().manual_seed(seed))
+        area, _ = area_for_seed(model.sampler(), background.shape[1], background.shape[2], seed)
     out = stylize(model, background, area, mode=mode, patch_size=patch_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,23 +7,26 @@ then y' and ŷ zoomed on L.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dstray.config import PATCH_SIZE
+from dstray.data import load_dataset, read_image, to_channels
+from dstray.dst.areas import area_for_seed, bbox, crop_window
+from dstray.dst.figures import render_figure3_row
+from dstray.dst.stylize import load_dst, stylize
 from dstray.report.html import Page, esc, not_run
 from dstray.report.images import bool_mask, outline, rgb, zoom
+from dstray.seeds import derive_seed
 
 EMBEDDED = "embedded sample"  # pipeline.json "data" value for the packaged sample
 
 
 def read_checkpoints(run: Path) -> dict[str, dict]:
     """defect type (folder name) -> {"path", "bytes", "ckpt" or "error"} for RUN/models/<type>/model.pt."""
-    import torch
-
     out = {}
     for path in sorted((run / "models").glob("*/model.pt")):
         entry = {"path": path}
@@ -52,8 +55,6 @@ def _dataset_path(run: Path, pipeline: dict) -> str | None:
 
 def _backgrounds(run: Path, pipeline: dict, seed: int):
     """The run's backgrounds in a seeded order, or (None, why) when the dataset cannot be read."""
-    from dstray.data import load_dataset
-
     data = _dataset_path(run, pipeline)
     try:
         backgrounds = sorted(load_dataset(data).backgrounds(), key=lambda s: s.id)
@@ -61,13 +62,8 @@ def _backgrounds(run: Path, pipeline: dict, seed: int):
         return None, f"dataset {data or EMBEDDED} could not be read ({type(exc).__name__}: {exc})"
     if not backgrounds:
         return None, f"dataset {data or EMBEDDED} has no background (defect-free) images"
-    order = np.random.default_rng(seed).permutation(len(backgrounds))
+    order = np.random.default_rng(derive_seed(seed, "report-backgrounds")).permutation(len(backgrounds))
     return [backgrounds[i] for i in order], None
-
-
-def _type_seed(seed: int, defect_type: str) -> int:
-    """A per-type seed that does not depend on which other types the run has."""
-    return int.from_bytes(hashlib.sha256(f"dstray-report:{seed}:{defect_type}".encode()).digest()[:8], "little") >> 1
 
 
 def figure3_section(page: Page, run: Path, pipeline: dict, checkpoints: dict, seed: int) -> str:
@@ -110,14 +106,6 @@ def _figure3_row(page: Page, defect_type: str, entry: dict, backgrounds, bg_cach
     if "error" in entry:
         return (f'<tr><td class="l">{name}</td><td colspan="3" class="error">unreadable checkpoint '
                 f'{esc(entry["path"])}: {esc(entry["error"])}</td></tr>')
-    import torch
-
-    from dstray.dst.areas import AreaSampler, bbox, crop_window
-    from dstray.data import read_image
-    from dstray.data import to_channels
-    from dstray.dst.figures import render_figure3_row
-    from dstray.dst.stylize import load_dst, stylize
-
     ckpt, slug = entry["ckpt"], _slug(defect_type)
     ref = ckpt["reference"]
     info = (f'{name}<br><span class="note">reference {esc(ref.get("id", "?"))}<br>'
@@ -127,14 +115,14 @@ def _figure3_row(page: Page, defect_type: str, entry: dict, backgrounds, bg_cach
                        f"{defect_type}: reference H, M outlined")
         return f'<tr><td class="l">{info}</td><td>{tag}</td><td colspan="2"></td></tr>'
     model = load_dst(io.BytesIO(entry["bytes"]))
-    sampler = AreaSampler([model.reference_mask.cpu()], model.config.area)
-    gen = torch.Generator().manual_seed(_type_seed(seed, defect_type))
+    sampler = model.sampler()
+    area_seed = derive_seed(seed, "report-figure3", defect_type)  # per type: independent of the other types
     for sample in backgrounds:  # the first background (seeded order) large enough for this type's L
         if sample.id not in bg_cache:
             bg_cache[sample.id] = read_image(sample.image)
         background = to_channels(bg_cache[sample.id], model.reference_image.shape[0])
-        try:
-            area = sampler.sample(background.shape[1], background.shape[2], gen)
+        try:  # L drawn as generation and `dstray stylize --seed` draw it
+            area, _ = area_for_seed(sampler, background.shape[1], background.shape[2], area_seed)
             break
         except ValueError:
             continue

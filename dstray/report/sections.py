@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dstray.data import MASK_THRESHOLD, decode_png
 from dstray.report.figure3 import EMBEDDED
 from dstray.report.html import Page, fmt, kv, not_run, read_json, score, table, esc
 from dstray.report.images import outline, rgb, shrink
+from dstray.seeds import derive_seed
 
 STAGES = ("fit", "generate", "train", "evaluate")  # the pipeline's stages, in order
 LOSS_TERMS = ("content", "style", "hist", "tv", "total")  # DST loss terms (eq. 3-6) as logged by DSTFitter
@@ -64,8 +66,6 @@ def run_section(run: Path, pipeline: dict, note: str | None) -> str:
 def contact_section(page: Page, run: Path, n: int, seed: int) -> str:
     import pyarrow.parquet as pq
 
-    from dstray.data import MASK_THRESHOLD, decode_png
-
     files = sorted((run / "generated" / "data").glob("part-*.parquet"))
     if not files:
         return not_run("no generated samples (RUN/generated/data/part-*.parquet)")
@@ -87,7 +87,8 @@ def contact_section(page: Page, run: Path, n: int, seed: int) -> str:
              table(["defect type", *gens, "all"], count_rows)]
 
     k = min(max(int(n), 0), total)
-    chosen = np.sort(np.random.default_rng(seed).choice(total, size=k, replace=False)) if k else np.array([], int)
+    rng = np.random.default_rng(derive_seed(seed, "report-contact-sheet"))
+    chosen = np.sort(rng.choice(total, size=k, replace=False)) if k else np.array([], int)
     starts = np.cumsum([0, *sizes])
     figures = []
     for fi, f in enumerate(files):

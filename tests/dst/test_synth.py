@@ -1,9 +1,46 @@
 """The generation core (plan, generators, rows, shards) without Ray."""
 
+import shutil
 import subprocess
 import sys
+
+import torch
+
+from dstray.config import GenerateConfig
+from dstray.data import decode_png
+from dstray.dst.stylize import load_dst, stylize_file
+from dstray.dst.synth import build_synthesizer, make_rows, prepare
 
 
 def test_the_generation_core_does_not_import_ray():
     code = "import sys, dstray.dst.synth; assert 'ray' not in sys.modules, sorted(m for m in sys.modules if 'ray' in m)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_stylize_with_a_rows_seed_draws_that_rows_area(fitted, tmp_path):
+    """`dstray stylize --seed S` on a row's background gives the row's label L (and its image)."""
+    path, _ = fitted
+    (tmp_path / "models" / "blowhole").mkdir(parents=True)
+    shutil.copy(path, tmp_path / "models" / "blowhole" / "model.pt")
+    cfg = GenerateConfig(models=str(tmp_path / "models"), generator="dst", num_samples=4, seed=5,
+                         type_weights={"blowhole": 1.0}, out=str(tmp_path / "gen"))
+    ctx = prepare(cfg)
+    rows, rejects = make_rows(ctx, build_synthesizer(ctx), ctx["plan"])
+    assert len(rows) == 4 and not rejects
+    for row in rows:
+        out = tmp_path / row["sample_id"]
+        stylize_file(path, ctx["backgrounds"][row["background_id"]], out, seed=row["seed"], mode=cfg.mode,
+                     patch_size=cfg.patch_size)
+        assert (out / "mask.png").read_bytes() == row["mask"]
+        image = decode_png((out / "stylized.png").read_bytes())
+        assert (image - decode_png(row["image"])).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_checkpoints_carry_every_reference_mask_and_old_ones_fall_back(fitted, tmp_path):
+    path, _ = fitted
+    ckpt = torch.load(path, weights_only=True)
+    assert len(ckpt["area_masks"]) == 1 and torch.equal(ckpt["area_masks"][0], ckpt["reference"]["mask"])
+    del ckpt["area_masks"]  # a checkpoint written before area_masks was stored
+    torch.save(ckpt, tmp_path / "old.pt")
+    model = load_dst(tmp_path / "old.pt")
+    assert len(model.area_masks) == 1 and torch.equal(model.area_masks[0], model.reference_mask)
