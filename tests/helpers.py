@@ -1,6 +1,13 @@
 """Helpers shared by the tests (test-only code lives here, not in the package)."""
 
+import numpy as np
+import torch
+from torch import Tensor
+
 from dstray.config import DSTConfig, SegConfig
+from dstray.dst.areas import _as_generator, _check_mask, _randint
+from dstray.dst.histmatch import histmatch
+from dstray.seg.metrics import SegCounts
 
 # small and fast DST fit: 48-px windows, 2 backgrounds a step (the defaults are 96 and 4).
 # Seed 1: whether 30 such steps lower the loss by 20 % (tests/dst/test_fit.py) depends on the seed
@@ -17,3 +24,85 @@ SMALL_SEG = SegConfig(arch="buttonlab", backbone="resnet18", image_size=64, crop
 # tiny Ray Train / Tune runs: 4 steps, evaluated every 2, half of each batch generated
 TINY_SEG = SegConfig(backbone="resnet18", image_size=64, crop_size=32, steps=4, eval_every=2, batch_size=2,
                      real_splits=["train"], synthetic_fraction=0.5, seed=0)
+
+
+# --------------------------------------------------------------------------- user-given areas L
+class FixedAreas:
+    """User-supplied areas L with the :class:`AreaSampler` interface.
+
+    masks: list of (1,H,W) binary non-empty masks (any sizes). ``sample`` draws uniformly
+    among the masks of the requested size (and inside ``roi`` when given).
+    """
+
+    def __init__(self, masks: list[Tensor]):
+        if not masks:
+            raise ValueError("FixedAreas needs at least one mask")
+        self.masks = [_check_mask(m, f"area mask {i}") for i, m in enumerate(masks)]
+
+    def sample(
+        self, height: int, width: int, generator: torch.Generator | int, roi: Tensor | None = None
+    ) -> Tensor:
+        fits = [m for m in self.masks if m.shape == (height, width)]
+        if roi is not None:
+            inside = _check_mask(roi, "roi")
+            fits = [m for m in fits if inside.shape == m.shape and not bool((m & ~inside).any())]
+        if not fits:
+            raise ValueError(
+                f"none of the {len(self.masks)} given areas is {height}x{width}"
+                + (" and inside the roi" if roi is not None else "")
+                + "; give one area mask per image size"
+            )
+        return fits[_randint(_as_generator(generator), 0, len(fits) - 1)][None].float()
+
+
+def areas_from_masks(masks: list[Tensor] | Tensor, height: int, width: int) -> Tensor:
+    """Validate user-supplied areas L: each binary, non-empty, height x width.
+
+    masks: list of (1,H,W) or a (K,1,H,W) tensor. Returns (K,1,H,W) float {0,1}.
+    """
+    out = []
+    for i, m in enumerate(masks):
+        b = _check_mask(m, f"area mask {i}")
+        if b.shape != (height, width):
+            raise ValueError(f"area mask {i} is {tuple(b.shape)}; the image is {height}x{width}")
+        out.append(b[None].float())
+    if not out:
+        raise ValueError("no area masks given")
+    return torch.stack(out)
+
+
+# --------------------------------------------------------------------------- numpy front end of histmatch
+def histmatch_np(
+    source: np.ndarray, source_mask: np.ndarray, reference: np.ndarray, reference_mask: np.ndarray
+) -> np.ndarray:
+    """Numpy front end of :func:`histmatch` for one image.
+
+    source (H,W) or (H,W,C), source_mask (H,W) (bool or nonzero = inside), reference
+    (Hr,Wr) or (Hr,Wr,C), reference_mask (Hr,Wr). Values are matched in the source's value
+    range (no rescaling). Float input keeps its dtype; integer input returns float64, as
+    skimage does.
+    """
+    src = np.asarray(source)
+    if src.ndim not in (2, 3) or np.ndim(reference) != src.ndim:
+        raise ValueError(
+            "source and reference must both be HxW or HxWxC; got "
+            f"{np.shape(source)} and {np.shape(reference)}"
+        )
+    dtype = src.dtype if src.dtype.kind == "f" else np.float64
+
+    def to_nchw(a: np.ndarray) -> Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
+        return t[None, None] if t.dim() == 2 else t.permute(2, 0, 1)[None]
+
+    def mask_t(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.asarray(a) != 0)[None, None]
+
+    out = histmatch(to_nchw(src), mask_t(source_mask), to_nchw(reference), mask_t(reference_mask))[0]
+    out = out[0] if src.ndim == 2 else out.permute(1, 2, 0)
+    return out.numpy()
+
+
+# --------------------------------------------------------------------------- score tables
+def f1_table(counts: dict[str, SegCounts]) -> list[dict]:
+    """One row per named set of counts (``{"name": ..., tp, fp, fn, tn, precision, recall, f1, iou}``)."""
+    return [{"name": name, **c.scores()} for name, c in counts.items()]

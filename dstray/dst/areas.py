@@ -3,8 +3,7 @@
 Wei et al., Algorithm 2, takes an area L of the defect-free sample S; the defect is
 generated inside L and L is also the output label (§3.1). The paper does not say how L
 is drawn; dstray derives it from the reference mask(s) M of the defect type, so that L
-has a real defect's shape (:class:`AreaSampler`), or takes it from the user
-(:class:`FixedAreas`, :func:`areas_from_masks`).
+has a real defect's shape (:class:`AreaSampler`).
 
 :meth:`AreaSampler.sample` on an image of height x width:
 
@@ -193,50 +192,6 @@ class AreaSampler:
         if shape.any() and (span_h or span_w):  # nearest + re-crop may lose an edge row/column
             shape = _resize(shape, height if span_h else shape.shape[0], width if span_w else shape.shape[1])
         return shape
-
-
-class FixedAreas:
-    """User-supplied areas L with the :class:`AreaSampler` interface.
-
-    masks: list of (1,H,W) binary non-empty masks (any sizes). ``sample`` draws uniformly
-    among the masks of the requested size (and inside ``roi`` when given).
-    """
-
-    def __init__(self, masks: list[Tensor]):
-        if not masks:
-            raise ValueError("FixedAreas needs at least one mask")
-        self.masks = [_check_mask(m, f"area mask {i}") for i, m in enumerate(masks)]
-
-    def sample(
-        self, height: int, width: int, generator: torch.Generator | int, roi: Tensor | None = None
-    ) -> Tensor:
-        fits = [m for m in self.masks if m.shape == (height, width)]
-        if roi is not None:
-            inside = _check_mask(roi, "roi")
-            fits = [m for m in fits if inside.shape == m.shape and not bool((m & ~inside).any())]
-        if not fits:
-            raise ValueError(
-                f"none of the {len(self.masks)} given areas is {height}x{width}"
-                + (" and inside the roi" if roi is not None else "")
-                + "; give one area mask per image size"
-            )
-        return fits[_randint(_as_generator(generator), 0, len(fits) - 1)][None].float()
-
-
-def areas_from_masks(masks: list[Tensor] | Tensor, height: int, width: int) -> Tensor:
-    """Validate user-supplied areas L: each binary, non-empty, height x width.
-
-    masks: list of (1,H,W) or a (K,1,H,W) tensor. Returns (K,1,H,W) float {0,1}.
-    """
-    out = []
-    for i, m in enumerate(masks):
-        b = _check_mask(m, f"area mask {i}")
-        if b.shape != (height, width):
-            raise ValueError(f"area mask {i} is {tuple(b.shape)}; the image is {height}x{width}")
-        out.append(b[None].float())
-    if not out:
-        raise ValueError("no area masks given")
-    return torch.stack(out)
 
 
 def crop_window(area: Tensor, size: int, context: int = 4) -> tuple[int, int, int, int]:

@@ -311,33 +311,3 @@ def match_features(
     outside ``mask`` it equals ``feats``.
     """
     return histmatch(feats.detach(), mask, ref_feats, ref_mask)
-
-
-def histmatch_np(
-    source: np.ndarray, source_mask: np.ndarray, reference: np.ndarray, reference_mask: np.ndarray
-) -> np.ndarray:
-    """Numpy front end of :func:`histmatch` for one image.
-
-    source (H,W) or (H,W,C), source_mask (H,W) (bool or nonzero = inside), reference
-    (Hr,Wr) or (Hr,Wr,C), reference_mask (Hr,Wr). Values are matched in the source's value
-    range (no rescaling). Float input keeps its dtype; integer input returns float64, as
-    skimage does.
-    """
-    src = np.asarray(source)
-    if src.ndim not in (2, 3) or np.ndim(reference) != src.ndim:
-        raise ValueError(
-            "source and reference must both be HxW or HxWxC; got "
-            f"{np.shape(source)} and {np.shape(reference)}"
-        )
-    dtype = src.dtype if src.dtype.kind == "f" else np.float64
-
-    def to_nchw(a: np.ndarray) -> Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
-        return t[None, None] if t.dim() == 2 else t.permute(2, 0, 1)[None]
-
-    def mask_t(a: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.asarray(a) != 0)[None, None]
-
-    out = histmatch(to_nchw(src), mask_t(source_mask), to_nchw(reference), mask_t(reference_mask))[0]
-    out = out[0] if src.ndim == 2 else out.permute(1, 2, 0)
-    return out.numpy()

@@ -74,11 +74,6 @@ class SegCounts:
         return {**asdict(self), "precision": self.precision, "recall": self.recall, "f1": self.f1, "iou": self.iou}
 
 
-def f1_table(counts: dict[str, SegCounts]) -> list[dict]:
-    """One row per named set of counts (``{"name": ..., tp, fp, fn, tn, precision, recall, f1, iou}``)."""
-    return [{"name": name, **c.scores()} for name, c in counts.items()]
-
-
 def _div(a: int, b: int) -> float:
     return a / b if b else 0.0
 

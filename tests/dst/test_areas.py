@@ -7,15 +7,9 @@ import pytest
 import torch
 from skimage import io
 
-from dstray.dst.areas import (
-    AreaSampler,
-    FixedAreas,
-    areas_from_masks,
-    bbox,
-    crop_window,
-    paste_window,
-)
 from dstray.config import AreaConfig
+from dstray.dst.areas import AreaSampler, bbox, crop_window, paste_window
+from tests.helpers import FixedAreas, areas_from_masks
 
 MT = Path("/work/shared/data/magnetic-tile")
 

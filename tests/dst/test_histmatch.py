@@ -9,13 +9,8 @@ import torch
 from skimage import io
 from skimage.exposure import match_histograms
 
-from dstray.dst.histmatch import (
-    histmatch,
-    histmatch_np,
-    match_features,
-    match_to_sorted,
-    sort_reference,
-)
+from dstray.dst.histmatch import histmatch, match_features, match_to_sorted, sort_reference
+from tests.helpers import histmatch_np
 
 MT = Path("/work/shared/data/magnetic-tile")
 GREY = 1 / 255

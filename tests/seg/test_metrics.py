@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dstray.seg.metrics import SegCounts, f1_table
+from dstray.seg.metrics import SegCounts
+from tests.helpers import f1_table
 
 
 def test_counts_and_scores_by_hand():
