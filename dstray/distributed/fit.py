@@ -9,7 +9,10 @@ across the cluster's GPUs (or CPUs). Each run:
 - resumes from its latest checkpoint when the same command runs again, and when a worker
   dies (``FailureConfig(max_failures)``: Ray Train restarts the worker group, the loop
   reads ``ray.train.get_checkpoint()`` and continues from that step, not from 0);
-- writes the final model to ``out/<type>/model.pt`` (what ``dstray generate --models`` reads).
+- writes the final model to ``out/<type>/model.pt`` (what ``dstray generate --models`` reads)
+  and its loss history to ``out/<type>/losses.csv``, as the in-process fit does.
+
+The worker loop is :func:`dstray.dst.fit.fit_loop`, reporting to Ray Train.
 
 A type whose ``out/<type>/model.pt`` was fit with the same settings is skipped. A type that
 fails is reported with its error while the others finish.
@@ -17,6 +20,7 @@ fails is reported with its error while the others finish.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tempfile
@@ -26,10 +30,14 @@ from pathlib import Path
 
 import ray
 import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
-from dstray.config import DSTConfig, from_dict, to_dict
 from dstray import storage
+from dstray.config import DSTConfig, changed_fields, from_dict, to_dict
+from dstray.data import load_dataset
 from dstray.distributed.runtime import die_once_at, init_ray, ray_storage_path, resolve_use_gpu
+from dstray.dst.fit import TERMS, DSTFitter, fit_loop, fitted_types, write_losses_csv
 
 log = logging.getLogger("dstray")
 
@@ -47,16 +55,8 @@ class FitOutcome:
     error: str = ""
 
 
-def _comparable(cfg: dict) -> dict:
-    """The settings that define a fitted model (not where or how fast it ran)."""
-    return {k: v for k, v in cfg.items() if k not in ("device", "log_every", "checkpoint_every")}
-
-
 def dst_train_loop(config: dict) -> None:
     """Ray Train worker loop for one defect type: :func:`dstray.dst.fit.fit_loop` reporting to Ray Train."""
-    from dstray.data import load_dataset
-    from dstray.dst.fit import DSTFitter, fit_loop
-
     cfg = from_dict(DSTConfig, config["dst"])
     cfg = replace(cfg, device=str(ray.train.torch.get_device()))
     fitter = DSTFitter(cfg, load_dataset(config["data"]))
@@ -83,9 +83,6 @@ def dst_train_loop(config: dict) -> None:
 def _fit_one(cfg_dict: dict, data: str | None, out: str, storage_path: str, use_gpu: bool,
              cpus_per_worker: float, max_failures: int, extra: dict) -> dict:
     """Run one TorchTrainer to completion (a light Ray task; the worker holds the resources)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     defect_type = cfg_dict["defect_type"]
     t0 = time.perf_counter()
     trainer = TorchTrainer(
@@ -108,7 +105,9 @@ def _fit_one(cfg_dict: dict, data: str | None, out: str, storage_path: str, use_
     with result.checkpoint.as_directory() as d:
         blob = (Path(d) / "model.pt").read_bytes()
     target = storage.join(out, defect_type, "model.pt")
-    storage.write_bytes(target, blob)
+    storage.write_bytes(target, blob)  # what the in-process fit writes: model.pt and losses.csv
+    history = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)["losses"]
+    write_losses_csv(history, storage.join(out, defect_type, "losses.csv"))
     losses = {k: round(float(v), 5) for k, v in (result.metrics or {}).items() if k != "step"}
     storage.write_bytes(storage.join(out, defect_type, "fit.json"), json.dumps(
         {"config": cfg_dict, "metrics": result.metrics, "checkpoint": result.checkpoint.path}, indent=2).encode())
@@ -120,11 +119,9 @@ def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | N
             storage_path: str | None = None, use_gpu: str = "auto", cpus_per_worker: float = 1.0,
             max_failures: int = 2, address: str | None = None, _extra: dict | None = None) -> list[FitOutcome]:
     """Fit every defect type (or ``types``) concurrently; returns one outcome per type."""
-    from dstray.data import load_dataset
-
     data = storage.absolute(data)  # Train workers run in other working directories
     dataset = load_dataset(data)
-    types = types or sorted({s.defect_type for s in dataset.references()})
+    types = types or fitted_types(dataset)
     for t in types:
         dataset.references(t)  # raises a clear error for an unknown type
     storage_path = ray_storage_path(out, storage_path)
@@ -133,11 +130,11 @@ def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | N
     init_ray(address)
     gpu = resolve_use_gpu(use_gpu)
     for t in types:
-        cfg = to_dict(replace(base, defect_type=t))
+        cfg = replace(base, defect_type=t)
         fit_json = storage.join(out, t, "fit.json")
         if storage.exists(storage.join(out, t, "model.pt")) and storage.exists(fit_json):
             done = json.loads(storage.read_bytes(fit_json))
-            if _comparable(done["config"]) == _comparable(cfg):
+            if not changed_fields(done["config"], cfg) and done["config"]["steps"] == cfg.steps:  # same model
                 outcomes.append(FitOutcome(t, "skipped", steps=int(done["metrics"].get("step", 0)),
                                            losses={k: v for k, v in done["metrics"].items() if k != "step"},
                                            checkpoint=storage.join(out, t, "model.pt")))
@@ -145,7 +142,7 @@ def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | N
         extra = dict(_extra or {})
         if "fault_marker" in extra:
             extra["fault_marker"] = f"{extra['fault_marker']}-{t}"
-        todo.append((t, cfg, extra))
+        todo.append((t, to_dict(cfg), extra))
     # Only as many runs as the cluster can hold at once: a waiting run still holds a driver task and
     # a Train controller (each imports torch, ~0.75 GB), which is what filled 8.5 GB on 2 cores.
     resources = ray.cluster_resources()
@@ -171,11 +168,10 @@ def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | N
 
 def format_table(outcomes: list[FitOutcome]) -> str:
     """The end-of-run table: type, status, steps, final loss terms, time, checkpoint."""
-    terms = ["content", "style", "hist", "tv", "total"]
-    head = f"{'type':<12} {'status':<8} {'steps':>6} " + " ".join(f"{t:>9}" for t in terms) + f" {'time s':>7}  checkpoint"
+    head = f"{'type':<12} {'status':<8} {'steps':>6} " + " ".join(f"{t:>9}" for t in TERMS) + f" {'time s':>7}  checkpoint"
     lines = [head, "-" * len(head)]
     for o in outcomes:
-        vals = " ".join(f"{(o.losses or {}).get(t, float('nan')):>9.4g}" for t in terms)
+        vals = " ".join(f"{(o.losses or {}).get(t, float('nan')):>9.4g}" for t in TERMS)
         tail = o.checkpoint if o.status != "failed" else f"ERROR {o.error}"
         lines.append(f"{o.defect_type:<12} {o.status:<8} {o.steps:>6} {vals} {o.seconds:>7.1f}  {tail}")
     return "\n".join(lines)

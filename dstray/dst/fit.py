@@ -30,6 +30,7 @@ what a log line and a checkpoint are.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from collections.abc import Callable
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dstray import __version__
+from dstray import __version__, storage
 from dstray.config import DSTConfig, resolve_device, to_dict
 from dstray.data import DefectDataset, read_image, read_mask, to_channels
 from dstray.dst.areas import AreaSampler, crop_window, cut_window
@@ -249,14 +250,17 @@ class DSTFitter:
         return path
 
 
-def write_losses_csv(history: list[dict[str, float]], path: str | Path) -> Path:
-    """One row per step: step, content, style, hist, tv, total."""
-    path = Path(path)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["step", *TERMS])
-        w.writeheader()
-        w.writerows(history)
-    return path
+def write_losses_csv(history: list[dict[str, float]], location: str | Path) -> str:
+    """The fit history (the checkpoint's ``losses``) as CSV, one row per step: step and :data:`TERMS`.
+
+    ``location``: a local path or a pyarrow URI. Both the in-process fit and the Ray Train fit write it.
+    """
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["step", *TERMS])
+    writer.writeheader()
+    writer.writerows(history)
+    storage.write_bytes(str(location), buf.getvalue().encode())
+    return str(location)
 
 
 

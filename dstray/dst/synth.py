@@ -186,8 +186,8 @@ class Synthesizer:
                 for k in range(0, len(idx), batch_size):
                     chunk = idx[k:k + batch_size]
                     out = stylize_batch(self.models[t], [items[i][1].to(self.device) for i in chunk],
-                                            [items[i][2].to(self.device) for i in chunk],
-                                            mode=self.mode, patch_size=self.patch_size)
+                                        [items[i][2].to(self.device) for i in chunk],
+                                        mode=self.mode, patch_size=self.patch_size)
                     for i, image in zip(chunk, out["image"]):
                         images[i] = image.cpu()
         for i, (t, background, area, gen) in enumerate(items):

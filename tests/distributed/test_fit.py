@@ -35,6 +35,7 @@ def test_all_types_fit_concurrently_one_checkpoint_each(fitted_models):
     for t in types:
         ckpt = torch.load(out / t / "model.pt", weights_only=True)
         assert ckpt["defect_type"] == t and ckpt["steps"] == 4
+        assert len((out / t / "losses.csv").read_text().splitlines()) == 1 + 4  # as the in-process fit writes
     table = format_table(outcomes)
     assert all(t in table for t in types) and "total" in table
 
