@@ -4,6 +4,11 @@ One dataclass per job, a comment on each field (nanoGPT style). The CLI and the
 ``jobs/*.py`` entrypoints build these; Ray receives them as plain dicts
 (:func:`to_dict` / :func:`from_dict`). Paper constants cite their source:
 "paper §4" is section 4 of Wei et al. (``../shared/paper/defect-style-transfer.txt``).
+
+Also here: the shared defaults the dataclasses need (:data:`PATCH_SIZE`, :data:`GENERATORS`,
+:data:`ARCHS`; the size presets built from these configs are in :mod:`dstray.presets`), the one
+resume check (:func:`check_resumable`, each config's ``RESUME_FREE`` fields) and the parsing
+of a field's value from text (:func:`parse_value`, for the CLI and Tune search spaces).
 """
 
 from __future__ import annotations
@@ -103,7 +108,7 @@ class SegConfig:
     batch_size: int = 8  # paper §4
     steps: int = 600  # optimiser steps
     defect_weight: float = 1.0  # cross-entropy weight of defect pixels (background = 1)
-    augment: bool = True  # flips, 90° and small rotations, random resized crop, brightness/contrast (segdata.py)
+    augment: bool = True  # flips, 90° and small rotations, random resized crop, brightness/contrast (seg/data.py)
     synthetic: list[str] = field(default_factory=list)  # generated Parquet datasets to train on
     real_splits: list[str] = field(default_factory=list)  # real splits to train on ("train", "reference")
     real_limit: int | None = None  # use only N real samples, round-robin over defect types (paper Fig. 6)

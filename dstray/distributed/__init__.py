@@ -1,8 +1,11 @@
-"""The Ray layer of dstray: the only package that imports ``ray``.
+"""The Ray layer of dstray: the only package that imports ``ray``; thin adapters of the pure halves.
 
-- :mod:`.fit`: Ray Train fits one DST model per defect type, concurrently.
-- :mod:`.generate`: Ray Data maps histmatch + TransferNet over backgrounds into Parquet.
-- :mod:`.runtime`: connecting to a cluster, GPU detection.
+- :mod:`.fit`: Ray Train fits one DST model per defect type, concurrently (``dst.fit.fit_loop``).
+- :mod:`.generate`: Ray Data maps shards of the plan through actors (``dst.synth.write_shard``).
+- :mod:`.train_seg`: Ray Train (data parallel, Ray Data ingestion) runs ``seg.train.train_loop``.
+- :mod:`.tune_seg`: Ray Tune trials run ``seg.train.train_loop``; :mod:`.space` parses search spaces.
+- :mod:`.pipeline`: the one-command pipeline; :mod:`.experiments`: the paper's Table 1 and Fig. 6.
+- :mod:`.runtime`: connecting to a cluster, GPU detection, checkpoint storage, a fault hook for tests.
 
 Importing this package does not start Ray.
 """

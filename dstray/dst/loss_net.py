@@ -17,7 +17,7 @@ Weights (``weights=``), see :mod:`dstray.weights`:
   initialised (fan_in, ReLU gain), so that the activation RMS stays of order 1 at every
   depth. Measured on a Magnetic Tile image: RMS 0.88 (relu1_1), 1.21 (relu3_1), 1.20
   (relu4_1), 1.36 (relu5_1); with PyTorch's default conv init it falls from 0.40
-  (relu1_1) to 0.009 (relu4_1). ``tests/test_losses.py::test_random_vgg_scale`` checks it.
+  (relu1_1) to 0.009 (relu4_1). ``tests/dst/test_losses.py::test_random_vgg_scale`` checks it.
 """
 
 from __future__ import annotations
