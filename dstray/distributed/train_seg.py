@@ -53,9 +53,9 @@ from dstray.data import decode_png, load_dataset, read_image
 from dstray.distributed.runtime import init_ray, ray_storage_path, resolve_use_gpu
 from dstray.seeds import derive_seed
 from dstray.seg.data import augmentation, mixed_batch, prepare_row, prepare_sample, real_samples, synthetic_count
-from dstray.seg.evaluate import evaluate, write_eval
-from dstray.seg.train import (HISTORY, SegTrainer, check_inputs, read_history, synthetic_per_batch, train_loop,
-                              write_history)
+from dstray.seg.evaluate import evaluate
+from dstray.seg.train import (HISTORY, SegTrainer, check_inputs, load_checkpoint, read_history, save_checkpoint,
+                              synthetic_per_batch, train_loop)
 
 log = logging.getLogger("dstray")
 
@@ -145,8 +145,7 @@ def seg_train_loop(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()  # [4] resume: after a worker failure or when the run is started again
     if checkpoint:
         with checkpoint.as_directory() as d:
-            trainer.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True))
-            history = read_history(Path(d) / HISTORY)
+            history = load_checkpoint(d, trainer)
             source.epoch = json.loads((Path(d) / PROGRESS).read_text())["epoch"]
         if rank == 0:
             print(f"[train-seg] resumed from step {trainer.steps}", flush=True)
@@ -162,9 +161,7 @@ def seg_train_loop(config: dict) -> None:
             return
         history.append(row)
         with tempfile.TemporaryDirectory() as d:  # [6] rank 0: metrics + checkpoint (model, eval, history)
-            trainer.save(Path(d) / "model.pt")
-            write_eval(result, d)
-            write_history(Path(d) / HISTORY, history)
+            save_checkpoint(d, trainer, history, result)
             # the synthetic epoch count is the same on every rank (equal shares, same draws per step)
             (Path(d) / PROGRESS).write_text(json.dumps({"epoch": source.epoch, "started_from": started_from}))
             ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))

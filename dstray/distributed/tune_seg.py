@@ -34,7 +34,7 @@ from dstray.distributed.space import DEFAULT_SPACE, parse_space, to_domain
 from dstray.report.tables import markdown_table
 from dstray.seg.data import SegSource
 from dstray.seg.evaluate import evaluate
-from dstray.seg.train import HISTORY, SegTrainer, check_inputs, read_history, train_loop, write_history
+from dstray.seg.train import SegTrainer, check_inputs, load_checkpoint, save_checkpoint, train_loop
 
 log = logging.getLogger("dstray")
 
@@ -53,16 +53,14 @@ def seg_trial(config: dict, base: dict, fault: dict | None = None) -> None:
     checkpoint = tune.get_checkpoint()  # [5] a restarted trial (or a restored search) continues from its checkpoint
     if checkpoint:
         with checkpoint.as_directory() as d:
-            trainer.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True))
-            history = read_history(Path(d) / HISTORY)
+            history = load_checkpoint(d, trainer)
     eval_samples = load_dataset(cfg.data).split(cfg.eval_split)
     die = die_once_at(fault["step"], fault["marker"]) if fault else None  # simulates a lost trial process
 
     def on_eval(row: dict, result: dict) -> None:
         history.append(row)
         with tempfile.TemporaryDirectory() as d:  # [6] one report per evaluation: ASHA's time unit
-            trainer.save(Path(d) / "model.pt")
-            write_history(Path(d) / HISTORY, history)
+            save_checkpoint(d, trainer, history)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
     train_loop(trainer, steps=cfg.steps, eval_every=cfg.eval_every,

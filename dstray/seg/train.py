@@ -36,6 +36,7 @@ from dstray.seg.data import SegSource, synthetic_count, synthetic_paths
 from dstray.seg.evaluate import evaluate, strict_json, write_eval
 
 NUM_CLASSES = 2  # background, defect
+CHECKPOINT = "model.pt"  # the trainer's checkpoint in a run's folder (SegTrainer.save)
 HISTORY = "history.jsonl"  # the evaluation history of a run, one JSON object a line
 HISTORY_FIELDS = ("step", "loss", "f1", "precision", "recall", "iou", "detection_rate", "false_alarm_rate",
                   "seconds", "eval_seconds", "images_per_s", "num_workers")
@@ -237,6 +238,28 @@ def read_history(location: str | Path) -> list[dict]:
     return [json.loads(line) for line in storage.read_bytes(location).decode().splitlines() if line.strip()]
 
 
+def save_checkpoint(folder: str | Path, trainer: SegTrainer, history: list[dict], result: dict | None = None) -> None:
+    """A run's checkpoint folder: ``model.pt``, ``history.jsonl`` and, given ``result``, ``eval.{json,csv,png}``."""
+    folder = Path(folder)
+    trainer.save(folder / CHECKPOINT)
+    if result is not None:
+        write_eval(result, folder)
+    write_history(folder / HISTORY, history)
+
+
+def load_checkpoint(folder: str | Path, trainer: SegTrainer, *, check: bool = False) -> list[dict]:
+    """Restore ``trainer`` from a :func:`save_checkpoint` folder; returns the history up to its step.
+
+    ``check``: refuse (:func:`dstray.config.check_resumable`) a checkpoint trained with another config.
+    """
+    path = Path(folder) / CHECKPOINT
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if check:
+        check_resumable(state["config"], trainer.cfg, path)
+    trainer.load_state_dict(state)
+    return [r for r in read_history(Path(folder) / HISTORY) if r["step"] <= trainer.steps]
+
+
 # --------------------------------------------------------------------------- in-process runs
 def train_local(cfg: SegConfig, out_dir: str | Path, on_report: Callable[[dict], None] | None = None) -> dict:
     """Train ``cfg.steps`` steps in this process, evaluating and checkpointing every ``cfg.eval_every``.
@@ -247,21 +270,14 @@ def train_local(cfg: SegConfig, out_dir: str | Path, on_report: Callable[[dict],
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, history_path = out / "model.pt", out / HISTORY
     trainer = SegTrainer(cfg, SegSource.from_config(cfg), cfg.device)
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        check_resumable(state["config"], cfg, ckpt_path)
-        trainer.load_state_dict(state)
-    history = [r for r in read_history(history_path) if r["step"] <= trainer.steps]
+    history = load_checkpoint(out, trainer, check=True) if (out / CHECKPOINT).exists() else []
     eval_samples = load_dataset(cfg.data).split(cfg.eval_split)
     rows, final = [], {}
 
     def on_eval(row: dict, result: dict) -> None:
-        trainer.save(ckpt_path)
-        write_eval(result, out)
         history.append(row)
-        write_history(history_path, history)
+        save_checkpoint(out, trainer, history, result)
         rows.append(row)
         final.update({k: v for k, v in result.items() if k != "examples"})
         if on_report is not None:
@@ -270,7 +286,7 @@ def train_local(cfg: SegConfig, out_dir: str | Path, on_report: Callable[[dict],
     train_loop(trainer, steps=cfg.steps, eval_every=cfg.eval_every,
                evaluator=lambda: evaluate(trainer.model, eval_samples, cfg, trainer.device), on_eval=on_eval,
                at_least_once=True)
-    return {"checkpoint": str(ckpt_path), "steps": trainer.steps, "history": rows, "final": final}
+    return {"checkpoint": str(out / CHECKPOINT), "steps": trainer.steps, "history": rows, "final": final}
 
 
 def evaluate_checkpoint(model: str | Path, *, out: str | Path, data: str | None = None, split: str | None = None,
