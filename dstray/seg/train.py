@@ -224,7 +224,7 @@ def train_loop(trainer: SegTrainer, *, steps: int, eval_every: int, evaluator: C
 
 
 def write_history(location: str | Path, rows: list[dict]) -> None:
-    """Write ``rows`` as ``history.jsonl`` (strict JSON: an undefined rate is null) to a folder or URI path."""
+    """Write ``rows`` as ``history.jsonl`` at ``location`` (a local path or URI); strict JSON: NaN is null."""
     text = "".join(json.dumps(strict_json({k: row[k] for k in HISTORY_FIELDS if k in row}), allow_nan=False) + "\n"
                    for row in rows)
     storage.write_bytes(str(location), text.encode())
