@@ -17,11 +17,21 @@ lists files (fast); checking the files themselves is :func:`dstray.data.validate
 
 Type and split names are lower-cased; ``good`` / ``ok`` are read as ``free``. A sample's
 id is its image path relative to the dataset root, '/'-separated: stable across runs.
+
+**The ``val`` split.** Thresholds, checkpoints, Tune trials and DST settings are chosen on
+``val``; figures are reported on ``test``, which selection never sees. A dataset that has
+a ``test`` split but no ``val`` split gets one carved out of ``test`` once, the same way on
+every load (:func:`carve_val`): per defect type (``free`` included), the
+``round(VAL_FRACTION * n)`` test samples whose ids have the smallest
+``sha256("dstray-val:{VAL_SEED}:{id}")`` become ``val``. No other split is touched, so the
+fixed splits of a dataset are never reshuffled. A dataset with its own ``val`` rows keeps them.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +43,9 @@ FREE = "free"  # the defect type of defect-free images
 FREE_NAMES = ("free", "good", "ok")  # type names read as defect-free (case-insensitive)
 MANIFEST_NAME = "splits.csv"
 MANIFEST_COLUMNS = ("image", "mask", "defect_type", "split")
-SPLIT_ORDER = ("reference", "background", "train", "test")  # the usual splits, in report order
+SPLIT_ORDER = ("reference", "background", "train", "val", "test")  # the usual splits, in report order
+VAL_FRACTION = 1 / 3  # share of each type's test samples carved into ``val`` when a dataset has no val split
+VAL_SEED = 0  # seed of that carve (part of the hash that orders the samples)
 LAYOUTS_HINT = (
     "give a folder with splits.csv, a CSV manifest (image,mask,defect_type,split), "
     "a folder with images/ and masks/ subfolders, or a folder of defect-free images"
@@ -48,7 +60,7 @@ class Sample:
     image: Path  # absolute path
     mask: Path | None  # absolute path, None for defect-free images without mask
     defect_type: str  # lower-case type name, "free" for defect-free
-    split: str  # "reference" | "background" | "train" | "test" (or user-defined)
+    split: str  # "reference" | "background" | "train" | "val" | "test" (or user-defined)
 
 
 @dataclass
@@ -137,7 +149,27 @@ def _type_name(name: str) -> str:
     return FREE if name in FREE_NAMES else name
 
 
+def carve_val(samples: list[Sample], fraction: float = VAL_FRACTION, seed: int = VAL_SEED) -> list[Sample]:
+    """``samples`` with part of the ``test`` split moved to ``val`` (see the module docstring).
+
+    Unchanged when a sample is already in ``val`` or none is in ``test``. Stratified by
+    defect type; deterministic (a hash of ``seed`` and the sample id orders each type).
+    """
+    if any(s.split == "val" for s in samples) or not any(s.split == "test" for s in samples):
+        return samples
+    by_type: dict[str, list[Sample]] = {}
+    for s in samples:
+        if s.split == "test":
+            by_type.setdefault(s.defect_type, []).append(s)
+    to_val: set[str] = set()
+    for group in by_type.values():
+        group = sorted(group, key=lambda s: hashlib.sha256(f"dstray-val:{seed}:{s.id}".encode()).hexdigest())
+        to_val.update(s.id for s in group[: round(fraction * len(group))])
+    return [dataclasses.replace(s, split="val") if s.split == "test" and s.id in to_val else s for s in samples]
+
+
 def _dataset(root: Path, samples: list[Sample], layout: str) -> DefectDataset:
+    samples = carve_val(samples)
     types = sorted({s.defect_type for s in samples} - {FREE})
     return DefectDataset(root=root, samples=samples, layout=layout, defect_types=types)
 

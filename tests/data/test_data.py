@@ -46,12 +46,12 @@ def test_embedded_sample(sample_dataset):
     ds = sample_dataset
     assert ds.layout == "manifest" and ds.root == sample_root() and len(ds) == 56
     assert ds.defect_types == ["blowhole", "break", "crack", "fray", "uneven"]
-    assert ds.splits == ["reference", "background", "train", "test"]
-    assert [len(ds.split(s)) for s in ds.splits] == [5, 32, 5, 14]
+    assert ds.splits == ["reference", "background", "train", "val", "test"]
+    assert [len(ds.split(s)) for s in ds.splits] == [5, 32, 5, 6, 8]  # val: 1 of 2 per type, 1 of 4 free
     assert len(ds.backgrounds()) == 32 and all(s.defect_type == "free" for s in ds.backgrounds())
     ref = ds.references("crack")
     assert len(ref) == 1 and ref[0].id == "images/Crack/exp4_num_88149.jpg" and ref[0].mask.is_file()
-    assert sum(s.defect_type == "free" for s in ds.split("test")) == 4
+    assert sum(s.defect_type == "free" for s in ds.split("test")) == 3
     assert ds.get(ref[0].id) == ref[0]
     assert validate(ds) == []
     # the CSV's own path gives the same dataset
@@ -61,8 +61,8 @@ def test_embedded_sample(sample_dataset):
 def test_unknown_type_and_split(sample_dataset):
     with pytest.raises(DataError, match="unknown defect type 'foo'.*blowhole, break, crack, fray, uneven"):
         sample_dataset.references("foo")
-    with pytest.raises(DataError, match="no split 'val'.*reference, background, train, test"):
-        sample_dataset.split("val")
+    with pytest.raises(DataError, match="no split 'validation'.*reference, background, train, val, test"):
+        sample_dataset.split("validation")
 
 
 def test_folder_layout(tmp_path, sample_dataset):
@@ -227,3 +227,24 @@ def test_inspect_clean_sample(capsys):
     assert inspect_main(None) == 0
     out = capsys.readouterr().out
     assert "blowhole" in out and "C=1 (grayscale): 56" in out and out.rstrip().endswith("no problems found")
+
+
+def test_val_carve_is_stratified_deterministic_and_disjoint(tmp_path):
+    ds = load_dataset()
+    val, test = ds.split("val"), ds.split("test")
+    assert not {s.id for s in val} & {s.id for s in test}
+    # val + test = the manifest's test rows; every type keeps test samples; the same carve on every load
+    manifest_test = {line.split(",")[0] for line in (sample_root() / "splits.csv").read_text().splitlines()
+                     if line.endswith(",test")}
+    assert {s.id for s in val + test} == manifest_test
+    for t in ds.defect_types + ["free"]:
+        assert sum(s.defect_type == t for s in test) >= 1
+    assert [s.id for s in load_dataset().split("val")] == [s.id for s in val]
+    # a dataset with its own val rows keeps them: nothing is carved
+    shutil.copytree(sample_root() / "images", tmp_path / "images")
+    shutil.copytree(sample_root() / "masks", tmp_path / "masks")
+    lines = (sample_root() / "splits.csv").read_text().splitlines()
+    own = [ln[: -len(",test")] + ",val" if ln.endswith(",test") and ",crack," in ln else ln for ln in lines]
+    (tmp_path / "splits.csv").write_text("\n".join(own) + "\n")
+    mine = load_dataset(tmp_path)
+    assert {s.defect_type for s in mine.split("val")} == {"crack"} and len(mine.split("test")) == 12
