@@ -26,7 +26,7 @@ def test_checkpoint_load_and_evaluate(tmp_path, arch):
     assert loaded_cfg == cfg and not model.training
     test = load_dataset().split("test")
     result = evaluate(model, test, cfg)
-    assert result["n_images"] == len(test) == 14
+    assert result["n_images"] == len(test) == 8
     assert result["image"]["defect_images"] + result["image"]["free_images"] == 14
     assert sum(r["images"] for r in result["per_type"].values()) == result["image"]["defect_images"]
     px = result["pixel"]
