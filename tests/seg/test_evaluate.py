@@ -27,12 +27,12 @@ def test_checkpoint_load_and_evaluate(tmp_path, arch):
     test = load_dataset().split("test")
     result = evaluate(model, test, cfg)
     assert result["n_images"] == len(test) == 8
-    assert result["image"]["defect_images"] + result["image"]["free_images"] == 14
+    assert result["image"]["defect_images"] + result["image"]["free_images"] == 8
     assert sum(r["images"] for r in result["per_type"].values()) == result["image"]["defect_images"]
     px = result["pixel"]
     assert px["tp"] + px["fp"] + px["fn"] + px["tn"] > 0 and 0.0 <= px["f1"] <= 1.0
     paths = write_eval(result, tmp_path)
-    assert json.loads(paths["json"].read_text())["n_images"] == 14
+    assert json.loads(paths["json"].read_text())["n_images"] == 8
     assert paths["csv"].read_text().startswith("set,images,tp") and paths["png"].stat().st_size > 0
 
 
