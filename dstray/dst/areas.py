@@ -3,31 +3,40 @@
 Wei et al., Algorithm 2, takes an area L of the defect-free sample S; the defect is
 generated inside L and L is also the output label (§3.1). The paper does not say how L
 is drawn; dstray derives it from the reference mask(s) M of the defect type, so that L
-has a real defect's shape (:class:`AreaSampler`).
+has a real defect's shape, varied by one smooth random warp (:class:`AreaSampler`).
 
 :meth:`AreaSampler.sample` on an image of height x width:
 
-1. draw one reference mask (uniformly) and apply random flips (``cfg.flip``);
-2. *free placement* (the reference does not touch its image border, or
-   ``cfg.keep_border_contact`` is false): rotate by an angle uniform in
-   ±``cfg.max_rotation`` (nearest neighbour, canvas expanded), crop to the bounding box,
-   scale isotropically by a factor uniform in [``scale_min``, ``scale_max``] (nearest),
-   and translate uniformly so that L keeps ``cfg.margin`` pixels from every border;
-3. *border placement* (the reference touches a border of its image and
-   ``keep_border_contact``; many Magnetic Tile breaks, frays and uneven areas do): rotate
-   only by multiples of 90° within ±``max_rotation`` (exact), so each touched side stays a
-   side; scale as above; then snap every touched side onto the same side of the target
-   (no margin there), and place freely along the other sides. A reference that spans its
-   image between two opposite sides spans the target along that axis (it is resized to
-   the full extent; along the other axis the scale follows isotropically);
-4. if the shape is larger than the room left by the margins, it is shrunk isotropically
-   to fit (nearest, then re-cropped);
-5. with a foreground ``roi``, draws are repeated (steps 1-4) until L lies inside it, at
-   most ``max_tries`` times, then ValueError.
+1. draw one of the type's reference masks (uniformly);
+2. draw its warp: flips (``cfg.flip``), a rotation, a scale uniform in
+   [``scale_min``, ``scale_max``], an anisotropic stretch (width/height ratio times a factor
+   log-uniform in [1/(1+``aspect``), 1+``aspect``]) and an elastic deformation (a
+   ``elastic_points`` x ``elastic_points`` grid of control-point displacements, uniform in
+   ±``elastic`` x the shape's size, interpolated bicubically: a smooth, thin-plate-like
+   bend that changes the outline without tearing it);
+3. apply it to the mask's signed distance field (bilinear resampling, L = where the warped
+   field is > 0): outlines stay smooth at any scale and angle, and thin shapes (cracks)
+   keep their continuity better than under nearest-neighbour resampling of the mask;
+4. *free placement* (the reference does not touch its image border, or
+   ``cfg.keep_border_contact`` is false): any angle in ±``max_rotation``; L is placed
+   uniformly so that it keeps ``cfg.margin`` pixels from every border;
+5. *border placement* (the reference touches a border of its image and
+   ``keep_border_contact``; many Magnetic Tile breaks, frays and uneven areas do): only
+   multiples of 90° within ±``max_rotation``, so each touched side stays a side; the elastic
+   displacement across a touched side fades to zero there (the defect keeps its base on the
+   border); every touched side is snapped onto the same side of the target, and L is placed
+   freely along the others. A reference that spans its image between two opposite sides
+   spans the target along that axis (its scale is then set by that span, not drawn);
+6. if L does not fit the room left by the margins it is drawn again smaller, down to
+   ``scale_min``; a background that cannot take the shape even at ``scale_min`` raises
+   :class:`AreaDoesNotFit` (generation records the sample as a reject, with that message);
+7. with a foreground ``roi``, draws are repeated until L lies inside it, at most
+   ``max_tries`` times, then ValueError.
 
-Masks are resampled with nearest neighbour and stay exactly {0,1}; very thin shapes
-(cracks) may break into pieces when scaled down. All randomness comes from the given
-``torch.Generator`` (CPU): the same generator state gives the same L.
+``sample_with_image`` also returns the reference *image* warped by the same transform (the
+copy-paste baseline pastes it, so pixels and label agree); it consumes the same random
+draws, so for one seed ``sample`` and ``sample_with_image`` give the same L. All randomness
+comes from the given ``torch.Generator`` (CPU): the same generator state gives the same L.
 
 :func:`crop_window` / :func:`cut_window` / :func:`paste_window` serve DST's patch mode:
 TransferNet runs on a square window around L instead of the whole image.
@@ -38,15 +47,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F
+import torch.nn.functional as F
 from torch import Tensor
-from torchvision.transforms import InterpolationMode
 
 from dstray.config import AreaConfig
 
 # sides of a mask, in this order everywhere: top, bottom, left, right
 Sides = tuple[bool, bool, bool, bool]
+_NORMALS = {0: (0.0, -1.0), 1: (0.0, 1.0), 2: (-1.0, 0.0), 3: (1.0, 0.0)}  # outward normal (x, y) per side
+_CANVAS_PAD = 3  # pixels kept around a shape's bounding box before warping (outline not cut)
+_MAX_CANVAS = 16_000_000  # a warped shape larger than this many pixels is redrawn (absurd scale)
+
+
+class AreaDoesNotFit(ValueError):
+    """The image is too small to take an area of this defect type at ``scale_min``."""
 
 
 def _check_mask(mask: Tensor, what: str) -> Tensor:
@@ -71,21 +87,19 @@ def bbox(area: Tensor) -> tuple[int, int, int, int]:
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
-def _crop(m: Tensor) -> Tensor:
-    y0, x0, y1, x1 = bbox(m)
-    return m[y0:y1, x0:x1]
-
-
 def _sides(m: Tensor) -> Sides:
     return bool(m[0].any()), bool(m[-1].any()), bool(m[:, 0].any()), bool(m[:, -1].any())
 
 
-def _resize(m: Tensor, h: int, w: int) -> Tensor:
-    """Nearest-neighbour resize of a bool (h0,w0) mask, cropped again to its bounding box."""
-    if (h, w) == tuple(m.shape):
-        return m
-    out = F.resize(m[None], [h, w], interpolation=InterpolationMode.NEAREST, antialias=False)[0]
-    return _crop(out) if out.any() else out
+def signed_distance(mask: Tensor) -> Tensor:
+    """(H,W) bool -> (H,W) float32: + distance to the outside for pixels in the mask, - distance to
+    the mask outside it, both minus 0.5 px, so the zero level runs between a mask pixel and its
+    neighbour outside (Euclidean distance transform)."""
+    from scipy.ndimage import distance_transform_edt
+
+    m = mask.numpy()
+    inside, outside = distance_transform_edt(m), distance_transform_edt(~m)
+    return torch.from_numpy(np.where(m, inside - 0.5, 0.5 - outside).astype(np.float32))
 
 
 def _as_generator(generator: torch.Generator | int) -> torch.Generator:
@@ -101,97 +115,237 @@ def _randint(g: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi + 1, (), generator=g))
 
 
+class _Shape:
+    """One reference mask prepared for warping: its signed distance field (and image) on a canvas
+    around its bounding box, and the sides of its image it touches."""
+
+    def __init__(self, mask: Tensor, image: Tensor | None):
+        height, width = mask.shape
+        y0, x0, y1, x1 = bbox(mask)
+        self.sides = _sides(mask)
+        top, bottom, left, right = self.sides
+        p = _CANVAS_PAD
+        cy0, cy1 = (y0 if top else max(0, y0 - p)), (y1 if bottom else min(height, y1 + p))
+        cx0, cx1 = (x0 if left else max(0, x0 - p)), (x1 if right else min(width, x1 + p))
+        canvas = [signed_distance(mask)[None, cy0:cy1, cx0:cx1]]
+        if image is not None:
+            canvas.append(image[:, cy0:cy1, cx0:cx1].float())
+        self.canvas = torch.cat(canvas)  # (1 [+ C], h, w): distance field first
+        self.size = (y1 - y0, x1 - x0)  # bounding box (h, w) of the mask itself
+
+
 class AreaSampler:
     """Draws target areas L for one defect type from its reference mask(s).
 
-    reference_masks: list of (1,H,W) binary masks M (each may have its own size).
+    reference_masks: list of (1,H,W) binary masks M (each may have its own size);
+    reference_images: optional matching list of (C,H,W) images H (for :meth:`sample_with_image`);
+    name: the defect type, for error messages.
     ``sample(height, width, generator, roi=None) -> (1,height,width)`` float {0,1};
     see the module docstring for the geometry.
     """
 
-    def __init__(self, reference_masks: list[Tensor], cfg: AreaConfig = AreaConfig(), max_tries: int = 100):
+    def __init__(self, reference_masks: list[Tensor], cfg: AreaConfig = AreaConfig(), max_tries: int = 100,
+                 reference_images: list[Tensor] | None = None, name: str = "defect"):
         if not reference_masks:
             raise ValueError("AreaSampler needs at least one reference mask")
         if not 0 < cfg.scale_min <= cfg.scale_max:
             raise ValueError(f"need 0 < scale_min <= scale_max; got {cfg.scale_min}, {cfg.scale_max}")
-        self.cfg, self.max_tries = cfg, max_tries
-        self.masks = [_check_mask(m, f"reference mask {i}") for i, m in enumerate(reference_masks)]
-        self.shapes = [_crop(m) for m in self.masks]  # cropped to the bounding box
-        self.on_border = [any(_sides(m)) for m in self.masks]
+        if cfg.aspect < 0 or cfg.elastic < 0 or cfg.elastic_points < 2:
+            raise ValueError(f"need aspect >= 0, elastic >= 0 and elastic_points >= 2; got {cfg.aspect}, "
+                             f"{cfg.elastic}, {cfg.elastic_points}")
+        if reference_images is not None and len(reference_images) != len(reference_masks):
+            raise ValueError(f"{len(reference_images)} reference images for {len(reference_masks)} masks")
+        self.cfg, self.max_tries, self.name = cfg, max_tries, name
+        masks = [_check_mask(m, f"reference mask {i}") for i, m in enumerate(reference_masks)]
+        images = reference_images or [None] * len(masks)
+        for i, (m, im) in enumerate(zip(masks, images)):
+            if im is not None and tuple(im.shape[-2:]) != tuple(m.shape):
+                raise ValueError(f"reference image {i} is {tuple(im.shape[-2:])}, its mask {tuple(m.shape)}")
+        self.shapes = [_Shape(m, im) for m, im in zip(masks, images)]
+        self.has_images = reference_images is not None
         turns = int(min(abs(cfg.max_rotation), 180) // 90)
         self.quarter_turns = sorted({k % 4 for k in range(-turns, turns + 1)})
 
-    def sample(
-        self, height: int, width: int, generator: torch.Generator | int, roi: Tensor | None = None
-    ) -> Tensor:
+    def sample(self, height: int, width: int, generator: torch.Generator | int,
+               roi: Tensor | None = None) -> Tensor:
+        return self._sample(height, width, generator, roi, with_image=False)[0]
+
+    def sample_with_image(self, height: int, width: int, generator: torch.Generator | int,
+                          roi: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(L (1,H,W), the reference image warped like L (C,H,W), zero outside L)``; same draws as ``sample``."""
+        if not self.has_images:
+            raise ValueError("sample_with_image needs the reference images (AreaSampler(reference_images=...))")
+        return self._sample(height, width, generator, roi, with_image=True)
+
+    def _sample(self, height, width, generator, roi, with_image):
         g, cfg = _as_generator(generator), self.cfg
         if height < 2 * cfg.margin + 1 or width < 2 * cfg.margin + 1:
-            raise ValueError(f"a {height}x{width} image leaves no room for an area with margin {cfg.margin}")
+            raise AreaDoesNotFit(f"a {width}x{height} image leaves no room for a {self.name} area with margin "
+                                 f"{cfg.margin}")
         inside = None
         if roi is not None:
             inside = _check_mask(roi, "roi")
             if inside.shape != (height, width):
                 raise ValueError(f"roi is {tuple(inside.shape)}, the image {height}x{width}")
         for _ in range(self.max_tries):
-            area = self._draw(height, width, g)
-            if area is not None and (inside is None or not bool((area & ~inside).any())):
-                return area[None].float()
-        if inside is None:  # every draw vanished under nearest-neighbour downscaling
-            raise ValueError(f"no non-empty area after {self.max_tries} draws; raise AreaConfig.scale_min")
+            drawn = self._draw(height, width, g, with_image)
+            if drawn is not None and (inside is None or not bool((drawn[0] & ~inside).any())):
+                area = drawn[0][None].float()
+                return area, (drawn[1] if with_image else None)
+        if inside is None:  # every draw vanished (a tiny shape at a small scale)
+            raise ValueError(f"no non-empty {self.name} area after {self.max_tries} draws; raise --area-scale-min")
         raise ValueError(
-            f"no area fitting the roi after {self.max_tries} draws; the roi may be too small for "
-            f"this defect's shape: lower AreaConfig.scale_min or pass a larger roi"
+            f"no {self.name} area fitting the roi after {self.max_tries} draws; the roi may be too small for "
+            f"this defect's shape: lower --area-scale-min or pass a larger roi"
         )
 
-    def _draw(self, height: int, width: int, g: torch.Generator) -> Tensor | None:
-        """One L (height,width) bool, or None when the shape vanished under resampling."""
+    def _draw(self, height: int, width: int, g: torch.Generator, with_image: bool):
+        """One (L (height,width) bool, warped image or None), or None when the shape vanished."""
         cfg = self.cfg
-        i = _randint(g, 0, len(self.masks) - 1)
-        border = cfg.keep_border_contact and self.on_border[i]
-        m = self.masks[i] if border else self.shapes[i]
-        if cfg.flip and _uniform(g, 0, 1) < 0.5:
-            m = m.flip(-1)
-        if cfg.flip and _uniform(g, 0, 1) < 0.5:
-            m = m.flip(-2)
+        shape = self.shapes[_randint(g, 0, len(self.shapes) - 1)]
+        border = cfg.keep_border_contact and any(shape.sides)
+        fx = cfg.flip and _uniform(g, 0, 1) < 0.5
+        fy = cfg.flip and _uniform(g, 0, 1) < 0.5
         if border:
-            k = self.quarter_turns[_randint(g, 0, len(self.quarter_turns) - 1)]
-            m = torch.rot90(m, k)  # on the whole mask, so the touched sides follow
-            sides = _sides(m)
+            theta = 90.0 * self.quarter_turns[_randint(g, 0, len(self.quarter_turns) - 1)]
         else:
-            angle = _uniform(g, -cfg.max_rotation, cfg.max_rotation)
-            m = F.rotate(m[None], angle, interpolation=InterpolationMode.NEAREST, expand=True)[0]
-            sides = (False, False, False, False)
-        shape = _crop(m) if m.any() else m
-        shape = self._fit(shape, _uniform(g, cfg.scale_min, cfg.scale_max), height, width, sides)
-        if not shape.any():
+            theta = _uniform(g, -cfg.max_rotation, cfg.max_rotation)
+        scale = _uniform(g, cfg.scale_min, cfg.scale_max)
+        stretch = math.exp(_uniform(g, -math.log1p(cfg.aspect), math.log1p(cfg.aspect)))
+        ctrl = (torch.rand((2, cfg.elastic_points, cfg.elastic_points), generator=g, dtype=torch.float64) * 2 - 1)
+        ctrl = ctrl * cfg.elastic
+        linear = _linear(theta, fx, fy, stretch)
+        sides = _turned_sides(shape.sides, linear) if border else (False,) * 4
+        top, bottom, left, right = sides
+        span_h, span_w = top and bottom, left and right
+        room_h = height - cfg.margin * ((not top) + (not bottom))
+        room_w = width - cfg.margin * ((not left) + (not right))
+        for _ in range(4):  # shrink towards scale_min until the warped shape fits the room
+            warped = _warp(shape.canvas if with_image else shape.canvas[:1], linear * scale, ctrl, sides)
+            if warped is None:
+                return None
+            cut = _crop_to_shape(warped)
+            if cut is None:
+                return None
+            h, w = cut.shape[-2:]
+            if span_h or span_w:
+                return self._place(_span(cut, height if span_h else None, width if span_w else None, room_h,
+                                         room_w), height, width, sides, g)
+            fit = min(room_h / h, room_w / w)
+            if fit >= 1:
+                return self._place(cut, height, width, sides, g)
+            if scale * fit < cfg.scale_min:
+                raise self._does_not_fit(shape, linear, height, width)
+            scale = max(cfg.scale_min, scale * fit * 0.97)
+        raise self._does_not_fit(shape, linear, height, width)
+
+    def _does_not_fit(self, shape: _Shape, linear: Tensor, height: int, width: int) -> AreaDoesNotFit:
+        h, w = shape.size
+        corners = torch.tensor([[0, 0], [w, 0], [0, h], [w, h]], dtype=torch.float64) @ (linear * self.cfg.scale_min).T
+        need = (corners.max(0).values - corners.min(0).values).round().int().tolist()
+        return AreaDoesNotFit(
+            f"background {width}x{height} cannot take a {self.name} area of at least {need[0]}x{need[1]} px "
+            f"(the reference shape at --area-scale-min {self.cfg.scale_min}, margin {self.cfg.margin} px); "
+            "use larger backgrounds or lower --area-scale-min")
+
+    def _place(self, cut: Tensor, height: int, width: int, sides: Sides, g: torch.Generator):
+        cfg = self.cfg
+        area_cut = cut[0] > 0
+        if not bool(area_cut.any()):
             return None
-        h, w = shape.shape
+        h, w = area_cut.shape
         top, bottom, left, right = sides
         y = 0 if top else height - h if bottom else _randint(g, cfg.margin, height - cfg.margin - h)
         x = 0 if left else width - w if right else _randint(g, cfg.margin, width - cfg.margin - w)
         area = torch.zeros(height, width, dtype=torch.bool)
-        area[y : y + h, x : x + w] = shape
-        return area
+        area[y:y + h, x:x + w] = area_cut
+        image = None
+        if cut.shape[0] > 1:
+            image = torch.zeros(cut.shape[0] - 1, height, width)
+            image[:, y:y + h, x:x + w] = cut[1:].clamp(0, 1) * area_cut
+        return area, image
 
-    def _fit(self, shape: Tensor, scale: float, height: int, width: int, sides: Sides) -> Tensor:
-        """Scale a cropped shape, span opposite touched sides, shrink to the room left by the margins."""
-        top, bottom, left, right = sides
-        span_h, span_w = top and bottom, left and right
-        h, w = shape.shape
-        if span_h and not span_w:
-            scale = height / h
-        elif span_w and not span_h:
-            scale = width / w
-        room_h = height - self.cfg.margin * ((not top) + (not bottom))
-        room_w = width - self.cfg.margin * ((not left) + (not right))
-        th, tw = h * scale, w * scale
-        shrink = min([1.0] + ([] if span_h else [room_h / th]) + ([] if span_w else [room_w / tw]))
-        th = height if span_h else max(1, min(room_h, math.floor(th * shrink + 0.5)))
-        tw = width if span_w else max(1, min(room_w, math.floor(tw * shrink + 0.5)))
-        shape = _resize(shape, th, tw)
-        if shape.any() and (span_h or span_w):  # nearest + re-crop may lose an edge row/column
-            shape = _resize(shape, height if span_h else shape.shape[0], width if span_w else shape.shape[1])
-        return shape
+
+def _linear(theta: float, fx: bool, fy: bool, stretch: float) -> Tensor:
+    """2x2 map (x, y) -> (x', y') of a reference offset: flips, stretch (x by sqrt, y by 1/sqrt), rotation."""
+    t = math.radians(theta)
+    c, s = round(math.cos(t), 12), round(math.sin(t), 12)  # exact for quarter turns
+    rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    diag = torch.diag(torch.tensor([math.sqrt(stretch) * (-1 if fx else 1), (-1 if fy else 1) / math.sqrt(stretch)],
+                                   dtype=torch.float64))
+    return rot @ diag
+
+
+def _turned_sides(sides: Sides, linear: Tensor) -> Sides:
+    """Which sides of the target the touched sides of the reference become under ``linear`` (quarter turns, flips)."""
+    out = [False] * 4
+    for k, touched in enumerate(sides):
+        if touched:
+            n = linear @ torch.tensor(_NORMALS[k], dtype=torch.float64)
+            x, y = float(n[0]), float(n[1])
+            out[(0 if y < 0 else 1) if abs(y) > abs(x) else (2 if x < 0 else 3)] = True
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _warp(canvas: Tensor, linear: Tensor, ctrl: Tensor, sides: Sides) -> Tensor | None:
+    """Resample ``canvas`` (K,h,w) under ``linear`` (2x2, scale included) and the elastic ``ctrl`` field.
+
+    The output canvas holds the whole transformed input (plus room for the displacement).
+    Displacements are ``ctrl`` (2,P,P) times the output's longer side, interpolated bicubically;
+    their component across each touched side of ``sides`` fades linearly to zero at that side.
+    Bilinear sampling; None for an absurdly large output.
+    """
+    h, w = canvas.shape[-2:]
+    centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=torch.float64)
+    corners = torch.tensor([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]],
+                           dtype=torch.float64) - centre
+    moved = corners @ linear.T
+    lo, hi = moved.min(0).values, moved.max(0).values
+    extent = float((hi - lo).max())
+    pad = int(math.ceil(extent * float(ctrl.abs().max()))) + 1
+    out_w, out_h = int(math.ceil(float(hi[0] - lo[0]))) + 2 * pad, int(math.ceil(float(hi[1] - lo[1]))) + 2 * pad
+    if out_w * out_h > _MAX_CANVAS:
+        return None
+    xs = lo[0] - pad + torch.arange(out_w, dtype=torch.float64) + 0.5
+    ys = lo[1] - pad + torch.arange(out_h, dtype=torch.float64) + 0.5
+    qy, qx = torch.meshgrid(ys, xs, indexing="ij")
+    disp = F.interpolate(ctrl[None], size=(out_h, out_w), mode="bicubic", align_corners=True)[0] * extent
+    top, bottom, left, right = sides
+    if top or bottom:
+        v = torch.linspace(0, 1, out_h, dtype=torch.float64)[:, None]
+        disp[1] *= torch.minimum(v if top else torch.ones_like(v), (1 - v) if bottom else torch.ones_like(v))
+    if left or right:
+        u = torch.linspace(0, 1, out_w, dtype=torch.float64)[None, :]
+        disp[0] *= torch.minimum(u if left else torch.ones_like(u), (1 - u) if right else torch.ones_like(u))
+    src = torch.stack([qx - disp[0], qy - disp[1]], -1) @ torch.linalg.inv(linear).T + centre
+    grid = torch.stack([(2 * src[..., 0] + 1) / w - 1, (2 * src[..., 1] + 1) / h - 1], -1).float()
+    # the distance field is 0 (not inside) beyond its canvas; the image repeats its border pixels there
+    field = F.grid_sample(canvas[None, :1], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)
+    if canvas.shape[0] == 1:
+        return field[0]
+    image = F.grid_sample(canvas[None, 1:], grid[None], mode="bilinear", padding_mode="border", align_corners=False)
+    return torch.cat([field, image], 1)[0]
+
+
+def _crop_to_shape(warped: Tensor) -> Tensor | None:
+    """The warped canvas cut to the bounding box of its shape (distance field > 0); None if empty."""
+    m = warped[0] > 0
+    if not bool(m.any()):
+        return None
+    y0, x0, y1, x1 = bbox(m)
+    return warped[:, y0:y1, x0:x1]
+
+
+def _span(cut: Tensor, height: int | None, width: int | None, room_h: int, room_w: int) -> Tensor:
+    """Resize a cut shape to span ``height`` and/or ``width``; the other axis scales alike, within its room."""
+    h, w = cut.shape[-2:]
+    if height is not None and width is not None:
+        size = (height, width)
+    elif height is not None:
+        size = (height, max(1, min(room_w, round(w * height / h))))
+    else:
+        size = (max(1, min(room_h, round(h * width / w))), width)
+    return F.interpolate(cut[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def crop_window(area: Tensor, size: int, context: int = 4) -> tuple[int, int, int, int]:

@@ -2,9 +2,20 @@
 
 Algorithm 2, per background S and area L:
 
-1. y' = S[L'] + histmatch(S[L], H[M])  -- masked histogram matching (:mod:`dstray.dst.histmatch`);
-2. ŷ = S[L'] + TransferNet(y')[L]      -- with Gaussian-mask fusion (:mod:`dstray.dst.transfer_net`);
+1. y' = S[L'] + histmatch(S[L], H[M])  -- masked histogram matching, contrast-preserving by default
+   (:func:`dstray.dst.histmatch.match_area`);
+2. ŷ = S[L'] + TransferNet(y')[L]      -- identity at init, soft fusion (:mod:`dstray.dst.transfer_net`);
 3. losses φ(ŷ[L], y'[L], S[L], H[M])   -- eq. 3-6 (:mod:`dstray.dst.losses`), Adam step (paper §4: lr 1e-3).
+
+How long: until the loss stops falling. The smoothed total (an exponential moving average,
+weight 0.05 per step, computed from the loss history so a resumed fit decides the same way)
+must fall by at least ``plateau_tol`` (relative) over ``plateau_patience`` steps, else the fit
+stops (never before ``min_steps``, never after ``steps``). The loss terms are normalised at the
+start of the fit (:meth:`dstray.dst.losses.DSTLoss.calibrate`, on ``calibration_batches``
+seeded batches). ``heldout`` backgrounds (a seeded choice) are kept out of the fit; at its end
+the loss of DST and the loss of y' itself (ŷ = y', what histmatch alone gives) are measured
+on fixed batches drawn from them: the fit table shows both, and a fit whose DST is not below
+y' is flagged.
 
 Two ways to present a background to the network:
 
@@ -45,14 +56,17 @@ from dstray import __version__, storage
 from dstray.config import DSTConfig, resolve_device, to_dict
 from dstray.data import DefectDataset, read_image, read_mask, to_channels
 from dstray.dst.areas import AreaSampler, crop_window, cut_window
-from dstray.dst.histmatch import SortedReference, histmatch, sort_reference
+from dstray.dst.histmatch import SortedReference, match_area, ring_mean, sort_reference
 from dstray.dst.losses import DSTLoss
+from dstray.dst.stylize import CHECKPOINT_FORMAT
 from dstray.dst.transfer_net import TransferNet
 from dstray.seeds import derive_seed
 
 log = logging.getLogger("dstray")
 
 TERMS = ("content", "style", "hist", "tv", "total")  # the loss terms of a step, as logged and checkpointed
+PLATEAU_EMA = 0.05  # weight of the newest step in the smoothed loss of the plateau rule
+HELDOUT_BATCHES = 4  # batches drawn from the held-out backgrounds for the final check
 
 
 def fitted_types(dataset: DefectDataset) -> list[str]:
@@ -103,12 +117,13 @@ class DSTFitter:
         self.reference_image = read_image(ref.image)  # H (C,H,W)
         self.reference_mask = read_mask(ref.mask, like=self.reference_image)  # M (1,H,W)
         self.in_channels = self.reference_image.shape[0]
-        self.backgrounds = dataset.backgrounds()
-        if not self.backgrounds:
+        backgrounds = dataset.backgrounds()
+        if not backgrounds:
             raise ValueError(f"dataset {dataset.root} has no background (defect-free) images to fit on")
+        self.heldout, self.backgrounds = _hold_out(backgrounds, cfg.heldout, cfg.seed)
         self.area_masks = [read_mask(r.mask) for r in refs if r.mask is not None]  # every M of the type
-        self.sampler = AreaSampler(self.area_masks, cfg.area)
-        self._cache: dict[int, Tensor] = {}
+        self.sampler = AreaSampler(self.area_masks, cfg.area, name=cfg.defect_type)
+        self._cache: dict[str, Tensor] = {}
 
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(cfg.seed)
@@ -119,19 +134,24 @@ class DSTFitter:
         h, m = self.reference_image[None].to(self.device), self.reference_mask[None].to(self.device)
         self.loss.set_reference(h, m)
         self.ref_sorted: SortedReference = sort_reference(h, m)
+        self.ref_ring = ring_mean(h, m) if cfg.first_step == "relative" else None
+        if cfg.first_step not in ("relative", "absolute"):
+            raise ValueError(f"first_step must be 'relative' or 'absolute'; got {cfg.first_step!r}")
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step_count = 0
         self.draws = 0  # backgrounds drawn so far (position in the seeded visiting order)
         self.history: list[dict[str, float]] = []
+        self.heldout_losses: dict[str, float] = {}  # {"dst", "yprime"} once finished
         self._perm: tuple[int, Tensor] | None = None
+        self.loss.calibrate(self._fixed_batches(self.backgrounds, cfg.calibration_batches, "dst-calibrate"))
 
     # ---- data
-    def _background(self, index: int) -> Tensor:
-        if index not in self._cache:
-            img = to_channels(read_image(self.backgrounds[index].image), self.in_channels)
-            self._cache[index] = img.mul(255).round().to(torch.uint8)  # lossless for 8-bit files
-        return self._cache[index].float() / 255
+    def _background(self, sample) -> Tensor:
+        if sample.id not in self._cache:
+            img = to_channels(read_image(sample.image), self.in_channels)
+            self._cache[sample.id] = img.mul(255).round().to(torch.uint8)  # lossless for 8-bit files
+        return self._cache[sample.id].float() / 255
 
     def _next_index(self) -> int:
         n = len(self.backgrounds)
@@ -142,21 +162,26 @@ class DSTFitter:
         self.draws += 1
         return int(self._perm[1][pos])
 
-    def _draw(self) -> tuple[Tensor, Tensor]:
-        """One (S, L) pair; whole mode resizes S first. Backgrounds too small for L are skipped."""
-        for _ in range(len(self.backgrounds)):
-            s = self._background(self._next_index())
+    def _draw(self, pick=None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """One (S, L) pair; whole mode resizes S first. Backgrounds too small for L are skipped.
+
+        ``pick()`` gives the next background sample (default: the seeded training order),
+        ``generator`` draws L (default: the fitter's)."""
+        pick = pick or (lambda: self.backgrounds[self._next_index()])
+        generator = generator or self.generator
+        for _ in range(len(self.backgrounds) + len(self.heldout)):
+            s = self._background(pick())
             if self.cfg.patch_size is None:
                 size = self.cfg.whole_size
                 s = F.interpolate(s[None], size=(size, size), mode="bilinear", antialias=True,
                                   align_corners=False)[0].clamp(0, 1)
             try:
-                return s, self.sampler.sample(s.shape[1], s.shape[2], self.generator)
+                return s, self.sampler.sample(s.shape[1], s.shape[2], generator)
             except ValueError:
                 continue
         raise ValueError(f"no background can take an area of type {self.cfg.defect_type!r} (all too small)")
 
-    def _fit_window(self, area: Tensor) -> tuple[int, int, int, int]:
+    def _fit_window(self, area: Tensor, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
         """The training window (top, left, h, w) for L: ``crop_window`` when L fits in ``patch_size``,
         else a ``patch_size`` window centred on a random pixel of L (part of L, native scale)."""
         size = self.cfg.patch_size
@@ -164,40 +189,91 @@ class DSTFitter:
         if max(win[2:]) <= size:
             return win
         ys, xs = torch.nonzero(area[0] > 0.5, as_tuple=True)
-        k = int(torch.randint(len(ys), (), generator=self.generator))
+        k = int(torch.randint(len(ys), (), generator=generator or self.generator))
         height, width = area.shape[-2:]
         h, w = min(size, height), min(size, width)
         top = min(max(int(ys[k]) - h // 2, 0), height - h)
         left = min(max(int(xs[k]) - w // 2, 0), width - w)
         return top, left, h, w
 
-    def batch(self) -> tuple[Tensor, Tensor]:
-        """The next batch: S (B,C,h,w), L (B,1,h,w) on the fit device, h = w = patch_size (or whole_size)."""
-        pairs = [self._draw() for _ in range(self.cfg.batch_size)]
+    def batch(self, pairs: list[tuple[Tensor, Tensor]] | None = None,
+              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The next batch: S (B,C,h,w), L (B,1,h,w) on the fit device, h = w = patch_size (or whole_size).
+
+        ``pairs``: (S, L) pairs to window instead of the next ``batch_size`` training draws."""
+        pairs = pairs if pairs is not None else [self._draw() for _ in range(self.cfg.batch_size)]
         if self.cfg.patch_size is None:
             s, a = zip(*pairs)
         else:
             shape = (self.cfg.patch_size, self.cfg.patch_size)
-            wins = [self._fit_window(a) for _, a in pairs]
+            wins = [self._fit_window(a, generator) for _, a in pairs]
             s = [cut_window(s, w, shape) for (s, _), w in zip(pairs, wins)]
             a = [cut_window(a, w, shape, pad_mode="zeros") for (_, a), w in zip(pairs, wins)]
         return torch.stack(s).to(self.device), torch.stack(a).to(self.device)
+
+    def first_step(self, s: Tensor, area: Tensor) -> Tensor:
+        """y' of Alg. 2 for a batch: S (N,C,H,W), L (N,1,H,W) -> (N,C,H,W)."""
+        return match_area(s, area, self.ref_sorted, self.ref_ring)
+
+    def _fixed_batches(self, backgrounds: list, n: int, purpose: str) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """``n`` batches of (y', S, L) drawn from ``backgrounds`` with a generator of their own: the same
+        batches for the same seed, whatever the fit's position (calibration, the held-out check)."""
+        if not backgrounds or n <= 0:
+            return []
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, purpose))
+        pick = lambda: backgrounds[int(torch.randint(len(backgrounds), (), generator=g))]  # noqa: E731
+        out = []
+        for _ in range(n):
+            s, area = self.batch([self._draw(pick, g) for _ in range(self.cfg.batch_size)], generator=g)
+            out.append((self.first_step(s, area), s, area))
+        return out
 
     # ---- optimisation
     def step(self) -> dict[str, float]:
         """One Adam step on a fresh batch; returns the weighted loss terms and "total"."""
         self.net.train()
         s, area = self.batch()
-        y_match = histmatch(s, area, self.ref_sorted)  # first step of Alg. 2
+        y_match = self.first_step(s, area)  # first step of Alg. 2
         out = self.net(y_match, s, area)  # second step
         terms = self.loss(out, y_match, s, area)
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
+        for group in self.optimizer.param_groups:  # linear warm-up (a function of the step: resumes exactly)
+            group["lr"] = self.cfg.lr * min(1.0, (self.step_count + 1) / max(1, self.cfg.warmup_steps))
         self.optimizer.step()
         self.step_count += 1
         record = {k: float(v.detach()) for k, v in terms.items()}
         self.history.append({"step": self.step_count, **record})
         return record
+
+    def plateaued(self) -> bool:
+        """True when the smoothed total loss stopped falling (see the module docstring)."""
+        cfg, n = self.cfg, len(self.history)
+        if cfg.plateau_patience <= 0 or n < max(cfg.min_steps, cfg.plateau_patience + 1):
+            return False
+        ema, smoothed = None, []
+        for h in self.history:
+            ema = h["total"] if ema is None else (1 - PLATEAU_EMA) * ema + PLATEAU_EMA * h["total"]
+            smoothed.append(ema)
+        before, now = smoothed[-1 - cfg.plateau_patience], smoothed[-1]
+        return before - now < cfg.plateau_tol * abs(before)
+
+    def done(self) -> bool:
+        return self.step_count >= self.cfg.steps or self.plateaued()
+
+    @torch.no_grad()
+    def check_heldout(self) -> dict[str, float]:
+        """Mean total loss on batches from the held-out backgrounds: of DST (``dst``) and of y' itself
+        (``yprime``: ŷ = y', the first step alone). Stored in :attr:`heldout_losses` and the checkpoint."""
+        batches = self._fixed_batches(self.heldout, HELDOUT_BATCHES, "dst-heldout")
+        if not batches:
+            return {}
+        self.net.eval()
+        dst = sum(float(self.loss(self.net(y, s, a), y, s, a)["total"]) for y, s, a in batches) / len(batches)
+        yprime = sum(float(self.loss(y, y, s, a)["total"]) for y, s, a in batches) / len(batches)
+        self.net.train()
+        self.heldout_losses = {"dst": round(dst, 5), "yprime": round(yprime, 5)}
+        return dict(self.heldout_losses)
 
     def state_dict(self) -> dict:
         """Everything to resume exactly: net, optimiser, step, draws, area RNG, loss history."""
@@ -208,6 +284,8 @@ class DSTFitter:
             "draws": self.draws,
             "generator": self.generator.get_state(),
             "history": [dict(h) for h in self.history],
+            "loss_norm": dict(self.loss.norm),
+            "heldout_losses": dict(self.heldout_losses),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -217,6 +295,8 @@ class DSTFitter:
         self.draws = int(state["draws"])
         self.generator.set_state(state["generator"].cpu())
         self.history = [dict(h) for h in state["history"]]
+        self.loss.norm = dict(state.get("loss_norm", self.loss.norm))
+        self.heldout_losses = dict(state.get("heldout_losses", {}))
 
     def checkpoint(self) -> dict:
         """The model checkpoint (see :meth:`save`), plain tensors/containers only."""
@@ -229,8 +309,12 @@ class DSTFitter:
             "steps": self.step_count,
             "in_channels": self.in_channels,
             "dstray_version": __version__,
+            "format": CHECKPOINT_FORMAT,
             "losses": [dict(h) for h in self.history],
             "area_masks": [m.clone() for m in self.area_masks],
+            "loss_norm": dict(self.loss.norm),
+            "heldout_losses": dict(self.heldout_losses),
+            "stopped": "plateau" if self.step_count < self.cfg.steps else "step cap",
         }
 
     def save(self, path: str | Path) -> Path:
@@ -267,29 +351,43 @@ def write_losses_csv(history: list[dict[str, float]], location: str | Path) -> s
 def fit_loop(fitter: DSTFitter, *, on_log: Callable[[int, dict[str, float]], None] | None = None,
              on_checkpoint: Callable[[int, dict[str, float]], None] | None = None,
              on_step: Callable[[int], None] | None = None) -> None:
-    """The one DST fitting loop: step ``fitter`` until ``fitter.cfg.steps``, from wherever it stands.
+    """The one DST fitting loop: step ``fitter`` until it is done (step cap or plateau), from wherever it stands.
 
     After step k: ``on_checkpoint(k, terms)`` when k is a multiple of ``cfg.checkpoint_every``
-    or the last step (a checkpoint carries that step's loss terms too), otherwise
-    ``on_log(k, terms)`` when k is a multiple of ``cfg.log_every``; then ``on_step(k)``.
-    A fitter restored with :meth:`DSTFitter.load_state_dict` continues where it was saved.
+    or the fit is done (a checkpoint carries that step's loss terms too; the last one also the
+    held-out check, :meth:`DSTFitter.check_heldout`, as ``heldout_dst`` / ``heldout_yprime``),
+    otherwise ``on_log(k, terms)`` when k is a multiple of ``cfg.log_every``; then
+    ``on_step(k)``. A fitter restored with :meth:`DSTFitter.load_state_dict` continues where it
+    was saved; one restored after it was done only repeats the final checkpoint.
     """
     cfg = fitter.cfg
-    while fitter.step_count < cfg.steps:
+    while True:
+        if fitter.done():
+            if not fitter.heldout_losses:
+                fitter.check_heldout()
+            if on_checkpoint is not None and fitter.history:
+                on_checkpoint(fitter.step_count, final_terms(fitter))
+            return
         terms = fitter.step()
         step = fitter.step_count
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 and not fitter.done():
             if on_checkpoint is not None:
                 on_checkpoint(step, terms)
-        elif step % cfg.log_every == 0 and on_log is not None:
+        elif step % cfg.log_every == 0 and on_log is not None and not fitter.done():
             on_log(step, terms)
         if on_step is not None:
             on_step(step)
 
 
+def final_terms(fitter: DSTFitter) -> dict[str, float]:
+    """The last step's loss terms plus the held-out check (``heldout_dst``, ``heldout_yprime``)."""
+    last = {k: v for k, v in fitter.history[-1].items() if k != "step"}
+    return {**last, **{f"heldout_{k}": v for k, v in fitter.heldout_losses.items()}}
+
+
 def fit_dst(cfg: DSTConfig, dataset: DefectDataset, out_dir: str | Path,
             on_log: Callable[[int, dict[str, float]], None] | None = None) -> Path:
-    """Fit ``cfg.steps`` steps in this process; write ``out_dir/model.pt`` and ``out_dir/losses.csv``.
+    """Fit (at most ``cfg.steps`` steps) in this process; write ``out_dir/model.pt`` and ``out_dir/losses.csv``.
 
     The local adapter of :func:`fit_loop`: the loss terms go to ``on_log(step, terms)`` (default:
     the "dstray" logger) every ``cfg.log_every`` steps and at every checkpoint; every
@@ -314,3 +412,14 @@ def fit_dst(cfg: DSTConfig, dataset: DefectDataset, out_dir: str | Path,
 
     fit_loop(fitter, on_log=log_terms, on_checkpoint=checkpoint)
     return out / "model.pt"
+
+
+def _hold_out(backgrounds: list, n: int, seed: int) -> tuple[list, list]:
+    """(held out, the rest): ``n`` backgrounds chosen with ``seed`` (none when fewer than 4n are given)."""
+    if n <= 0 or len(backgrounds) < 4 * n:
+        return [], list(backgrounds)
+    g = torch.Generator().manual_seed(derive_seed(seed, "dst-heldout-choice"))
+    order = torch.randperm(len(backgrounds), generator=g).tolist()
+    held = set(order[:n])
+    return ([b for i, b in enumerate(backgrounds) if i in held],
+            [b for i, b in enumerate(backgrounds) if i not in held])

@@ -311,3 +311,45 @@ def match_features(
     outside ``mask`` it equals ``feats``.
     """
     return histmatch(feats.detach(), mask, ref_feats, ref_mask)
+
+
+# --------------------------------------------------------------------------- the first step of DST
+RING_WIDTH = 6  # px: the surroundings of L (in S) and of M (in H) that set the contrast-preserving gain
+
+
+def ring(area: Tensor, width: int = RING_WIDTH) -> Tensor:
+    """The pixels within ``width`` px (chessboard distance) outside an area: (N,1,H,W) 0/1 -> bool."""
+    inside = _as_bool(area)
+    grown = torch.nn.functional.max_pool2d(inside.float(), 2 * width + 1, stride=1, padding=width) > 0.5
+    return grown & ~inside
+
+
+def ring_mean(image: Tensor, area: Tensor, width: int = RING_WIDTH) -> Tensor:
+    """Mean of ``image`` (N,C,H,W) over the ring around ``area`` (N,1,H,W), per sample and channel: (N,C).
+
+    The whole image's mean where the area leaves no ring (it covers the image)."""
+    r = ring(area, width).to(image.dtype)
+    empty = r.sum((2, 3)) == 0
+    r = torch.where(empty[..., None, None], torch.ones_like(r), r)
+    return (image * r).sum((2, 3)) / r.sum((2, 3))
+
+
+def match_area(source: Tensor, area: Tensor, reference: SortedReference,
+               reference_ring: Tensor | None = None) -> Tensor:
+    """The first step of DST (Alg. 2): y' = S outside L, S[L] histogram-matched to H[M] inside.
+
+    source S (N,C,H,W) in [0,1]; area L (N,1,H,W); ``reference`` from :func:`sort_reference`
+    (H inside M). ``reference_ring`` (1 or N, C): :func:`ring_mean` of H around M turns on the
+    **contrast-preserving** variant (beyond the paper): the matched values are multiplied by the
+    gain ``ring_mean(S, L) / reference_ring`` (per channel, clamped to [0, 1]), i.e. the defect
+    keeps its grey levels *relative to its surroundings*: a crack 20 % darker than the tile
+    around it in H is 20 % darker than the tile around L in S, whatever S's own brightness
+    (with plain matching it takes H's absolute levels and may come out brighter than a darker
+    tile). Quantile matching commutes with a positive scale, so this equals matching S[L] to
+    the reference values scaled by the gain. Outside L the result is bit-identical to S.
+    """
+    matched = histmatch(source, area, reference)
+    if reference_ring is None:
+        return matched
+    gain = ring_mean(source, area) / reference_ring.to(source).clamp_min(1.0 / 255)
+    return torch.where(_as_bool(area), (matched * gain[..., None, None]).clamp(0, 1), source)

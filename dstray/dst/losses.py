@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from dstray.config import DSTConfig
 from dstray.dst.histmatch import SortedReference, match_features, sort_reference
-from dstray.dst.loss_net import VGGFeatures
+from dstray.dst.loss_net import LAYERS, loss_network
 
 
 def feature_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
@@ -96,63 +96,111 @@ def tv_loss(image: Tensor, mask: Tensor) -> Tensor:
 class DSTLoss(nn.Module):
     """The weighted DST objective (eq. 6): w_c·content + w_s·style + w_h·hist + w_tv·tv, all inside L.
 
-    Layers (``DSTConfig.content_layers`` etc.): content relu4_1 (Luan et al. 2018, whose
-    two-step method DST follows; Gatys et al. use conv4_2), style relu1_1..relu4_1
-    (Gatys et al. 2016 use relu1_1..relu5_1; we stop at relu4_1, the deepest layer
-    already needed), histogram relu1_1 + relu4_1 (Risser et al. 2017, also Luan et al.).
+    Layers: ``cfg.content_layers`` etc., or the loss network's defaults
+    (:data:`dstray.dst.loss_net.LAYERS`): for VGG-19 content relu4_1 (Luan et al. 2018, whose
+    two-step method DST follows), style relu1_1..relu4_1 (Gatys et al. 2016 without relu5_1),
+    histogram relu1_1 + relu4_1 (Risser et al. 2017); the same depths for EfficientNet-Lite0.
 
-    Weights. The paper (§4) prints, garbled by text extraction,
+    Style target (``cfg.style_target``): ``background`` compares the Grams of ŷ in L with those
+    of S in L (the paper: "the defect-free image S is taken as the style image"); ``reference``
+    with those of H in M (the reference defect's texture).
+
+    Weights and normalisation. The paper (§4) prints, garbled by text extraction,
     "c 1e5w = , s 2.5 4w e= − , h tv.1 10 w w= =", which we read as w_c = 1e5,
-    w_s = 2.5e-4, w_h = 1 and w_tv = 10 (the "." before "1" may also make w_h = 0.1:
-    it is either a decimal point or the sentence's period). Those numbers belong to the
-    authors' normalisation (eq. 4 divides by C_j·H_j·W_j over the whole map; content and
-    style presumably as in Johnson's code, on 0-255 images, unnormalised Grams), which
-    the paper does not fully state. Ours are per-masked-position means on [0, 1] images
-    with Gram matrices divided by the masked count, so the paper's values do not carry
-    over. The :class:`DSTConfig` defaults (w_c = 10, w_s = 0.3, w_h = 1, w_tv = 10) put
-    the weighted terms at the same order at initialisation on real Magnetic Tile data
-    (random VGG-19, untrained TransferNet, default patch 96, batch of 8 from the 600
-    backgrounds; measured per type, weighted):
-
-    ========  =======  =====  ====  ====
-    type      content  style  hist  tv
-    ========  =======  =====  ====  ====
-    blowhole  1.35     0.59   1.51  0.57
-    break     2.53     0.47   1.31  0.50
-    crack     0.48     0.78   0.76  0.43
-    fray      2.39     1.28   1.49  0.18
-    uneven    2.64     3.24   0.37  0.33
-    ========  =======  =====  ====  ====
-
-    TV stays a little smaller: it is a smoothness prior, not a target to reach.
+    w_s = 2.5e-4, w_h = 1 and w_tv = 10 (the "." before "1" may also make w_h = 0.1). Those
+    numbers belong to the authors' normalisation (eq. 4 divides by C_j·H_j·W_j over the whole
+    map; content and style presumably as in Johnson's code, on 0-255 images, unnormalised
+    Grams), which the paper does not fully state, and raw term magnitudes differ by four
+    orders between loss networks (Lite0's style term at y' is ~3000, random VGG-19's ~3) and
+    by 5x between defect types. So each term is divided by a scale measured once at the start
+    of a fit (:meth:`calibrate`): style, hist and tv by their value at ŷ = y' (the first step's
+    output, where TransferNet starts), content by the energy of y''s content features inside L
+    (so 1 means "features changed by as much as they are large"). At the start of a fit the
+    normalised style, hist and tv terms are then 1 each and content 0, and the weights are
+    relative importances. Uncalibrated (``norm`` all 1) the weights apply to the raw terms.
 
     Args:
-        cfg: weights and layer names.
-        vgg: the loss network; built from ``cfg.loss_weights`` when None.
+        cfg: weights, layers, loss network and style target.
+        net: the loss network; built from ``cfg.loss_net`` / ``cfg.loss_weights`` when None.
     """
 
-    def __init__(self, cfg: DSTConfig, vgg: VGGFeatures | None = None):
+    TERMS = ("content", "style", "hist", "tv")
+
+    def __init__(self, cfg: DSTConfig, net: nn.Module | None = None, *, vgg: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
-        self.content_layers = list(cfg.content_layers)
-        self.style_layers = list(cfg.style_layers)
-        self.hist_layers = list(cfg.hist_layers)
+        defaults = LAYERS[cfg.loss_net]
+        self.content_layers = list(cfg.content_layers if cfg.content_layers is not None else defaults["content"])
+        self.style_layers = list(cfg.style_layers if cfg.style_layers is not None else defaults["style"])
+        self.hist_layers = list(cfg.hist_layers if cfg.hist_layers is not None else defaults["hist"])
         layers = self.content_layers + self.style_layers + self.hist_layers
-        self.vgg = vgg if vgg is not None else VGGFeatures(layers, weights=cfg.loss_weights)
+        net = net if net is not None else vgg
+        self.net = net if net is not None else loss_network(cfg.loss_net, cfg.loss_weights, layers)
         self.ref_sorted: dict[str, SortedReference] = {}
+        self.ref_grams: dict[str, Tensor] = {}
+        self.norm = {k: 1.0 for k in self.TERMS}
+
+    @property
+    def vgg(self) -> nn.Module:  # the name the first version used for the loss network
+        return self.net
 
     @torch.no_grad()
     def set_reference(self, image: Tensor, mask: Tensor) -> None:
-        """Cache the reference distributions φ_j(H) inside M: image (1,C,H,W), mask (1,1,H,W)."""
-        feats = self.vgg(image)
-        self.ref_sorted = {j: sort_reference(feats[j], feature_mask(mask, feats[j].shape[-2:]))
-                           for j in self.hist_layers}
+        """Cache the reference H inside M: per-channel feature distributions (hist) and Grams (style target
+        ``reference``). image (1,C,H,W), mask (1,1,H,W)."""
+        feats = self.net(image)
+        masks = {j: feature_mask(mask, f.shape[-2:]) for j, f in feats.items()}
+        self.ref_sorted = {j: sort_reference(feats[j], masks[j]) for j in self.hist_layers}
+        self.ref_grams = {j: gram(feats[j], masks[j]) for j in self.style_layers}
 
     def _reference(self, layer: str, device: torch.device) -> SortedReference:
         ref = self.ref_sorted[layer]
         if ref.values.device != device:
             ref = self.ref_sorted[layer] = SortedReference(*(t.to(device) for t in ref))
         return ref
+
+    def raw(self, output: Tensor, content: Tensor, style: Tensor, area: Tensor) -> dict[str, Tensor]:
+        """The unweighted, unnormalised terms (scalars): content, style, hist, tv."""
+        if self.hist_layers and not self.ref_sorted:
+            raise RuntimeError("DSTLoss.set_reference(H, M) must be called before computing the histogram loss")
+        with torch.no_grad():
+            targets = self.net(torch.cat([content, style]))
+        feats = self.net(output)
+        n = output.shape[0]
+        masks = {j: feature_mask(area, f.shape[-2:]) for j, f in feats.items()}
+        zero = output.new_zeros(())
+        if self.cfg.style_target == "reference":
+            style_terms = (_gram_distance(gram(feats[j], masks[j]), self.ref_grams[j].to(output.device))
+                           for j in self.style_layers)
+        else:
+            style_terms = (style_loss(feats[j], targets[j][n:], masks[j], masks[j]) for j in self.style_layers)
+        return {
+            "content": sum((content_loss(feats[j], targets[j][:n], masks[j]) for j in self.content_layers), zero),
+            "style": sum(style_terms, zero),
+            "hist": sum((hist_loss(feats[j], masks[j], self._reference(j, output.device)) for j in self.hist_layers),
+                        zero),
+            "tv": tv_loss(output, area),
+        }
+
+    @torch.no_grad()
+    def calibrate(self, batches: list[tuple[Tensor, Tensor, Tensor]]) -> dict[str, float]:
+        """Measure :attr:`norm` on ``batches`` of (y' (N,C,H,W), S (N,C,H,W), L (N,1,H,W)); returns it.
+
+        style / hist / tv: their mean raw value at ŷ = y'; content: the mean energy of y''s
+        content-layer features inside L. Each at least 1e-8.
+        """
+        acc = {k: 0.0 for k in self.TERMS}
+        for y, s, area in batches:
+            raw = self.raw(y, y, s, area)
+            for k in ("style", "hist", "tv"):
+                acc[k] += float(raw[k]) / len(batches)
+            feats = self.net(y)
+            for j in self.content_layers:
+                m = feature_mask(area, feats[j].shape[-2:])
+                energy = (feats[j].pow(2) * m).sum() / (m.sum() * feats[j].shape[1]).clamp_min(1)
+                acc["content"] += float(energy) / len(batches)
+        self.norm = {k: max(v, 1e-8) for k, v in acc.items()}
+        return dict(self.norm)
 
     def forward(self, output: Tensor, content: Tensor, style: Tensor, area: Tensor) -> dict[str, Tensor]:
         """Loss terms for a batch.
@@ -161,26 +209,16 @@ class DSTLoss(nn.Module):
             output: ŷ (N,C,H,W), with grad. content: y' (N,C,H,W). style: S (N,C,H,W).
             area: L (N,1,H,W) 0/1.
         Returns:
-            {"content", "style", "hist", "tv", "total"}: weighted scalar terms (total = their sum).
+            {"content", "style", "hist", "tv", "total"}: weighted, normalised scalar terms (total = their sum).
         """
-        if self.hist_layers and not self.ref_sorted:
-            raise RuntimeError("DSTLoss.set_reference(H, M) must be called before computing the histogram loss")
         cfg = self.cfg
-        with torch.no_grad():
-            targets = self.vgg(torch.cat([content, style]))
-        feats = self.vgg(output)
-        n = output.shape[0]
-        masks = {j: feature_mask(area, f.shape[-2:]) for j, f in feats.items()}
-        zero = output.new_zeros(())
-        terms = {
-            "content": sum((content_loss(feats[j], targets[j][:n], masks[j]) for j in self.content_layers), zero),
-            "style": sum((style_loss(feats[j], targets[j][n:], masks[j], masks[j]) for j in self.style_layers), zero),
-            "hist": sum((hist_loss(feats[j], masks[j], self._reference(j, output.device)) for j in self.hist_layers),
-                        zero),
-            "tv": tv_loss(output, area),
-        }
         weights = {"content": cfg.content_weight, "style": cfg.style_weight, "hist": cfg.hist_weight,
                    "tv": cfg.tv_weight}
-        out = {k: weights[k] * v for k, v in terms.items()}
-        out["total"] = sum(out.values(), zero)
+        out = {k: weights[k] * v / self.norm[k] for k, v in self.raw(output, content, style, area).items()}
+        out["total"] = sum(out.values(), output.new_zeros(()))
         return out
+
+
+def _gram_distance(g: Tensor, target: Tensor) -> Tensor:
+    """||G - G_target||² / C², averaged over the batch; g (N,C,C), target (1,C,C)."""
+    return (g - target).pow(2).sum(dim=(1, 2)).mean() / g.shape[1] ** 2

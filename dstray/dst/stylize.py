@@ -1,7 +1,8 @@
 """Stylize with a fitted DST model: Alg. 2 at inference, one image or a batch (paper §3.1).
 
 :func:`load_dst` reads a checkpoint written by :class:`dstray.dst.fit.DSTFitter`;
-:func:`stylize` / :func:`stylize_batch` run histogram matching then TransferNet on the
+:func:`stylize` / :func:`stylize_batch` run the first step (histogram matching, contrast-
+preserving when the model was fitted so, :func:`dstray.dst.histmatch.match_area`) then TransferNet on the
 whole image (the paper's mode) or on a window around L (patch mode, pasted back), so
 pixels outside L are always exactly those of S. :func:`stylize_file` is ``dstray stylize``.
 """
@@ -22,8 +23,10 @@ from dstray.config import PATCH_SIZE, DSTConfig, from_dict, resolve_device
 from dstray.data import encode_png, read_image, read_mask, to_channels
 from dstray.dst.areas import AreaSampler, area_for_seed, crop_window, cut_window, paste_window
 from dstray.dst.figures import render_figure3_row
-from dstray.dst.histmatch import SortedReference, histmatch, sort_reference
+from dstray.dst.histmatch import SortedReference, match_area, ring_mean, sort_reference
 from dstray.dst.transfer_net import TransferNet
+
+CHECKPOINT_FORMAT = 2  # 2: residual TransferNet (identity at init), relative first step, loss normalisation
 
 
 @dataclass
@@ -39,6 +42,7 @@ class DSTModel:
     digest: str  # sha256 of the checkpoint file, first 16 hex digits
     steps: int = 0
     area_masks: list[Tensor] = field(default_factory=list)  # every M of the type, (1,H,W) CPU; [] = [reference_mask]
+    heldout_losses: dict = field(default_factory=dict)  # {"dst", "yprime"}: the fit's final check
     ref_sorted: SortedReference | None = field(default=None, repr=False)
 
     @property
@@ -51,12 +55,19 @@ class DSTModel:
 
     def sampler(self) -> AreaSampler:
         """The area sampler of this model's type: its reference masks with the fit's ``AreaConfig``."""
-        return AreaSampler(self.area_masks or [self.reference_mask.cpu()], self.config.area)
+        return AreaSampler(self.area_masks or [self.reference_mask.cpu()], self.config.area, name=self.defect_type)
 
     def sorted_reference(self) -> SortedReference:
         if self.ref_sorted is None:
             self.ref_sorted = sort_reference(self.reference_image[None], self.reference_mask[None])
         return self.ref_sorted
+
+    def first_step(self, s: Tensor, area: Tensor) -> Tensor:
+        """y' of Alg. 2 as this model was fitted with: S (N,C,H,W), L (N,1,H,W) -> (N,C,H,W)."""
+        ring = None
+        if self.config.first_step == "relative":
+            ring = ring_mean(self.reference_image[None], self.reference_mask[None])
+        return match_area(s, area, self.sorted_reference(), ring)
 
 
 def load_dst(path: str | Path | BinaryIO, device: str | torch.device = "cpu") -> DSTModel:
@@ -70,6 +81,10 @@ def load_dst(path: str | Path | BinaryIO, device: str | torch.device = "cpu") ->
     else:
         data = path.read()
     ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if ckpt.get("format", 1) < CHECKPOINT_FORMAT:
+        raise ValueError(f"{getattr(path, 'name', path)} was fitted by dstray {ckpt.get('dstray_version', '< 0.2')}, "
+                         f"whose TransferNet is not this one's (format {ckpt.get('format', 1)} < {CHECKPOINT_FORMAT}); "
+                         "re-fit it with `dstray fit-dst`")
     cfg = from_dict(DSTConfig, ckpt["config"])
     device = resolve_device(str(device))
     net = TransferNet(int(ckpt["in_channels"]), cfg.blend_sigma)
@@ -79,7 +94,8 @@ def load_dst(path: str | Path | BinaryIO, device: str | torch.device = "cpu") ->
     return DSTModel(net=net, reference_image=ref["image"].to(device), reference_mask=ref["mask"].to(device),
                     reference_id=ref["id"], config=cfg, defect_type=ckpt["defect_type"],
                     digest=hashlib.sha256(data).hexdigest()[:16], steps=int(ckpt["steps"]),
-                    area_masks=list(ckpt.get("area_masks") or [ref["mask"]]))
+                    area_masks=list(ckpt.get("area_masks") or [ref["mask"]]),
+                    heldout_losses=dict(ckpt.get("heldout_losses") or {}))
 
 
 def _check_inputs(model: DSTModel, background: Tensor, area: Tensor) -> tuple[Tensor, Tensor]:
@@ -151,7 +167,7 @@ def _stylize_batch(model: DSTModel, s: Tensor, a: Tensor, mode: str, patch_size:
 
 def _run(model: DSTModel, s: Tensor, a: Tensor) -> dict[str, Tensor]:
     """Alg. 2 on whole images s (N,C,H,W), a (N,1,H,W)."""
-    y_match = histmatch(s, a, model.sorted_reference())
+    y_match = model.first_step(s, a)
     return {"image": model.net(y_match, s, a), "histmatch": y_match}
 
 

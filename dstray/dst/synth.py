@@ -5,10 +5,15 @@ type, the background S, the reference H and a per-sample seed ``derive_seed(seed
 :class:`Synthesizer` then makes the sample of a row: the area L (also the label, drawn by
 :func:`dstray.dst.areas.area_for_seed` from the row's seed), filled by one of the generators
 
-- ``dst``: masked histogram matching, then the type's TransferNet (paper §3.1, Alg. 2);
-- ``histmatch``: the first step only (paper Table 1, "Hist match");
-- ``copy``: the reference defect pasted into L with Gaussian blending (the traditional
-  copy-paste baseline, :func:`copy_paste`).
+- ``dst``: the first step (masked histogram matching), then the type's TransferNet (paper §3.1,
+  Alg. 2), with the first step the model was fitted with;
+- ``histmatch``: the first step only (paper Table 1, "Hist match"): ``GenerateConfig.first_step``,
+  contrast-preserving by default like DST's (:func:`dstray.dst.histmatch.match_area`);
+- ``copy``: the traditional copy-paste baseline: the reference image warped by L's own transform
+  (:meth:`dstray.dst.areas.AreaSampler.sample_with_image`: the pasted pixels are the defect whose
+  mask became L) and faded in with DST's fusion rule (:func:`copy_paste`).
+
+For one seed the three draw the same background and the same L.
 
 A run (:func:`prepare`, :func:`build_synthesizer`, :func:`write_shard`) turns shards of the
 plan into Parquet files (:data:`SCHEMA`, :data:`REJECT_SCHEMA`) plus a marker per shard, so a
@@ -34,9 +39,9 @@ from dstray import __version__, storage
 from dstray.config import GENERATORS, PATCH_SIZE, AreaConfig, GenerateConfig, from_dict, to_dict
 from dstray.data import DataError, encode_png, load_dataset, read_image, read_mask, to_channels
 from dstray.dst.areas import AreaSampler, area_for_seed, bbox
-from dstray.dst.histmatch import histmatch
+from dstray.dst.histmatch import match_area, ring_mean, sort_reference
 from dstray.dst.stylize import load_dst, stylize_batch
-from dstray.dst.transfer_net import gaussian_blend
+from dstray.dst.transfer_net import soft_paste
 from dstray.seeds import derive_seed
 
 SCHEMA = pa.schema([
@@ -136,18 +141,21 @@ class Synthesizer:
 
     Args:
         generator: ``dst`` | ``histmatch`` | ``copy``.
-        references: defect type -> the reference H, M used for histogram matching / copying.
+        references: defect type -> the reference H, M used for histogram matching.
         area_masks: defect type -> all reference masks of that type (the shapes L is drawn from).
+        area_images: defect type -> the images of those masks (needed by ``copy`` only).
         models: defect type -> loaded DST model (:func:`dstray.dst.stylize.load_dst`); only for ``dst``.
         area: how L is sampled.
         mode: ``patch`` (window around L) or ``whole`` (the paper's whole-image pass).
         patch_size: window size in patch mode, pixels.
         device: torch device for the networks.
+        first_step: ``relative`` | ``absolute``, for ``histmatch`` (``dst`` follows its models).
     """
 
     def __init__(self, generator: str, references: dict[str, Reference], area_masks: dict[str, list[torch.Tensor]],
                  models: dict | None = None, area: AreaConfig | None = None, mode: str = "patch",
-                 patch_size: int = PATCH_SIZE, device: str | torch.device = "cpu"):
+                 patch_size: int = PATCH_SIZE, device: str | torch.device = "cpu", *,
+                 area_images: dict[str, list[torch.Tensor]] | None = None, first_step: str = "relative"):
         if generator not in GENERATORS:
             raise ValueError(f"unknown generator {generator!r}; choose one of {GENERATORS}")
         if generator == "dst":
@@ -155,24 +163,39 @@ class Synthesizer:
             if missing:
                 raise ValueError(f"generator 'dst' needs a DST model for every type; missing: {missing}. "
                                  "Fit them with `dstray fit-dst --all` and pass --models DIR.")
+        if generator == "copy" and set(area_masks) - set(area_images or {}):
+            raise ValueError("generator 'copy' needs the reference images of every type (area_images)")
         if mode not in ("patch", "whole"):
             raise ValueError(f"mode must be 'patch' or 'whole', got {mode!r}")
+        if first_step not in ("relative", "absolute"):
+            raise ValueError(f"first_step must be 'relative' or 'absolute'; got {first_step!r}")
         self.generator, self.references, self.models = generator, references, models or {}
         self.mode, self.patch_size, self.device = mode, patch_size, torch.device(device)
         area = area or AreaConfig()
-        self.samplers = {t: AreaSampler(masks, area) for t, masks in area_masks.items()}
+        images = area_images if generator == "copy" else {}
+        self.samplers = {t: AreaSampler(masks, area, reference_images=images.get(t), name=t)
+                         for t, masks in area_masks.items()}
+        self._matching = {}  # type -> (sorted H in M, ring mean of H around M or None)
+        for t, ref in references.items():
+            h, m = ref.image[None].float(), ref.mask[None].float()
+            self._matching[t] = (sort_reference(h, m), ring_mean(h, m) if first_step == "relative" else None)
 
-    def sample_area(self, defect_type: str, background: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Generator]:
-        """The area L (1,H,W) of a sample, and the sample's generator (for later random draws).
+    def sample_area(self, defect_type: str, background: torch.Tensor,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The area L (1,H,W) of a sample and, for ``copy``, the reference warped like L (C,H,W), else None.
 
-        Raises ``ValueError`` when the background cannot take an area of this type (too small).
+        Raises ``ValueError`` (:class:`dstray.dst.areas.AreaDoesNotFit`) when the background cannot take an
+        area of this type.
         """
         _, h, w = background.shape
-        return area_for_seed(self.samplers[defect_type], h, w, seed)
+        sampler = self.samplers[defect_type]
+        if self.generator == "copy":
+            return sampler.sample_with_image(h, w, seed)
+        return area_for_seed(sampler, h, w, seed)[0], None
 
-    def fill(self, items: list[tuple[str, torch.Tensor, torch.Tensor, torch.Generator]],
+    def fill(self, items: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]],
              batch_size: int = 8) -> list[torch.Tensor]:
-        """Fill the areas: items (defect_type, background (C,H,W), area (1,H,W), generator) -> images.
+        """Fill the areas: items (defect_type, background (C,H,W), area (1,H,W), warped reference or None) -> images.
 
         DST runs the network on up to ``batch_size`` windows at once; each image is the same as
         when made alone (windows are per image, InstanceNorm is per sample).
@@ -190,47 +213,36 @@ class Synthesizer:
                                         mode=self.mode, patch_size=self.patch_size)
                     for i, image in zip(chunk, out["image"]):
                         images[i] = image.cpu()
-        for i, (t, background, area, gen) in enumerate(items):
-            ref = self.references[t]
+        for i, (t, background, area, warped) in enumerate(items):
             if self.generator == "copy":
-                images[i] = copy_paste(background, area, ref.image, ref.mask, gen)
+                images[i] = copy_paste(background, area, warped)
             elif self.generator == "histmatch":
-                images[i] = histmatch(background[None], area[None], ref.image[None], ref.mask[None])[0]
+                ref_sorted, ring = self._matching[t]
+                images[i] = match_area(background[None], area[None], ref_sorted, ring)[0]
         return [im.clamp(0, 1) for im in images]
 
     def __call__(self, defect_type: str, background: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One sample: ``(image (C,H,W) float [0,1], label L (1,H,W) {0,1})``."""
-        area, gen = self.sample_area(defect_type, background, seed)
-        return self.fill([(defect_type, background, area, gen)])[0], area
+        area, warped = self.sample_area(defect_type, background, seed)
+        return self.fill([(defect_type, background, area, warped)])[0], area
 
 
-def copy_paste(background: Tensor, area: Tensor, reference: Tensor, reference_mask: Tensor,
-               generator: torch.Generator | None = None, sigma: float = 2.0) -> Tensor:
-    """The traditional copy-paste baseline: the reference defect pasted into L, Gaussian-blended.
+def copy_paste(background: Tensor, area: Tensor, warped: Tensor, sigma: float = 2.0) -> Tensor:
+    """The traditional copy-paste baseline: the reference defect, warped like L, pasted into L.
 
-    The bounding-box crop of H around M is resized (bilinear) to L's bounding box and
-    fused into S inside L with the same Gaussian mask as DST (:func:`gaussian_blend`,
-    std ``sigma`` px). L is usually a rotated/scaled/flipped copy of M whose transform
-    is not known here, so the crop is not warped like L: L only selects which pasted
-    pixels are kept. ``generator`` (optional) draws a random flip of the crop, so the
-    pasted texture varies between samples. Returns (C,H,W); outside L bit-identical to S.
+    background S (C,H,W); area L (1,H,W); ``warped`` (C',H,W): the reference image under L's
+    own transform (:meth:`~dstray.dst.areas.AreaSampler.sample_with_image`), so the pixels
+    pasted at L are the defect whose mask became L. Fused with DST's rule
+    (:func:`~dstray.dst.transfer_net.soft_paste`, fade ``sigma`` px). Returns (C,H,W); outside L
+    bit-identical to S.
     """
-    if background.dim() != 3 or area.shape != (1, *background.shape[1:]):
-        raise ValueError(f"background must be (C,H,W) and area (1,H,W); "
-                         f"got {tuple(background.shape)}, {tuple(area.shape)}")
+    if background.dim() != 3 or area.shape != (1, *background.shape[1:]) or warped.shape[1:] != area.shape[1:]:
+        raise ValueError(f"background must be (C,H,W), area (1,H,W) and warped (C',H,W); got "
+                         f"{tuple(background.shape)}, {tuple(area.shape)}, {tuple(warped.shape)}")
     if not bool((area > 0.5).any()):
         return background.clone()
-    r0, c0, r1, c1 = bbox(reference_mask > 0.5)  # ValueError for an empty reference mask
-    crop = to_channels(reference, background.shape[0])[:, r0:r1, c0:c1]
-    if generator is not None:
-        flips = torch.randint(0, 2, (2,), generator=generator).tolist()
-        crop = crop.flip([d + 1 for d, f in enumerate(flips) if f]) if any(flips) else crop
-    y0, x0, y1, x1 = bbox(area > 0.5)
-    patch = F.interpolate(crop[None].to(background), size=(y1 - y0, x1 - x0), mode="bilinear",
-                          align_corners=False, antialias=True)[0].clamp(0, 1)
-    pasted = background.clone()
-    pasted[:, y0:y1, x0:x1] = patch
-    return gaussian_blend(pasted[None], background[None], area[None].to(background), sigma)[0]
+    pasted = to_channels(warped.to(background), background.shape[0])
+    return soft_paste(pasted[None], background[None], area[None].to(background), sigma)[0]
 
 
 # --------------------------------------------------------------------------- a run, in shards
@@ -259,13 +271,15 @@ def prepare(cfg: GenerateConfig) -> dict:
     if not backgrounds:
         raise ValueError(f"{dataset.root}: no background (defect-free) images to generate on")
 
-    references, area_masks, ref_ids = {}, {}, {}
+    references, area_masks, area_images, ref_ids = {}, {}, {}, {}
     for t in types:
         refs = dataset.references(t)
         first = refs[0]
         image = read_image(first.image)
         references[t] = {"id": first.id, "image": image.numpy(), "mask": read_mask(first.mask, like=image).numpy()}
         area_masks[t] = [read_mask(r.mask).numpy() for r in refs]
+        if cfg.generator == "copy":  # the pixels copy-paste warps with L
+            area_images[t] = [read_image(r.image).numpy() for r in refs]
         ref_ids[t] = first.id
 
     models, digests = {}, {}
@@ -294,6 +308,7 @@ def prepare(cfg: GenerateConfig) -> dict:
         "backgrounds": {b.id: str(b.image) for b in backgrounds},  # paths; the driver swaps in object refs
         "references": references,
         "area_masks": area_masks,
+        "area_images": area_images,
         "models": models,
         "digests": digests,
         "fingerprint": _fingerprint(cfg, digests, plan_digest),
@@ -317,10 +332,12 @@ def build_synthesizer(ctx: dict, device: str = "cpu"):
     refs = {t: Reference(r["id"], torch.from_numpy(r["image"]), torch.from_numpy(r["mask"]))
             for t, r in ctx["references"].items()}
     masks = {t: [torch.from_numpy(m) for m in ms] for t, ms in ctx["area_masks"].items()}
+    images = {t: [torch.from_numpy(m) for m in ms] for t, ms in ctx.get("area_images", {}).items()}
     models = {t: load_dst(io.BytesIO(blob), device=device) for t, blob in ctx["models"].items()}
     for t, model in models.items():  # the model's own reference is the one DST matches to
-        refs[t] = Reference(model.reference_id, model.reference_image, model.reference_mask)
-    return Synthesizer(cfg.generator, refs, masks, models, cfg.area, cfg.mode, cfg.patch_size, device)
+        refs[t] = Reference(model.reference_id, model.reference_image.cpu(), model.reference_mask.cpu())
+    return Synthesizer(cfg.generator, refs, masks, models, cfg.area, cfg.mode, cfg.patch_size, device,
+                       area_images=images, first_step=cfg.first_step)
 
 
 def read_background(source: str | bytes) -> torch.Tensor:
@@ -343,13 +360,13 @@ def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> t
     for p in plan_rows:
         try:
             background = read_background(ctx["backgrounds"][p["background_id"]])
-            area, gen = synth.sample_area(p["defect_type"], background, p["seed"])
+            area, warped = synth.sample_area(p["defect_type"], background, p["seed"])
         except (DataError, ValueError, OSError) as exc:
             rejects.append({k: p[k] for k in ("sample_id", "index", "defect_type", "background_id")}
                            | {"reason": f"{type(exc).__name__}: {exc}"})
             continue
-        ready.append((p, background, area, gen))
-    images = synth.fill([(p["defect_type"], bg, area, gen) for p, bg, area, gen in ready], batch_size)
+        ready.append((p, background, area, warped))
+    images = synth.fill([(p["defect_type"], bg, area, warped) for p, bg, area, warped in ready], batch_size)
     rows = []
     for (p, _, area, _), image in zip(ready, images):
         ys, xs = torch.nonzero(area[0], as_tuple=True)

@@ -8,7 +8,7 @@ import torch
 from skimage import io
 
 from dstray.config import AreaConfig
-from dstray.dst.areas import AreaSampler, bbox, crop_window, paste_window
+from dstray.dst.areas import AreaDoesNotFit, AreaSampler, bbox, crop_window, paste_window
 from tests.helpers import FixedAreas, areas_from_masks
 
 MT = Path("/work/shared/data/magnetic-tile")
@@ -62,21 +62,70 @@ def test_inside_the_image_with_margin():
 @pytest.mark.parametrize("scale", [0.6, 1.0, 1.5])
 def test_area_scales_with_scale_squared(scale):
     ref = interior()
-    s = AreaSampler([ref], AreaConfig(scale_min=scale, scale_max=scale, max_rotation=0, flip=False))
+    rigid = dict(aspect=0, elastic=0)  # the stretch keeps the area, the elastic bend only on average
+    s = AreaSampler([ref], AreaConfig(scale_min=scale, scale_max=scale, max_rotation=0, flip=False, **rigid))
     a = s.sample(120, 160, torch.Generator().manual_seed(1))
     assert float(a.sum()) == pytest.approx(float(ref.sum()) * scale**2, rel=0.15)
     # with rotations and flips the area is kept roughly
-    s = AreaSampler([ref], AreaConfig(scale_min=scale, scale_max=scale))
+    s = AreaSampler([ref], AreaConfig(scale_min=scale, scale_max=scale, **rigid))
     g = torch.Generator().manual_seed(2)
     for _ in range(10):
         assert float(s.sample(120, 160, g).sum()) == pytest.approx(float(ref.sum()) * scale**2, rel=0.2)
 
 
-def test_too_large_shape_is_shrunk_to_fit():
-    big = _ellipse(200, 200, 100, 100, 90, 90)
-    s = AreaSampler([big], AreaConfig(margin=3))
-    y0, x0, y1, x1 = bbox(s.sample(50, 60, torch.Generator().manual_seed(0)))
-    assert y0 >= 3 and x0 >= 3 and y1 <= 47 and x1 <= 57 and (y1 - y0 >= 40 or x1 - x0 >= 50)
+def test_too_large_shape_is_shrunk_to_fit_down_to_scale_min_then_refused():
+    big = _ellipse(200, 200, 100, 100, 90, 90)  # 181 px across
+    s = AreaSampler([big], AreaConfig(margin=3, scale_min=0.2, scale_max=1.0, elastic=0, aspect=0))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):  # fits at scale <= ~0.24: shrunk into the room, never below scale_min
+        y0, x0, y1, x1 = bbox(s.sample(50, 60, g))
+        assert y0 >= 3 and x0 >= 3 and y1 <= 47 and x1 <= 57 and (y1 - y0 >= 34 or x1 - x0 >= 34)
+    strict = AreaSampler([big], AreaConfig(margin=3, scale_min=0.75), name="fray")
+    with pytest.raises(AreaDoesNotFit, match=r"background 60x50 cannot take a fray area of at least 1\d\dx1\d\d px"):
+        strict.sample(50, 60, g)
+    with pytest.raises(ValueError, match="16x16"):  # AreaDoesNotFit is a ValueError: generation's reject path
+        strict.sample(16, 16, g)
+
+
+def test_elastic_bend_varies_the_outline_and_keeps_the_area_on_average():
+    ref = interior()
+    cfg = AreaConfig(scale_min=1, scale_max=1, max_rotation=0, flip=False, aspect=0)
+    s = AreaSampler([ref], cfg)
+    areas = [s.sample(120, 160, torch.Generator().manual_seed(k)) for k in range(30)]
+    sums = torch.tensor([float(a.sum()) for a in areas])
+    assert abs(float(sums.mean()) / float(ref.sum()) - 1) < 0.15
+    centred = [a[0, slice(*bbox(a)[::2]), slice(*bbox(a)[1::2])] for a in areas]
+    assert len({tuple(c.shape) for c in centred}) > 5  # the outline changes from draw to draw
+    rigid = AreaSampler([ref], AreaConfig(scale_min=1, scale_max=1, max_rotation=0, flip=False, aspect=0, elastic=0))
+    shapes = {tuple(rigid.sample(120, 160, k)[0].nonzero().amin(0).tolist()) for k in range(5)}  # only moved
+    assert all(float(rigid.sample(120, 160, k).sum()) == float(ref.sum()) for k in range(5)) and len(shapes) > 1
+
+
+def test_thin_line_stays_in_one_piece():
+    from scipy.ndimage import label
+
+    line = torch.zeros(1, 120, 60)
+    line[0, 10:110, 29:32] = 1  # a 3-px wide, 100-px long "crack"
+    s = AreaSampler([line])
+    g = torch.Generator().manual_seed(0)
+    pieces = [label(s.sample(200, 200, g)[0].numpy())[1] for _ in range(20)]
+    assert sum(p == 1 for p in pieces) >= 18, pieces
+
+
+def test_sample_with_image_warps_the_reference_like_the_label():
+    ref_mask = on_bottom()
+    ref_image = torch.rand(1, 50, 70)
+    cfg = AreaConfig(scale_min=1, scale_max=1, aspect=0, elastic=0)  # quarter turns and flips only: exact
+    s = AreaSampler([ref_mask], cfg, reference_images=[ref_image])
+    for seed in range(6):
+        area, image = s.sample_with_image(80, 100, seed)
+        assert torch.equal(area, s.sample(80, 100, seed))  # the same draws, the same L
+        assert bool((image[:, area[0] == 0] == 0).all())
+        # the pasted pixels are the reference's own pixels of M (in some quarter turn / flip)
+        inside = image[0][area[0] > 0]
+        want = ref_image[0][ref_mask[0] > 0]
+        assert inside.numel() == want.numel()
+        assert torch.allclose(inside.sort().values, want.sort().values, atol=1e-5)
 
 
 def test_border_contact_kept_for_a_border_reference_only():

@@ -8,7 +8,7 @@ import torch
 from dstray.config import DSTConfig
 from dstray.dst.histmatch import sort_reference
 from dstray.dst.losses import DSTLoss, content_loss, feature_mask, gram, hist_loss, style_loss, tv_loss
-from dstray.dst.transfer_net import gaussian_blend
+from dstray.dst.transfer_net import soft_paste
 from dstray.dst.loss_net import VGGFeatures, _VGGTrunk, layer_names
 from dstray.weights import WeightsUnavailableError
 
@@ -103,7 +103,7 @@ def test_dst_loss_terms_and_zero_gradient_outside_area(dst_loss):
     assert set(at_target) == {"content", "style", "hist", "tv", "total"}
     assert at_target["content"] == 0
     raw = torch.rand(2, 1, 48, 48, requires_grad=True)  # what TransferNet.transform would output
-    out = dst_loss(gaussian_blend(raw, s, area, 2.0), content, s, area)
+    out = dst_loss(soft_paste(raw, s, area, 2.0), content, s, area)
     assert all(out[k] > 0 for k in ("content", "style", "hist", "tv"))
     assert torch.allclose(out["total"], out["content"] + out["style"] + out["hist"] + out["tv"])
     out["total"].backward()

@@ -1,9 +1,9 @@
-"""TransferNet (paper Fig. 2): shapes, range, exact background outside L, blending."""
+"""TransferNet (paper Fig. 2): shapes, range, exact background outside L, identity at init, blending."""
 
 import pytest
 import torch
 
-from dstray.dst.transfer_net import TransferNet, gaussian_blend, gaussian_blur
+from dstray.dst.transfer_net import TransferNet, blend_weight, soft_paste
 
 
 def _area(n, h, w, seed=0):
@@ -38,17 +38,37 @@ def test_transform_alone_in_unit_range_and_layer_table():
     assert net.conv4[1].in_channels == 64  # skip connection concatenated
 
 
-def test_gaussian_blend_weight():
+def test_blend_weight_rule_keeps_labels_mostly_generated():
     area = torch.zeros(1, 1, 40, 40)
     area[..., 10:30, 10:30] = 1
     gen, bg = torch.ones(1, 1, 40, 40), torch.zeros(1, 1, 40, 40)
-    y = gaussian_blend(gen, bg, area, sigma=2.0)
-    assert y[..., 20, 20].item() == pytest.approx(1.0, abs=1e-4)  # deep inside: generated
-    assert 0.4 < y[..., 10, 20].item() < 0.6  # on the border: half-way
+    y = soft_paste(gen, bg, area, sigma=2.0)
+    assert y[..., 20, 20].item() == 1.0  # deep inside: generated
+    assert y[..., 10, 20].item() == pytest.approx(0.75)  # on the border: 1/2 + 1/(2 sigma)
+    assert y[..., 11, 20].item() == 1.0  # 2 sigma = 4 px of fade, chessboard distance 2 -> 1
     assert y[area == 0].abs().max() == 0  # outside: background
-    assert torch.equal(gaussian_blend(gen, bg, area, sigma=0.0), area)  # hard paste
-    blurred = gaussian_blur(torch.ones(1, 2, 8, 8), 1.5)
-    assert torch.allclose(blurred, torch.ones_like(blurred))
+    assert torch.equal(soft_paste(gen, bg, area, sigma=0.0), area)  # hard paste
+    # a 2-px wide crack: every labelled pixel at least 0.75 generated (a Gaussian-blurred mask gave ~0.5)
+    crack = torch.zeros(1, 1, 60, 60)
+    crack[..., 5:55, 29:31] = 1
+    g = blend_weight(crack, 2.0)[crack > 0]
+    assert g.min() >= 0.75 and g.mean() >= 0.75
+    assert torch.equal(blend_weight(crack, 2.0)[crack == 0], torch.zeros(int((crack == 0).sum())))
+
+
+def test_identity_at_init_and_one_correction_channel_keeps_hue():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 36, 28)
+    net = TransferNet(3)
+    assert torch.equal(net.transform(x), x)  # zero-initialised correction: T(y') = y'
+    torch.nn.init.normal_(net.conv5[1].weight, std=0.05)  # as after a fit
+    y = net.transform(x)
+    delta = y - x
+    unclipped = ((y > 0) & (y < 1)).all(1, keepdim=True).expand_as(y)
+    assert delta.abs().max() > 0
+    # the same correction on R, G and B wherever nothing was clipped: chroma (R-G, B-G) is unchanged
+    assert torch.allclose((delta[:, :1] - delta[:, 1:2])[unclipped[:, :1]], torch.zeros(1), atol=1e-6)
+    assert torch.allclose((delta[:, 2:] - delta[:, 1:2])[unclipped[:, :1]], torch.zeros(1), atol=1e-6)
 
 
 def test_gradients_reach_every_parameter():
