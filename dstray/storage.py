@@ -65,3 +65,16 @@ def absolute(location: str | None) -> str | None:
     if location is None or "://" in location:
         return location
     return os.path.abspath(os.path.expanduser(location))
+
+
+def generated_parquet(locations: list[str]) -> list[str]:
+    """Generated datasets as Parquet locations: an output folder of ``dstray generate`` (it has ``_shards/``
+    and ``data/``) means its ``data/``; a ``data/`` folder or a Parquet file is taken as given."""
+    out = []
+    for p in locations:
+        if not exists(p):
+            raise FileNotFoundError(f"generated dataset {p} does not exist; give the output folder of "
+                                    "`dstray generate` (or its data/ folder, or a Parquet file)")
+        data = join(p, "data")
+        out.append(data if exists(join(p, "_shards")) and exists(data) else p)
+    return out

@@ -1,4 +1,4 @@
-"""The paper's first half on the command line: ``fit-dst``, ``stylize``, ``generate``."""
+"""The paper's first half on the command line: ``fit-dst``, ``stylize``, ``generate``, ``score``."""
 
 from __future__ import annotations
 
@@ -47,6 +47,26 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from pathlib import Path
+
+    from dstray.dst.realism import format_score, score_generated, write_score
+
+    generated = {}
+    for item in args.generated:
+        name, sep, location = item.partition("=")
+        if not sep:  # a plain location: named after its folder
+            name, location = Path(item.rstrip("/")).name, item
+        generated[name] = location
+    result = score_generated(generated, data=args.data, split=args.split, repeats=args.repeats, seed=args.seed)
+    print(format_score(result))
+    out = args.out or (next(iter(generated.values())) if len(generated) == 1 else None)
+    if out:
+        for p in write_score(result, out, name=f"realism-{args.split}").values():
+            print(f"wrote {p}")
+    return 0
+
+
 def register(sub) -> None:
     s = sub.add_parser("fit-dst", help="fit the DST model of one defect type (or all of them on Ray)",
                        description="Fit one defect type in this process (--defect-type; may be left out when the "
@@ -76,3 +96,19 @@ def register(sub) -> None:
     add_ray(s, use_gpu=False)  # --use-gpu is GenerateConfig.use_gpu
     add_config_args(s, GenerateConfig)
     s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("score", help="realism of generated defects: KID and C2ST against real defects, per type",
+                       description="Crops around each label (1.5x its bounding box, at least 48 px, resized to 96), "
+                       "ImageNet EfficientNet-Lite0 features, per defect type: KID (0 = alike) and C2ST "
+                       "(classifier accuracy, 0.5 = indistinguishable) against the real defects of --split, beside "
+                       "the same scores between two halves of the real defects (the floor).")
+    s.add_argument("--generated", action="append", required=True, metavar="[NAME=]DIR",
+                   help="output folder of `dstray generate` (repeat to compare generators side by side)")
+    add_data(s)
+    s.add_argument("--split", default="test", help="real split to compare with (choose settings on val, "
+                   "report on test)")
+    s.add_argument("--repeats", type=int, default=10, help="C2ST subsamplings and floor halvings averaged")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="folder for realism-<split>.{json,md} (default: the generated "
+                   "folder when there is one)")
+    s.set_defaults(func=cmd_score)
