@@ -34,7 +34,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from dstray import storage
-from dstray.config import DSTConfig, changed_fields, from_dict, to_dict
+from dstray.config import DSTConfig, changed_fields, check_resumable, from_dict, to_dict
 from dstray.data import load_dataset
 from dstray.distributed.runtime import die_once_at, init_ray, ray_storage_path, resolve_use_gpu
 from dstray.dst.fit import TERMS, DSTFitter, fit_loop, fitted_types, write_losses_csv
@@ -63,6 +63,9 @@ def dst_train_loop(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()  # [1] resume after a worker failure or a re-run
     if checkpoint:
         with checkpoint.as_directory() as d:
+            saved = torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True)["config"]
+            check_resumable(saved, cfg, checkpoint.path, hint="give another --storage-path (or --out) to fit "
+                            "with new settings, or delete that checkpoint folder")
             fitter.load_state_dict(torch.load(Path(d) / "state.pt", map_location=cfg.device, weights_only=True))
         print(f"[dst-{cfg.defect_type}] resumed from step {fitter.step_count}", flush=True)
 
@@ -167,11 +170,21 @@ def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | N
 
 
 def format_table(outcomes: list[FitOutcome]) -> str:
-    """The end-of-run table: type, status, steps, final loss terms, time, checkpoint."""
-    head = f"{'type':<12} {'status':<8} {'steps':>6} " + " ".join(f"{t:>9}" for t in TERMS) + f" {'time s':>7}  checkpoint"
+    """The end-of-run table: type, status, steps, final loss terms, the held-out check, time, checkpoint.
+
+    ``DST (held-out)`` and ``y' (held-out)``: the normalised total loss of DST and of its first step
+    alone on batches of backgrounds the fit never saw (:meth:`dstray.dst.fit.DSTFitter.check_heldout`);
+    a type whose DST is not below y' is flagged with ``!``.
+    """
+    head = (f"{'type':<10} {'status':<8} {'steps':>5} " + " ".join(f"{t:>8}" for t in TERMS)
+            + f" {'DST held':>9} {'y held':>8} {'time s':>7}  checkpoint")
     lines = [head, "-" * len(head)]
     for o in outcomes:
-        vals = " ".join(f"{(o.losses or {}).get(t, float('nan')):>9.4g}" for t in TERMS)
+        losses = o.losses or {}
+        vals = " ".join(f"{losses.get(t, float('nan')):>8.4g}" for t in TERMS)
+        dst, yprime = losses.get("heldout_dst", float("nan")), losses.get("heldout_yprime", float("nan"))
+        flag = "!" if dst >= yprime else " "
         tail = o.checkpoint if o.status != "failed" else f"ERROR {o.error}"
-        lines.append(f"{o.defect_type:<12} {o.status:<8} {o.steps:>6} {vals} {o.seconds:>7.1f}  {tail}")
+        lines.append(f"{o.defect_type:<10} {o.status:<8} {o.steps:>5} {vals} {dst:>8.4g}{flag} {yprime:>8.4g} "
+                     f"{o.seconds:>7.1f}  {tail}")
     return "\n".join(lines)

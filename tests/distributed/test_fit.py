@@ -12,7 +12,7 @@ from dstray.data import load_dataset
 
 pytestmark = pytest.mark.ray
 
-TINY = DSTConfig(steps=4, batch_size=1, patch_size=32, checkpoint_every=2, log_every=1, loss_weights="random")
+TINY = DSTConfig(steps=4, batch_size=1, patch_size=32, checkpoint_every=2, log_every=1, heldout=4, warmup_steps=2)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +36,8 @@ def test_all_types_fit_concurrently_one_checkpoint_each(fitted_models):
         ckpt = torch.load(out / t / "model.pt", weights_only=True)
         assert ckpt["defect_type"] == t and ckpt["steps"] == 4
         assert len((out / t / "losses.csv").read_text().splitlines()) == 1 + 4  # as the in-process fit writes
+        held = ckpt["heldout_losses"]  # DST is below its own first step on backgrounds it never saw
+        assert held["dst"] < held["yprime"], (t, held)
     table = format_table(outcomes)
     assert all(t in table for t in types) and "total" in table
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from dstray.dst.areas import area_for_seed
 from dstray.dst.fit import DSTFitter
 from dstray.dst.stylize import load_dst
 from tests.helpers import FAST_DST as FAST
@@ -83,3 +84,41 @@ def test_large_area_fit_windows_stay_patch_size(dataset):
     fitter = DSTFitter(dataclasses.replace(FAST, defect_type="uneven", batch_size=3), dataset)
     s, area = fitter.batch()
     assert s.shape == (3, 1, 48, 48) and (area.flatten(1).sum(1) > 0).all()
+
+
+def test_rgb_backgrounds_with_a_grey_reference_keep_their_hue(dataset, tmp_path):
+    """A neutral (grey) reference on tinted RGB backgrounds: DST changes lightness, not hue."""
+    from PIL import Image
+
+    from dstray.data import load_dataset, read_image
+    from dstray.dst.fit import fit_dst
+    from dstray.dst.stylize import stylize
+
+    tint = torch.tensor([1.0, 0.8, 0.55]).view(3, 1, 1)  # an orange-ish tile
+    rows = ["image,mask,defect_type,split"]
+    ref = dataset.references("crack")[0]
+    grey = read_image(ref.image).expand(3, -1, -1)  # R = G = B
+    Image.fromarray((grey.permute(1, 2, 0) * 255).round().byte().numpy()).save(tmp_path / "ref.png")
+    Image.open(ref.mask).save(tmp_path / "ref_mask.png")
+    rows.append("ref.png,ref_mask.png,crack,reference")
+    for i, bg in enumerate(dataset.backgrounds()[:16]):
+        rgb = (read_image(bg.image).expand(3, -1, -1) * tint).clamp(0, 1)
+        Image.fromarray((rgb.permute(1, 2, 0) * 255).round().byte().numpy()).save(tmp_path / f"bg{i}.png")
+        rows.append(f"bg{i}.png,,free,background")
+    (tmp_path / "splits.csv").write_text("\n".join(rows) + "\n")
+    rgb_data = load_dataset(tmp_path)
+    cfg = dataclasses.replace(FAST, defect_type="crack", steps=20, heldout=0)
+    model = load_dst(fit_dst(cfg, rgb_data, tmp_path / "model", on_log=lambda *a: None))
+    assert model.reference_image.shape[0] == 3
+    for bg in rgb_data.backgrounds()[:4]:
+        s = read_image(bg.image)
+        area, _ = area_for_seed(model.sampler(), s.shape[1], s.shape[2], 5)
+        out = stylize(model, s, area, mode="patch", patch_size=48)
+        inside = area[0] > 0.5
+
+        def chroma(img):
+            return torch.stack([(img[0] - img[1])[inside].mean(), (img[2] - img[1])[inside].mean()]) * 255
+
+        assert (chroma(out["image"]) - chroma(out["histmatch"])).abs().max() < 3, (chroma(out["image"]),
+                                                                                   chroma(out["histmatch"]))
+        assert chroma(out["histmatch"])[1] < -10  # the tile's tint is kept by the relative first step (B < G)
