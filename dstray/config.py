@@ -52,8 +52,10 @@ class DSTConfig:
     reference_id: str | None = None  # sample id of the reference; None = the first reference of the type
     steps: int = 400  # at most this many optimiser steps (the fit stops earlier on a plateau, see plateau_*)
     min_steps: int = 100  # never stop on a plateau before this step
-    plateau_patience: int = 100  # stop when the smoothed loss fell < plateau_tol (relative) over this many steps; 0 = off
+    plateau_patience: int = 100  # stop when the best held-out loss is this many steps old (< plateau_tol better); 0 = off
     plateau_tol: float = 0.01
+    heldout: int = 16  # backgrounds kept out of the fit: early stopping, and the check of DST against y'
+    heldout_every: int = 25  # steps between held-out checks (the best weights are the fitted model)
     batch_size: int = 4  # backgrounds per step
     patch_size: int | None = PATCH_SIZE  # square window around L; None = whole image (the paper's mode)
     whole_size: int = 256  # whole-image mode: backgrounds resized to this square size for batching
@@ -77,7 +79,6 @@ class DSTConfig:
     style_layers: list[str] | None = None
     hist_layers: list[str] | None = None
     blend_sigma: float = 2.0  # fade (px) of the TransferNet output into S inside L; labels stay >= 3/4 generated
-    heldout: int = 16  # backgrounds kept out of the fit: the final check of DST against y' runs on them
     area: AreaConfig = field(default_factory=AreaConfig)
     seed: int = 0  # seeds init, background order and area sampling
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
@@ -86,7 +87,7 @@ class DSTConfig:
 
     # fields that do not change the fitted model: they may differ when a fit is resumed or compared
     RESUME_FREE: ClassVar[tuple[str, ...]] = ("steps", "min_steps", "plateau_patience", "plateau_tol", "device",
-                                              "log_every", "checkpoint_every")
+                                              "log_every", "checkpoint_every", "heldout_every")
 
 
 # --------------------------------------------------------------------------- generation

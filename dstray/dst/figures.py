@@ -1,4 +1,8 @@
-"""The paper's Figure 3, one row per defect type: reference H (M outlined), S (L outlined), y', ŷ."""
+"""The paper's Figure 3, one row per defect type: H and M, S and L, histmatch y', DST ŷ.
+
+Masks are shown beside their images, never drawn over them: an outline over a 2-px crack hides
+the defect it labels.
+"""
 
 from __future__ import annotations
 
@@ -9,34 +13,42 @@ from torch import Tensor
 
 
 def _rgb(image: Tensor) -> np.ndarray:
-    """(C,H,W) in [0,1] -> (H,W,3) float64 for skimage."""
+    """(C,H,W) in [0,1] -> (H,W,3) float64 in [0, 1] (gray repeated)."""
     a = image.detach().float().cpu().clamp(0, 1)
     return (a.expand(3, -1, -1) if a.shape[0] == 1 else a).permute(1, 2, 0).numpy().astype(np.float64)
+
+
+def _mask_panel(mask: Tensor) -> np.ndarray:
+    """(1,H,W) 0/1 -> (H,W,3): white label on black, as the paper's label images."""
+    return np.repeat((mask[0] > 0.5).cpu().numpy()[..., None].astype(np.float64), 3, axis=2)
 
 
 def render_figure3_row(reference: Tensor, ref_mask: Tensor, background: Tensor, area: Tensor,
                        histmatched: Tensor, output: Tensor, path: str | Path | None = None,
                        gap: int = 4) -> np.ndarray:
-    """One row of the paper's Figure 3: reference H (M outlined), S (L outlined), histmatch y', DST ŷ.
+    """One row of the paper's Figure 3: H | M | S | L | histmatch y' | DST ŷ.
 
-    Args: images (C,H,W) in [0,1], masks (1,H,W). The reference panel is resized to the
-    background's height. Returns the row as (H, W, 3) uint8 (white gaps of ``gap`` px);
-    written as PNG to ``path`` when given.
+    Args: images (C,H,W) in [0,1] (colour stays colour), masks (1,H,W). The reference panels
+    are resized to the background's height. Returns the row as (H, W, 3) uint8 with white
+    gaps of ``gap`` px (twice as wide between the pairs); written as PNG to ``path`` when given.
     """
-    from skimage.segmentation import mark_boundaries
     from skimage.transform import resize
 
     h = background.shape[-2]
-    ref = mark_boundaries(_rgb(reference), (ref_mask[0] > 0.5).cpu().numpy().astype(int), color=(1, 0, 0))
-    ref = resize(ref, (h, max(1, round(ref.shape[1] * h / ref.shape[0]))), order=1, anti_aliasing=True)
-    bg = mark_boundaries(_rgb(background), (area[0] > 0.5).cpu().numpy().astype(int), color=(0, 1, 0))
-    panels = [ref, bg, _rgb(histmatched), _rgb(output)]
-    white = np.ones((h, gap, 3))
-    row = np.concatenate([p for panel in panels for p in (panel, white)][:-1], axis=1)
+
+    def fit(a: np.ndarray) -> np.ndarray:
+        return resize(a, (h, max(1, round(a.shape[1] * h / a.shape[0]))), order=1, anti_aliasing=True)
+
+    pairs = [(fit(_rgb(reference)), fit(_mask_panel(ref_mask))), (_rgb(background), _mask_panel(area)),
+             (_rgb(histmatched), _rgb(output))]
+    white, wide = np.ones((h, gap, 3)), np.ones((h, 3 * gap, 3))
+    parts = []
+    for a, b in pairs:
+        parts += [a, white, b, wide]
+    row = np.concatenate(parts[:-1], axis=1)
     row = (row.clip(0, 1) * 255).round().astype(np.uint8)
     if path is not None:
         from PIL import Image
 
         Image.fromarray(row).save(path)
     return row
-

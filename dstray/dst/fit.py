@@ -7,15 +7,17 @@ Algorithm 2, per background S and area L:
 2. ŷ = S[L'] + TransferNet(y')[L]      -- identity at init, soft fusion (:mod:`dstray.dst.transfer_net`);
 3. losses φ(ŷ[L], y'[L], S[L], H[M])   -- eq. 3-6 (:mod:`dstray.dst.losses`), Adam step (paper §4: lr 1e-3).
 
-How long: until the loss stops falling. The smoothed total (an exponential moving average,
-weight 0.05 per step, computed from the loss history so a resumed fit decides the same way)
-must fall by at least ``plateau_tol`` (relative) over ``plateau_patience`` steps, else the fit
-stops (never before ``min_steps``, never after ``steps``). The loss terms are normalised at the
-start of the fit (:meth:`dstray.dst.losses.DSTLoss.calibrate`, on ``calibration_batches``
-seeded batches). ``heldout`` backgrounds (a seeded choice) are kept out of the fit; at its end
-the loss of DST and the loss of y' itself (ŷ = y', what histmatch alone gives) are measured
-on fixed batches drawn from them: the fit table shows both, and a fit whose DST is not below
-y' is flagged.
+Never worse than its input, and how long. ``heldout`` backgrounds (a seeded choice) are kept
+out of the fit. Every ``heldout_every`` steps (and at step 0, TransferNet being the identity
+there) the total loss of DST is measured on fixed batches drawn from them
+(:meth:`DSTFitter.check_heldout`), beside the loss of y' itself (ŷ = y', what histmatch alone
+gives); the weights with the lowest held-out loss so far are kept, and they are the fitted
+model. The fit stops when that best loss has not improved by ``plateau_tol`` (relative) for
+``plateau_patience`` steps (never before ``min_steps``, never after ``steps``): early stopping on
+backgrounds the fit never saw. With too few backgrounds to hold some out (fewer than
+4 x ``heldout``) the smoothed training loss (an exponential moving average, weight 0.05 a
+step) plays that role and the last weights are kept. The loss terms are normalised at the start
+of the fit (:meth:`dstray.dst.losses.DSTLoss.calibrate`, on ``calibration_batches`` seeded batches).
 
 Two ways to present a background to the network:
 
@@ -142,7 +144,9 @@ class DSTFitter:
         self.step_count = 0
         self.draws = 0  # backgrounds drawn so far (position in the seeded visiting order)
         self.history: list[dict[str, float]] = []
-        self.heldout_losses: dict[str, float] = {}  # {"dst", "yprime"} once finished
+        self.heldout_losses: dict[str, float] = {}  # {"dst", "yprime", "step"} of the best weights so far
+        self.heldout_history: list[dict[str, float]] = []  # every held-out check: {"step", "dst", "yprime"}
+        self._best_state: dict[str, Tensor] | None = None
         self._perm: tuple[int, Tensor] | None = None
         self.loss.calibrate(self._fixed_batches(self.backgrounds, cfg.calibration_batches, "dst-calibrate"))
 
@@ -247,9 +251,18 @@ class DSTFitter:
         return record
 
     def plateaued(self) -> bool:
-        """True when the smoothed total loss stopped falling (see the module docstring)."""
-        cfg, n = self.cfg, len(self.history)
-        if cfg.plateau_patience <= 0 or n < max(cfg.min_steps, cfg.plateau_patience + 1):
+        """True when the fit stopped improving (see the module docstring)."""
+        cfg = self.cfg
+        if cfg.plateau_patience <= 0 or self.step_count < cfg.min_steps:
+            return False
+        if self.heldout:  # early stopping: the best held-out loss is older than the patience
+            if not self.heldout_history:
+                return False
+            best = min(h["dst"] for h in self.heldout_history)
+            for h in self.heldout_history:  # the first check that came within tol of the best
+                if h["dst"] <= best * (1 + cfg.plateau_tol):
+                    return self.step_count - h["step"] >= cfg.plateau_patience
+        if len(self.history) < cfg.plateau_patience + 1:
             return False
         ema, smoothed = None, []
         for h in self.history:
@@ -263,17 +276,30 @@ class DSTFitter:
 
     @torch.no_grad()
     def check_heldout(self) -> dict[str, float]:
-        """Mean total loss on batches from the held-out backgrounds: of DST (``dst``) and of y' itself
-        (``yprime``: ŷ = y', the first step alone). Stored in :attr:`heldout_losses` and the checkpoint."""
-        batches = self._fixed_batches(self.heldout, HELDOUT_BATCHES, "dst-heldout")
-        if not batches:
+        """Mean total loss on fixed batches from the held-out backgrounds: of DST now (``dst``) and of y'
+        itself (``yprime``: ŷ = y', the first step alone). Recorded in :attr:`heldout_history`; when DST is
+        the best so far its weights are kept (:attr:`heldout_losses`, :meth:`use_best`). {} without held-out
+        backgrounds."""
+        if not self.heldout:
             return {}
+        if not hasattr(self, "_heldout_batches"):
+            self._heldout_batches = self._fixed_batches(self.heldout, HELDOUT_BATCHES, "dst-heldout")
+        batches = self._heldout_batches
         self.net.eval()
         dst = sum(float(self.loss(self.net(y, s, a), y, s, a)["total"]) for y, s, a in batches) / len(batches)
         yprime = sum(float(self.loss(y, y, s, a)["total"]) for y, s, a in batches) / len(batches)
         self.net.train()
-        self.heldout_losses = {"dst": round(dst, 5), "yprime": round(yprime, 5)}
-        return dict(self.heldout_losses)
+        row = {"step": self.step_count, "dst": round(dst, 5), "yprime": round(yprime, 5)}
+        self.heldout_history.append(row)
+        if not self.heldout_losses or dst < self.heldout_losses["dst"]:
+            self.heldout_losses = dict(row)
+            self._best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        return dict(row)
+
+    def use_best(self) -> None:
+        """Load the weights of the best held-out check into the network (a no-op without held-out backgrounds)."""
+        if self._best_state is not None:
+            self.net.load_state_dict(self._best_state)
 
     def state_dict(self) -> dict:
         """Everything to resume exactly: net, optimiser, step, draws, area RNG, loss history."""
@@ -286,6 +312,8 @@ class DSTFitter:
             "history": [dict(h) for h in self.history],
             "loss_norm": dict(self.loss.norm),
             "heldout_losses": dict(self.heldout_losses),
+            "heldout_history": [dict(h) for h in self.heldout_history],
+            "best_state": self._best_state,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -297,6 +325,8 @@ class DSTFitter:
         self.history = [dict(h) for h in state["history"]]
         self.loss.norm = dict(state.get("loss_norm", self.loss.norm))
         self.heldout_losses = dict(state.get("heldout_losses", {}))
+        self.heldout_history = [dict(h) for h in state.get("heldout_history", [])]
+        self._best_state = state.get("best_state")
 
     def checkpoint(self) -> dict:
         """The model checkpoint (see :meth:`save`), plain tensors/containers only."""
@@ -314,6 +344,7 @@ class DSTFitter:
             "area_masks": [m.clone() for m in self.area_masks],
             "loss_norm": dict(self.loss.norm),
             "heldout_losses": dict(self.heldout_losses),
+            "heldout_history": [dict(h) for h in self.heldout_history],
             "stopped": "plateau" if self.step_count < self.cfg.steps else "step cap",
         }
 
@@ -353,34 +384,39 @@ def fit_loop(fitter: DSTFitter, *, on_log: Callable[[int, dict[str, float]], Non
              on_step: Callable[[int], None] | None = None) -> None:
     """The one DST fitting loop: step ``fitter`` until it is done (step cap or plateau), from wherever it stands.
 
-    After step k: ``on_checkpoint(k, terms)`` when k is a multiple of ``cfg.checkpoint_every``
-    or the fit is done (a checkpoint carries that step's loss terms too; the last one also the
-    held-out check, :meth:`DSTFitter.check_heldout`, as ``heldout_dst`` / ``heldout_yprime``),
-    otherwise ``on_log(k, terms)`` when k is a multiple of ``cfg.log_every``; then
-    ``on_step(k)``. A fitter restored with :meth:`DSTFitter.load_state_dict` continues where it
-    was saved; one restored after it was done only repeats the final checkpoint.
+    Held-out checks at step 0 and every ``cfg.heldout_every`` steps. After step k:
+    ``on_checkpoint(k, terms)`` when k is a multiple of ``cfg.checkpoint_every``, otherwise
+    ``on_log(k, terms)`` when k is a multiple of ``cfg.log_every``; then ``on_step(k)``. When the
+    fit is done the best held-out weights are loaded (:meth:`DSTFitter.use_best`) and
+    ``on_checkpoint`` gets the final terms (:func:`final_terms`). A fitter restored with
+    :meth:`DSTFitter.load_state_dict` continues where it was saved; one restored after it was done
+    only repeats the final checkpoint.
     """
     cfg = fitter.cfg
-    while True:
-        if fitter.done():
-            if not fitter.heldout_losses:
-                fitter.check_heldout()
-            if on_checkpoint is not None and fitter.history:
-                on_checkpoint(fitter.step_count, final_terms(fitter))
-            return
+    if fitter.step_count == 0 and not fitter.heldout_history:
+        fitter.check_heldout()  # TransferNet is the identity here: the fit can only improve on it
+    while not fitter.done():
         terms = fitter.step()
         step = fitter.step_count
-        if step % cfg.checkpoint_every == 0 and not fitter.done():
+        if cfg.heldout_every > 0 and step % cfg.heldout_every == 0:
+            fitter.check_heldout()
+        if fitter.done():
+            break
+        if step % cfg.checkpoint_every == 0:
             if on_checkpoint is not None:
                 on_checkpoint(step, terms)
-        elif step % cfg.log_every == 0 and on_log is not None and not fitter.done():
+        elif step % cfg.log_every == 0 and on_log is not None:
             on_log(step, terms)
         if on_step is not None:
             on_step(step)
+    fitter.use_best()
+    if on_checkpoint is not None and fitter.history:
+        on_checkpoint(fitter.step_count, final_terms(fitter))
 
 
 def final_terms(fitter: DSTFitter) -> dict[str, float]:
-    """The last step's loss terms plus the held-out check (``heldout_dst``, ``heldout_yprime``)."""
+    """The last step's loss terms plus the best held-out check (``heldout_dst``, ``heldout_yprime``,
+    ``heldout_step``: the step of the weights kept)."""
     last = {k: v for k, v in fitter.history[-1].items() if k != "step"}
     return {**last, **{f"heldout_{k}": v for k, v in fitter.heldout_losses.items()}}
 
