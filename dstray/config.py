@@ -25,6 +25,10 @@ T = TypeVar("T")
 PATCH_SIZE = 96  # side (px) of the square window around L that TransferNet sees in patch mode (fit and generation)
 GENERATORS = ("copy", "histmatch", "dst")  # how L of a generated sample is filled (paper Table 1's columns, in order)
 ARCHS = ("buttonlab", "deeplabv3plus", "unet")  # the segmenters of paper Table 1
+# Largest image (width x height, pixels) a job decodes (--max-image-pixels): 16 MP holds 4096 x 4096 and
+# every 12 MP camera frame. A 16 MP RGB background is 192 MB as float32 and generation keeps a few copies,
+# so an actor stays near its ~1.5 GiB baseline (a 12000 x 12000 background took one to 5.9 GiB).
+MAX_IMAGE_PIXELS = 16_000_000
 
 
 # --------------------------------------------------------------------------- areas
@@ -92,6 +96,7 @@ class GenerateConfig:
     use_gpu: str = "auto"  # "auto" | "true" | "false"
     out: str = "runs/generated"  # output folder (Parquet dataset, rejects table, summary)
     area: AreaConfig = field(default_factory=AreaConfig)
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS  # backgrounds over width x height pixels are rejects; none = no limit
 
 
 # --------------------------------------------------------------------------- segmentation
