@@ -114,7 +114,8 @@ def _open(source: str | Path | BinaryIO, what: str, *, decode: bool = True, name
         if _nbytes(source) == 0:
             raise DataError(name, f"empty {what} file (0 bytes)", "re-copy or re-export the file") from None
         if isinstance(exc, UnidentifiedImageError):
-            raise DataError(name, f"not an image file Pillow can read ({what})", "re-export it as PNG or JPEG") from None
+            raise DataError(name, f"not an image file Pillow can read ({what})",
+                            "re-export it as PNG or JPEG") from None
         raise DataError(
             name, f"truncated or corrupt {what} ({exc})", "re-copy or re-export the file (a half-written file?)"
         ) from exc

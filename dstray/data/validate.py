@@ -82,7 +82,7 @@ class _Checked:
 
     problems: list[Problem] = field(default_factory=list)
     shape: tuple[int, int, int] | None = None  # (C,H,W), None if unreadable
-    mask_box: tuple | None = None  # reference: (h, w) of the mask's bounding box, sides touched (top, bottom, left, right)
+    mask_box: tuple | None = None  # reference: mask bounding box (h, w), sides touched (top, bottom, left, right)
     oversize: bool = False
 
 
@@ -111,6 +111,14 @@ def validate(ds: DefectDataset, *, job: str = "inspect", types: Iterable[str] | 
     # [1] which samples the job reads, and how
     ref_ids = {s.id for s in ds.samples if s.split == "reference" and s.defect_type in types}
     if reference_id is not None:
+        chosen = [s for s in ds.samples if s.id == reference_id]
+        candidates = ", ".join(sorted(ref_ids)[:_SHOW]) + (" ..." if len(ref_ids) > _SHOW else "")
+        if not chosen or chosen[0].defect_type not in types or chosen[0].mask is None:
+            what = ("is not an image id of this dataset" if not chosen else
+                    f"is a '{chosen[0].defect_type}' image{'' if chosen[0].mask else ' without a mask'}")
+            out.problems.append(Problem(ds.root, (
+                f"--reference-id {reference_id} {what}; give the id (path relative to the dataset root) of an "
+                f"image of type {' / '.join(types) or '?'} with a mask, e.g. {candidates or 'none'}")))
         ref_ids.add(reference_id)
     roles: dict[int, str] = {}
     for i, s in enumerate(ds.samples):
