@@ -25,6 +25,11 @@ T = TypeVar("T")
 PATCH_SIZE = 96  # side (px) of the square window around L that TransferNet sees in patch mode (fit and generation)
 GENERATORS = ("copy", "histmatch", "dst")  # how L of a generated sample is filled (paper Table 1's columns, in order)
 ARCHS = ("buttonlab", "deeplabv3plus", "unet")  # the segmenters of paper Table 1
+# Largest image (width x height, pixels) a job decodes (--max-image-pixels): 16 MP holds 4096 x 4096 and
+# every 12 MP camera frame. Measured (generation core, patch mode, 16 samples of blowhole or crack on
+# 4000 x 4000 backgrounds, 1 thread): process peak 1.3 GiB against 0.73 GiB before the first sample
+# (1 MP backgrounds: 1.05 GiB); a 12000 x 12000 background had taken an actor to 5.9 GiB.
+MAX_IMAGE_PIXELS = 16_000_000
 
 
 # --------------------------------------------------------------------------- areas
@@ -109,6 +114,7 @@ class GenerateConfig:
     use_gpu: str = "auto"  # "auto" | "true" | "false"
     out: str = "runs/generated"  # output folder (Parquet dataset, rejects table, summary)
     area: AreaConfig = field(default_factory=AreaConfig)
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS  # backgrounds over width x height pixels are rejects; none = no limit
 
 
 # --------------------------------------------------------------------------- segmentation

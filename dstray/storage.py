@@ -32,6 +32,14 @@ def exists(location: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def require_folder(location: str, option: str = "--out") -> None:
+    """ValueError when ``location`` exists and is not a folder (an output folder given as a file's path)."""
+    fs, path = resolve(location)
+    kind = fs.get_file_info(path).type
+    if kind not in (pafs.FileType.NotFound, pafs.FileType.Directory):
+        raise ValueError(f"{option} {location} is a file; give a folder (it is created when missing)")
+
+
 def read_bytes(location: str) -> bytes:
     fs, path = resolve(location)
     with fs.open_input_stream(path) as f:

@@ -87,6 +87,17 @@ def add_data(parser: argparse.ArgumentParser, help: str = DATA_HELP) -> None:
     parser.add_argument("--data", default=None, help=help)
 
 
+def add_max_image_pixels(parser: argparse.ArgumentParser) -> None:
+    """``--max-image-pixels`` for commands without a config field for it (inspect, fit-dst)."""
+    from dstray.config import MAX_IMAGE_PIXELS
+
+    parser.add_argument("--max-image-pixels", default=MAX_IMAGE_PIXELS, metavar="N",
+                        type=_value_type("int | None", MAX_IMAGE_PIXELS),
+                        help="size limit (width x height) of an image a job decodes: larger backgrounds are skipped "
+                        f"by fit-dst, rejected by generate, warned about by inspect; none = no limit "
+                        f"(default: {MAX_IMAGE_PIXELS})")
+
+
 def add_ray(parser: argparse.ArgumentParser, *, use_gpu: bool = True, storage: bool = False,
             workers: bool = False, max_failures: int | None = None, restarts: str = "") -> None:
     """The Ray options of a command: ``--address`` always; ``--use-gpu``; ``--storage-path``;

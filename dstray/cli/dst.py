@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
-from dstray.cli.args import add_config_args, add_data, add_ray, build_config
+from dstray.cli.args import add_config_args, add_data, add_max_image_pixels, add_ray, build_config
 from dstray.config import PATCH_SIZE, DSTConfig, GenerateConfig
 
 
@@ -18,13 +20,24 @@ def cmd_fit_dst(args) -> int:
 
         outcomes = fit_all(cfg, data=args.data, out=args.out, types=args.types.split(",") if args.types else None,
                            storage_path=args.storage_path, use_gpu=args.use_gpu, max_failures=args.max_failures,
-                           cpus_per_worker=args.cpus_per_worker, address=args.address)
+                           cpus_per_worker=args.cpus_per_worker, address=args.address,
+                           max_image_pixels=args.max_image_pixels)
         print(format_table(outcomes))
         return 1 if any(o.status == "failed" for o in outcomes) else 0
-    from dstray.data import load_dataset
-    from dstray.dst.fit import fit_dst
+    from dstray.data import load_dataset, preflight
+    from dstray.dst.fit import fit_dst, resolve_defect_type
 
-    path = fit_dst(cfg, load_dataset(args.data), args.out)  # no --defect-type: the dataset's only type
+    dataset = load_dataset(args.data)
+    cfg = dataclasses.replace(cfg, defect_type=resolve_defect_type(dataset, cfg.defect_type))  # None: the only type
+    found = preflight(dataset, job="fit-dst", types=[cfg.defect_type], reference_id=cfg.reference_id,
+                      max_image_pixels=args.max_image_pixels, area=cfg.area)
+    out, made = Path(args.out), not Path(args.out).exists()
+    try:
+        path = fit_dst(cfg, dataset.without(found.skip), out)
+    except BaseException:
+        if made and out.is_dir() and not any(out.iterdir()):  # leave no empty output folder behind
+            out.rmdir()
+        raise
     print(f"wrote {path}")
     return 0
 
@@ -77,6 +90,7 @@ def register(sub) -> None:
     s.add_argument("--types", default=None, help="comma-separated types to fit with Ray Train (default with --all: all)")
     add_ray(s, storage=True, workers=True, max_failures=2,
             restarts="worker restarts (from the last checkpoint) per type")
+    add_max_image_pixels(s)
     add_config_args(s, DSTConfig)
     s.set_defaults(func=cmd_fit_dst)
 

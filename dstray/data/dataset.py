@@ -7,16 +7,27 @@ lists files (fast); checking the files themselves is :func:`dstray.data.validate
    the CSV's folder; ``mask`` may be empty for defect-free rows). Give the folder that
    holds ``splits.csv`` or the path of any CSV of that format.
 2. ``folders``: ``ROOT/images/<type>/name.ext`` with masks ``ROOT/masks/<type>/name.png``
-   (matched by file stem; ``name_mask.png`` is accepted too). A type folder named
-   ``free``, ``good`` or ``ok`` holds defect-free images. Flat ``ROOT/images/*.ext`` +
-   ``ROOT/masks/*.png`` also works, the type being ROOT's folder name. There is no split
-   file: every defect image becomes split ``reference`` (the few real defects DST
-   learns from) and every defect-free image split ``background``.
+   (matched by file stem; ``name_mask.png`` is accepted too). Flat ``ROOT/images/*.ext`` +
+   ``ROOT/masks/*.png`` also works: one defect type, named after ROOT's folder. Defect-free
+   images go in a folder named ``backgrounds``, ``background``, ``free``, ``good`` or ``ok``
+   (any case) at any level: next to ``images/`` (``ROOT/backgrounds/``), as a type folder
+   (``images/good/``) or deeper (``images/crack/ok/``). There is no split file: every defect
+   image becomes split ``reference`` (each is a candidate for the one real defect DST learns
+   from, and every reference mask of a type is a shape L is drawn from) and every defect-free
+   image split ``background``.
 3. ``images``: a folder (searched recursively) of defect-free images and no masks:
    all of them split ``background``, type ``free``.
 
 Type and split names are lower-cased; ``good`` / ``ok`` are read as ``free``. A sample's
 id is its image path relative to the dataset root, '/'-separated: stable across runs.
+Split names are :data:`SPLITS` only; :func:`dstray.data.validate` reports any other
+(``backgroud``, ``validation``) with its manifest lines, and no job starts on such a dataset.
+
+**The reference of a type.** DST learns from one reference H, M: ``--reference-id ID`` or,
+by default, the type's first reference in dataset order (:meth:`DefectDataset.references`:
+manifest row order; folder layouts list files sorted by path, i.e. by id). ``fit-dst``
+fits on it, ``generate --generator dst`` uses the model's own, ``histmatch`` / ``copy``
+use the first; the area sampler draws L from the masks of *every* reference of the type.
 
 **The ``val`` split.** Thresholds, checkpoints, Tune trials and DST settings are chosen on
 ``val``; figures are reported on ``test``, which selection never sees. A dataset that has
@@ -33,7 +44,7 @@ import csv
 import dataclasses
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dstray.data.errors import DataError
@@ -41,9 +52,11 @@ from dstray.data.io import IMAGE_EXTENSIONS
 
 FREE = "free"  # the defect type of defect-free images
 FREE_NAMES = ("free", "good", "ok")  # type names read as defect-free (case-insensitive)
+BACKGROUND_FOLDERS = (*FREE_NAMES, "background", "backgrounds")  # folders of defect-free images, at any level
 MANIFEST_NAME = "splits.csv"
 MANIFEST_COLUMNS = ("image", "mask", "defect_type", "split")
-SPLIT_ORDER = ("reference", "background", "train", "val", "test")  # the usual splits, in report order
+SPLITS = ("reference", "background", "train", "val", "test")  # the known split names, in report order
+SPLIT_ORDER = SPLITS  # (former name)
 VAL_FRACTION = 1 / 3  # share of each type's test samples carved into ``val`` when a dataset has no val split
 VAL_SEED = 0  # seed of that carve (part of the hash that orders the samples)
 LAYOUTS_HINT = (
@@ -60,7 +73,8 @@ class Sample:
     image: Path  # absolute path
     mask: Path | None  # absolute path, None for defect-free images without mask
     defect_type: str  # lower-case type name, "free" for defect-free
-    split: str  # "reference" | "background" | "train" | "val" | "test" (or user-defined)
+    split: str  # "reference" | "background" | "train" | "val" | "test" (validate reports any other name)
+    line: int | None = field(default=None, compare=False)  # manifest line of the row (None for folder layouts)
 
 
 @dataclass
@@ -71,6 +85,7 @@ class DefectDataset:
     samples: list[Sample]
     layout: str  # "manifest" | "folders" | "images"
     defect_types: list[str]  # sorted, without "free"
+    source: Path | None = None  # the manifest CSV (layout "manifest"), else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -88,8 +103,9 @@ class DefectDataset:
         return [s for s in self.samples if s.split == name]
 
     def references(self, defect_type: str | None = None) -> list[Sample]:
-        """The reference samples (H, M of the paper), all or of one defect type.
+        """The reference samples (H, M of the paper), all or of one defect type, in dataset order.
 
+        The first of a type is the one DST learns from unless ``--reference-id`` names another.
         DataError if ``defect_type`` is not a type of the dataset or has no reference.
         """
         if defect_type is None:
@@ -117,6 +133,13 @@ class DefectDataset:
                 return s
         raise DataError(self.root, f"no sample with id '{sample_id}'", "ids are image paths relative to the root")
 
+    def without(self, ids) -> DefectDataset:
+        """The same dataset without the samples whose id is in ``ids`` (e.g. backgrounds a job skips)."""
+        ids = set(ids)
+        if not ids:
+            return self
+        return dataclasses.replace(self, samples=[s for s in self.samples if s.id not in ids])
+
 
 def sample_root() -> Path:
     """Folder of the embedded sample (a small subset of Magnetic Tile, with its splits.csv)."""
@@ -139,9 +162,14 @@ def load_dataset(path: str | Path | None = None) -> DefectDataset:
         return _load_manifest(p)
     if (p / MANIFEST_NAME).is_file():
         return _load_manifest(p / MANIFEST_NAME)
-    if (p / "images").is_dir() and (p / "masks").is_dir():
+    if (p / "images").is_dir() and ((p / "masks").is_dir() or _background_folders(p)):
         return _load_folders(p)
     return _load_images(p)
+
+
+def _background_folders(root: Path) -> list[Path]:
+    """Sub-folders of ``root`` named like a folder of defect-free images (``backgrounds``, ``good``...)."""
+    return sorted(d for d in root.iterdir() if d.is_dir() and d.name.lower() in BACKGROUND_FOLDERS)
 
 
 def _type_name(name: str) -> str:
@@ -168,10 +196,10 @@ def carve_val(samples: list[Sample], fraction: float = VAL_FRACTION, seed: int =
     return [dataclasses.replace(s, split="val") if s.split == "test" and s.id in to_val else s for s in samples]
 
 
-def _dataset(root: Path, samples: list[Sample], layout: str) -> DefectDataset:
+def _dataset(root: Path, samples: list[Sample], layout: str, source: Path | None = None) -> DefectDataset:
     samples = carve_val(samples)
     types = sorted({s.defect_type for s in samples} - {FREE})
-    return DefectDataset(root=root, samples=samples, layout=layout, defect_types=types)
+    return DefectDataset(root=root, samples=samples, layout=layout, defect_types=types, source=source)
 
 
 def _rel_id(path: Path, root: Path) -> str:
@@ -207,10 +235,10 @@ def _load_manifest(csv_path: Path) -> DefectDataset:
             image = resolve(row["image"])
             mask = resolve(row["mask"]) if (row["mask"] or "").strip() else None
             defect_type, split = _type_name(row["defect_type"]), row["split"].strip().lower()
-            samples.append(Sample(_rel_id(image, root), image, mask, defect_type, split))
+            samples.append(Sample(_rel_id(image, root), image, mask, defect_type, split, line=reader.line_num))
     if not samples:
         raise DataError(csv_path, "manifest has no rows", "add one row per image")
-    return _dataset(root, samples, "manifest")
+    return _dataset(root, samples, "manifest", source=csv_path)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -232,17 +260,21 @@ def _load_folders(root: Path) -> DefectDataset:
             images, "no image files", f"expected images/<type>/name.ext with ext in {' '.join(IMAGE_EXTENSIONS)}"
         )
     by_stem: dict[tuple[str, str], Path] = {}  # (folder relative to masks/, stem) -> mask file
-    for m in reversed(_image_files(masks)):  # reversed: the first file in sorted order wins
+    for m in reversed(_image_files(masks) if masks.is_dir() else []):  # reversed: the first in sorted order wins
         by_stem[(m.parent.relative_to(masks).as_posix(), m.stem)] = m
         if m.stem.endswith("_mask"):
             by_stem[(m.parent.relative_to(masks).as_posix(), m.stem[: -len("_mask")])] = m
     samples = []
     for f in files:
         rel = f.relative_to(images)
-        defect_type = _type_name(rel.parts[0] if len(rel.parts) > 1 else root.name)
-        split = "background" if defect_type == FREE else "reference"
         mask = by_stem.get((rel.parent.as_posix(), f.stem))
-        samples.append(Sample(_rel_id(f, root), f, mask, defect_type, split))
+        if any(part.lower() in BACKGROUND_FOLDERS for part in rel.parts[:-1]):  # images/good/, images/crack/ok/
+            samples.append(Sample(_rel_id(f, root), f, mask, FREE, "background"))
+            continue
+        defect_type = _type_name(rel.parts[0] if len(rel.parts) > 1 else root.name)
+        samples.append(Sample(_rel_id(f, root), f, mask, defect_type, "reference"))
+    for folder in _background_folders(root):  # ROOT/backgrounds/ next to images/
+        samples += [Sample(_rel_id(f, root), f, None, FREE, "background") for f in _image_files(folder)]
     return _dataset(root, samples, "folders")
 
 

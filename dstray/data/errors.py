@@ -34,3 +34,15 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+class InputProblems(ValueError):
+    """A job refused to start: the :class:`Problem` list that stops it (from :func:`dstray.data.validate`)."""
+
+    def __init__(self, job: str, root: str | Path, problems: list[Problem]):
+        self.job, self.root, self.problems = job, Path(root), list(problems)
+        n = len(self.problems)
+        lines = [f"{n} input problem{'s' if n != 1 else ''} in {self.root} stop{'s' if n == 1 else ''} {job} "
+                 f"(nothing was started; `dstray inspect {self.root}` shows the whole report):"]
+        lines += [f"  {p}" for p in self.problems]
+        super().__init__("\n".join(lines))

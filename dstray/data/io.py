@@ -13,17 +13,34 @@ when gray (R = G = B).
 
 Every file is fully decoded by Pillow with ``ImageFile.LOAD_TRUNCATED_IMAGES = False``,
 so a truncated JPEG or PNG is an error, not a half-grey image.
+
+Size limit: ``read_image(..., max_pixels=N)`` checks width x height from the file header
+before decoding and raises a :class:`DataError` (:func:`too_large`) above N pixels; jobs pass
+``--max-image-pixels`` (default :data:`MAX_IMAGE_PIXELS`). dstray checks sizes itself, so
+Pillow's ``DecompressionBombWarning`` is silenced; files above Pillow's own hard limit
+(2 x ``PIL.Image.MAX_IMAGE_PIXELS``, ~179 MP) are a :class:`DataError` too.
+
+Errors name the file: a path, or the ``name`` given with bytes (a background's path
+when its bytes came through the Ray object store).
+
+:func:`read_checkpoint` loads a torch checkpoint given as input (a DST ``model.pt``, a
+segmenter checkpoint) with ``weights_only=True``; a truncated or foreign file is a
+:class:`DataError` naming it and the command that writes a good one.
 """
 
 from __future__ import annotations
 
 import io
+import pickle
+import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from dstray.config import MAX_IMAGE_PIXELS  # noqa: F401  (the size limit's default; re-exported)
 from dstray.data.errors import DataError
 
 MASK_THRESHOLD = 128  # 8-bit mask value from which a pixel is a defect pixel
@@ -59,22 +76,53 @@ def _check_mode(source: str | Path, mode: str, what: str) -> int:
     )
 
 
-def _open(source: str | Path | io.BytesIO, what: str, *, decode: bool = True) -> Image.Image:
-    """Open (and by default fully decode) an image file; every failure is a DataError."""
-    name = source if isinstance(source, (str, Path)) else "<png bytes>"
+def too_large(name: str | Path, width: int, height: int, max_pixels: int) -> DataError:
+    """The error for an image over the size limit ``max_pixels`` (width x height)."""
+    return DataError(
+        name,
+        f"image {width}x{height} ({width * height / 1e6:.1f} MP) is over the size limit of "
+        f"{max_pixels / 1e6:g} MP (--max-image-pixels {max_pixels})",
+        "downscale it or cut it into tiles (e.g. `magick FILE -crop 2048x2048 tile_%d.png`), "
+        "or raise --max-image-pixels if the memory allows",
+    )
+
+
+def _open(source: str | Path | BinaryIO, what: str, *, decode: bool = True, name: str | Path | None = None,
+          max_pixels: int | None = None) -> Image.Image:
+    """Open (and by default fully decode) an image file; every failure is a DataError naming the file.
+
+    ``name``: how errors call ``source`` when it is a file object (default ``<image bytes>``).
+    ``max_pixels``: width x height above which the image is refused before decoding.
+    """
+    if name is None:
+        name = source if isinstance(source, (str, Path)) else "<image bytes>"
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files must fail, not decode half grey
     try:
-        im = Image.open(source)
+        with warnings.catch_warnings():  # sizes are checked here (max_pixels), not by Pillow's bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source)
     except FileNotFoundError:
         raise DataError(name, f"{what} file not found", "check the path (manifest paths are relative to its folder)")
-    except UnidentifiedImageError:
-        raise DataError(name, f"not an image file Pillow can read ({what})", "re-export it as PNG or JPEG")
-    except Exception as exc:
+    except PermissionError as exc:
+        raise DataError(name, f"no permission to read the {what} ({exc.strerror})", "check the file's permissions")
+    except IsADirectoryError:
+        raise DataError(name, f"a folder, not an {what} file", "give the path of the file")
+    except Image.DecompressionBombError as exc:
+        raise DataError(name, f"{what} too large for Pillow to open ({exc})",
+                        "downscale it or cut it into tiles") from exc
+    except Exception as exc:  # UnidentifiedImageError, a header cut short, ...
+        if _nbytes(source) == 0:
+            raise DataError(name, f"empty {what} file (0 bytes)", "re-copy or re-export the file") from None
+        if isinstance(exc, UnidentifiedImageError):
+            raise DataError(name, f"not an image file Pillow can read ({what})",
+                            "re-export it as PNG or JPEG") from None
         raise DataError(
-            name, f"unreadable or corrupt {what} ({exc})", "check the file's permissions; re-copy or re-export it"
+            name, f"truncated or corrupt {what} ({exc})", "re-copy or re-export the file (a half-written file?)"
         ) from exc
     try:
         _check_mode(name, im.mode, what)
+        if max_pixels is not None and im.width * im.height > max_pixels:
+            raise too_large(name, im.width, im.height, max_pixels)
         if decode:
             im.load()
     except DataError:
@@ -86,6 +134,18 @@ def _open(source: str | Path | io.BytesIO, what: str, *, decode: bool = True) ->
             name, f"truncated or corrupt {what} ({exc})", "re-copy or re-export the file (a half-written file?)"
         ) from exc
     return im
+
+
+def _nbytes(source: str | Path | BinaryIO) -> int | None:
+    """Size in bytes of a file or an in-memory buffer; None when it cannot be told."""
+    try:
+        if isinstance(source, (str, Path)):
+            return Path(source).stat().st_size
+        if isinstance(source, io.BytesIO):
+            return source.getbuffer().nbytes
+    except OSError:
+        pass
+    return None
 
 
 def _to_tensor(a: np.ndarray) -> torch.Tensor:
@@ -113,15 +173,21 @@ def size_mismatch(mask_path: str | Path, mask_hw: tuple[int, int], image_hw: tup
     )
 
 
-def image_shape(path: str | Path, what: str = "image") -> tuple[int, int, int]:
+def image_shape(path: str | Path | BinaryIO, what: str = "image", *, name: str | Path | None = None
+                ) -> tuple[int, int, int]:
     """(C, H, W) of an image (or mask) file, from its header only (no decode; mode checked)."""
-    with _open(path, what, decode=False) as im:
+    with _open(path, what, decode=False, name=name) as im:
         return _CHANNELS[im.mode], im.height, im.width
 
 
-def read_image(path: str | Path) -> torch.Tensor:
-    """An image file as a float32 tensor (C, H, W) in [0, 1], C = 1 (grayscale) or 3 (RGB)."""
-    return _to_tensor(_image_array(_open(path, "image")))
+def read_image(path: str | Path | BinaryIO, *, name: str | Path | None = None,
+               max_pixels: int | None = None) -> torch.Tensor:
+    """An image file as a float32 tensor (C, H, W) in [0, 1], C = 1 (grayscale) or 3 (RGB).
+
+    ``path``: a path or a binary file object (then ``name`` is what errors call it).
+    ``max_pixels``: refuse (DataError, before decoding) an image of more than this many pixels.
+    """
+    return _to_tensor(_image_array(_open(path, "image", name=name, max_pixels=max_pixels)))
 
 
 def read_mask(path: str | Path, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -172,6 +238,37 @@ def encode_png(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def decode_png(data: bytes) -> torch.Tensor:
+def decode_png(data: bytes, name: str = "<png bytes>") -> torch.Tensor:
     """The inverse of :func:`encode_png`: PNG (or any image) bytes -> float32 (C, H, W) in [0, 1]."""
-    return _to_tensor(_image_array(_open(io.BytesIO(data), "image")))
+    return _to_tensor(_image_array(_open(io.BytesIO(data), "image", name=name)))
+
+
+def read_checkpoint(source: str | Path | bytes, *, name: str | Path | None = None, what: str = "dstray checkpoint",
+                    refit: str = "") -> dict:
+    """A torch checkpoint (a dict) read with ``weights_only=True`` from a path or its bytes.
+
+    Every failure is a :class:`DataError` naming the file (``name`` for bytes): missing,
+    truncated, not a torch file, pickled objects a safe load refuses (never advice to load it
+    unsafely), or not a dict. ``refit`` says how to write a good one (a command).
+    """
+    import torch
+
+    name = name if name is not None else (source if isinstance(source, (str, Path)) else "<checkpoint bytes>")
+    hint = refit or "write it again with the command that made it"
+    if isinstance(source, (str, Path)):
+        try:
+            source = Path(source).read_bytes()
+        except FileNotFoundError:
+            raise DataError(name, f"{what} not found", hint) from None
+        except OSError as exc:
+            raise DataError(name, f"cannot read the {what} ({exc.strerror or exc})", hint) from exc
+    try:
+        ckpt = torch.load(io.BytesIO(source), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: wrong for an input file
+        raise DataError(name, f"corrupt or not a {what} (it holds objects a safe load refuses)", hint) from None
+    except Exception as exc:  # arbitrary bytes fail anywhere in the unpickler (IndexError, KeyError, ...)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise DataError(name, f"corrupt or not a {what} ({first})", hint) from None
+    if not isinstance(ckpt, dict):
+        raise DataError(name, f"not a {what} (it holds a {type(ckpt).__name__}, not a dict)", hint)
+    return ckpt

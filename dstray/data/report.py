@@ -1,8 +1,9 @@
-"""The ``dstray inspect DATA`` report: what a dataset holds and every problem in it.
+"""The ``dstray inspect DATA`` report: what a dataset holds, every problem and every warning in it.
 
 :func:`format_report` gives counts per defect type x split, the range of image sizes,
-the channel counts, then every problem; :func:`inspect_main` loads, validates, prints
-the report and returns the exit code (0: no problems, 1: problems or not loadable).
+the channel counts, then the problems and the warnings of :func:`dstray.data.validate`;
+:func:`inspect_main` loads, validates, prints the report and returns the exit code
+(0: no problems, warnings or not; 1: problems, or the dataset cannot be listed).
 """
 
 from __future__ import annotations
@@ -10,20 +11,12 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dstray.data.dataset import FREE, DefectDataset, load_dataset
 from dstray.data.errors import DataError, Problem
-from dstray.data.validate import validate
-from dstray.data.io import image_shape
-
-
-def _shape_or_none(path: Path) -> tuple[int, int, int] | None:
-    try:
-        return image_shape(path)
-    except DataError:
-        return None
+from dstray.data.io import MAX_IMAGE_PIXELS
+from dstray.data.validate import Validation, validate
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -39,9 +32,16 @@ def _show(path: Path, root: Path) -> str:
     return path.as_posix() if rel.startswith("..") else Path(rel).as_posix()
 
 
-def format_report(ds: DefectDataset, problems: list[Problem]) -> str:
-    """The inspect report of ``ds`` and its ``problems`` (from :func:`validate`), as text."""
-    lines = [f"dataset {ds.root} (layout: {ds.layout}, {len(ds)} images)", ""]
+def format_report(ds: DefectDataset, found: Validation | list[Problem]) -> str:
+    """The inspect report of ``ds`` and what :func:`validate` found (or a list of problems), as text."""
+    found = found if isinstance(found, Validation) else Validation(problems=list(found))
+    lines = [f"dataset {ds.root} (layout: {ds.layout}, {len(ds)} images)"]
+    if ds.layout == "folders" and not any("/" in s.id[len("images/"):] for s in ds.samples
+                                          if s.id.startswith("images/") and s.split != "background"):
+        types = ", ".join(ds.defect_types) or "none"
+        lines.append(f"flat images/ folder: one defect type ({types}), named after the dataset folder; "
+                     "use images/<type>/ for several types")
+    lines.append("")
 
     counts = Counter((s.defect_type, s.split) for s in ds.samples)
     types = ds.defect_types + ([FREE] if any(s.defect_type == FREE for s in ds.samples) else [])
@@ -54,8 +54,7 @@ def format_report(ds: DefectDataset, problems: list[Problem]) -> str:
     rows.append(["total", *map(str, totals), str(len(ds))])
     lines += _table(rows) + [""]
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        shapes = [sh for sh in pool.map(_shape_or_none, (s.image for s in ds.samples)) if sh is not None]
+    shapes = list(found.shapes.values())
     if shapes:
         hs, ws = [sh[1] for sh in shapes], [sh[2] for sh in shapes]
         n_sizes = len({sh[1:] for sh in shapes})
@@ -67,19 +66,23 @@ def format_report(ds: DefectDataset, problems: list[Problem]) -> str:
         lines.append("image sizes: no readable image")
     lines.append("")
 
-    for p in problems:
+    for p in found.problems:
         lines.append(f"{_show(p.path, ds.root)}: {p.message}")
-    lines.append(f"{len(problems)} problem{'s' if len(problems) != 1 else ''}" if problems else "no problems found")
+    for w in found.warnings:
+        lines.append(f"warning: {_show(w.path, ds.root)}: {w.message}")
+    n, k = len(found.problems), len(found.warnings)
+    verdict = f"{n} problem{'s' if n != 1 else ''}" if n else "no problems found"
+    lines.append(verdict + (f", {k} warning{'s' if k != 1 else ''}" if k else ""))
     return "\n".join(lines)
 
 
-def inspect_main(path: str | Path | None = None) -> int:
-    """``dstray inspect DATA``: load, validate, print the report; 0 if no problems, else 1."""
+def inspect_main(path: str | Path | None = None, *, max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> int:
+    """``dstray inspect DATA``: load, validate, print the report; 1 if any problem, else 0 (warnings do not count)."""
     try:
         ds = load_dataset(path)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    problems = validate(ds)
-    print(format_report(ds, problems))
-    return 1 if problems else 0
+    found = validate(ds, job="inspect", max_image_pixels=max_image_pixels)
+    print(format_report(ds, found))
+    return 1 if found.problems else 0

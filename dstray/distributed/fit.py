@@ -34,8 +34,8 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from dstray import storage
-from dstray.config import DSTConfig, changed_fields, check_resumable, from_dict, to_dict
-from dstray.data import load_dataset
+from dstray.config import MAX_IMAGE_PIXELS, DSTConfig, changed_fields, check_resumable, from_dict, to_dict
+from dstray.data import load_dataset, preflight
 from dstray.distributed.runtime import die_once_at, init_ray, ray_storage_path, resolve_use_gpu
 from dstray.dst.fit import TERMS, DSTFitter, fit_loop, fitted_types, write_losses_csv
 
@@ -59,7 +59,7 @@ def dst_train_loop(config: dict) -> None:
     """Ray Train worker loop for one defect type: :func:`dstray.dst.fit.fit_loop` reporting to Ray Train."""
     cfg = from_dict(DSTConfig, config["dst"])
     cfg = replace(cfg, device=str(ray.train.torch.get_device()))
-    fitter = DSTFitter(cfg, load_dataset(config["data"]))
+    fitter = DSTFitter(cfg, load_dataset(config["data"]).without(config.get("skip", ())))  # skip: from preflight
     checkpoint = ray.train.get_checkpoint()  # [1] resume after a worker failure or a re-run
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -120,13 +120,21 @@ def _fit_one(cfg_dict: dict, data: str | None, out: str, storage_path: str, use_
 
 def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | None = None,
             storage_path: str | None = None, use_gpu: str = "auto", cpus_per_worker: float = 1.0,
-            max_failures: int = 2, address: str | None = None, _extra: dict | None = None) -> list[FitOutcome]:
-    """Fit every defect type (or ``types``) concurrently; returns one outcome per type."""
+            max_failures: int = 2, address: str | None = None, max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+            _extra: dict | None = None) -> list[FitOutcome]:
+    """Fit every defect type (or ``types``) concurrently; returns one outcome per type.
+
+    The inputs are checked first (:func:`dstray.data.preflight`, as ``dstray inspect`` does): a
+    problem refuses the start before Ray starts; backgrounds over ``max_image_pixels`` are skipped.
+    """
     data = storage.absolute(data)  # Train workers run in other working directories
+    storage.require_folder(out, "--out")
     dataset = load_dataset(data)
     types = types or fitted_types(dataset)
     for t in types:
         dataset.references(t)  # raises a clear error for an unknown type
+    found = preflight(dataset, job="fit-dst", types=types, reference_id=base.reference_id,
+                      max_image_pixels=max_image_pixels, area=base.area)
     storage_path = ray_storage_path(out, storage_path)
 
     outcomes, todo = [], []
@@ -142,7 +150,7 @@ def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | N
                                            losses={k: v for k, v in done["metrics"].items() if k != "step"},
                                            checkpoint=storage.join(out, t, "model.pt")))
                 continue
-        extra = dict(_extra or {})
+        extra = dict(_extra or {}, skip=found.skip)
         if "fault_marker" in extra:
             extra["fault_marker"] = f"{extra['fault_marker']}-{t}"
         todo.append((t, to_dict(cfg), extra))

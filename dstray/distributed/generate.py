@@ -10,7 +10,8 @@ How a run works:
 3. [2] Ray Data maps the shards through an actor pool (``map_batches`` with
    ``ActorPoolStrategy``; the models are loaded once per actor; one GPU per actor when the
    cluster has GPUs). Each shard becomes one file ``data/part-XXXXX.parquet`` (and
-   ``rejects/part-XXXXX.parquet`` for samples whose background was bad), then a marker
+   ``rejects/part-XXXXX.parquet`` for samples whose background was bad: unreadable, over
+   ``max_image_pixels``, too small for the area; or whose fill failed), then a marker
    ``_shards/XXXXX.json`` is written last (:func:`dstray.dst.synth.write_shard`).
 4. Exactly once: a shard's content depends only on the plan, so a retried shard (a
    crashed actor, a lost node: Ray Data retries those) rewrites the same file with the
@@ -50,10 +51,15 @@ class ShardGenerator:
         self.synth = build_synthesizer(self.ctx, device)
 
     def _fetched(self, shard: int) -> dict:
-        """The run context with this shard's backgrounds fetched from the object store (bytes)."""
+        """The run context with this shard's backgrounds fetched from the object store (bytes).
+
+        A background the driver could not read stays a path: reading it here fails the same way,
+        and its samples become rejects with that reason ("file not found", ...).
+        """
         ids = list(dict.fromkeys(p["background_id"] for p in shard_plan(self.ctx, shard, self.shard_size)))
-        blobs = ray.get([self.ctx["backgrounds"][i] for i in ids])
-        return dict(self.ctx, backgrounds=dict(zip(ids, blobs)))
+        refs = {i: self.ctx["backgrounds"][i] for i in ids if isinstance(self.ctx["backgrounds"][i], ray.ObjectRef)}
+        blobs = dict(zip(refs, ray.get(list(refs.values()))))
+        return dict(self.ctx, backgrounds={i: blobs.get(i, self.ctx["backgrounds"][i]) for i in ids})
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {"shard": [], "written": [], "rejected": [], "seconds": [], "peak_rss_mib": []}
@@ -104,7 +110,7 @@ def generate(cfg: GenerateConfig, *, shard_size: int = 32, address: str | None =
         log.info("generating %d samples (%d shards to do of %d) with %d actor(s)%s", cfg.num_samples,
                  len(todo), n_shards, n_actors, " on GPU" if use_gpu else "")
         # [1] Inputs travel through the object store: workers need no shared file system.
-        ctx = dict(ctx, backgrounds={k: ray.put(_file_bytes(v)) for k, v in ctx["backgrounds"].items()})
+        ctx = dict(ctx, backgrounds={k: _put_file(v) for k, v in ctx["backgrounds"].items()})
         ctx_ref = ray.put(ctx)
         # [2] one block per shard, mapped by an actor pool that loads the models once per actor
         ds = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
@@ -136,11 +142,11 @@ def generate(cfg: GenerateConfig, *, shard_size: int = 32, address: str | None =
     return summary
 
 
-def _file_bytes(path: str) -> bytes:
-    """The raw bytes of a local input file (b"" if it cannot be read: the sample is then rejected)."""
+def _put_file(path: str) -> ray.ObjectRef | str:
+    """A local input file's bytes in the object store; its path if it cannot be read (its samples are rejects)."""
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return ray.put(f.read())
     except OSError:
-        return b""
+        return path
 

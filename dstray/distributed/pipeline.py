@@ -32,7 +32,7 @@ import torch
 
 import dstray
 from dstray.config import PipelineConfig, to_dict
-from dstray.data import load_dataset
+from dstray.data import InputProblems, load_dataset, validate
 from dstray.distributed.fit import fit_all, format_table
 from dstray.distributed.generate import generate
 from dstray.distributed.runtime import init_ray
@@ -82,12 +82,16 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
     ``cfg.seed`` seeds every stage: it replaces the seeds of ``cfg.dst``, ``cfg.generate`` and ``cfg.seg``.
     """
     run = Path(cfg.out).resolve()
-    run.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, data=absolute(cfg.data), out=str(run),  # Ray workers run elsewhere
                               dst=dataclasses.replace(cfg.dst, seed=cfg.seed),
                               generate=dataclasses.replace(cfg.generate, seed=cfg.seed),
                               seg=dataclasses.replace(cfg.seg, seed=cfg.seed))
-    load_dataset(cfg.data)  # fail fast on a bad path before any Ray work
+    # fail fast, before any Ray work or folder: the input check of fit-dst (generate's is a subset)
+    dataset = load_dataset(cfg.data)
+    problems = validate(dataset, job="fit-dst", max_image_pixels=cfg.generate.max_image_pixels, area=cfg.dst.area)
+    if problems:
+        raise InputProblems("pipeline", dataset.root, problems.problems)
+    run.mkdir(parents=True, exist_ok=True)
     info = {"config": to_dict(cfg), "data": cfg.data or "embedded sample",
             "versions": {"dstray": dstray.__version__, "torch": torch.__version__, "ray": ray.__version__,
                          "python": platform.python_version()},
@@ -101,7 +105,8 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
 
     # [1] DST for every defect type, concurrently (Ray Train); fit_all skips finished types.
     t0 = time.perf_counter()
-    outcomes = fit_all(cfg.dst, data=cfg.data, out=str(run / "models"), use_gpu=cfg.use_gpu)
+    outcomes = fit_all(cfg.dst, data=cfg.data, out=str(run / "models"), use_gpu=cfg.use_gpu,
+                       max_image_pixels=cfg.generate.max_image_pixels)
     print(format_table(outcomes), flush=True)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:

@@ -10,7 +10,6 @@ pixels outside L are always exactly those of S. :func:`stylize_file` is ``dstray
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from torch import Tensor
 
 from dstray.config import PATCH_SIZE, DSTConfig, from_dict, resolve_device
-from dstray.data import encode_png, read_image, read_mask, to_channels
+from dstray.data import DataError, encode_png, read_checkpoint, read_image, read_mask, to_channels
 from dstray.dst.areas import AreaSampler, area_for_seed, crop_window, cut_window, paste_window
 from dstray.dst.figures import render_figure3_row
 from dstray.dst.histmatch import SortedReference, match_area, ring_mean, sort_reference
@@ -70,31 +69,44 @@ class DSTModel:
         return match_area(s, area, self.sorted_reference(), ring)
 
 
-def load_dst(path: str | Path | BinaryIO, device: str | torch.device = "cpu") -> DSTModel:
+REFIT = "re-fit it with `dstray fit-dst --defect-type TYPE --out DIR` (or `fit-dst --all --out MODELS`)"
+
+
+def load_dst(path: str | Path | BinaryIO, device: str | torch.device = "cpu", *, name: str | Path | None = None,
+             refit: str = REFIT) -> DSTModel:
     """Load a checkpoint written by :meth:`DSTFitter.save` (a path or a binary file object).
 
     A checkpoint written before ``area_masks`` was stored gives the model its single reference
-    mask as the shapes of L.
+    mask as the shapes of L. A missing, truncated or foreign file is a ``DataError`` naming it
+    (``name`` for a file object) and saying how to re-fit it (``refit``).
     """
     if isinstance(path, (str, Path)):
+        name = name if name is not None else path
+        if not Path(path).is_file():
+            raise DataError(path, "no dstray DST checkpoint here (not a file)", refit)
         data = Path(path).read_bytes()
     else:
         data = path.read()
-    ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if ckpt.get("format", 1) < CHECKPOINT_FORMAT:
-        raise ValueError(f"{getattr(path, 'name', path)} was fitted by dstray {ckpt.get('dstray_version', '< 0.2')}, "
-                         f"whose TransferNet is not this one's (format {ckpt.get('format', 1)} < {CHECKPOINT_FORMAT}); "
-                         "re-fit it with `dstray fit-dst`")
-    cfg = from_dict(DSTConfig, ckpt["config"])
+    ckpt = read_checkpoint(data, name=name, what="dstray DST checkpoint", refit=refit)
+    if isinstance(ckpt, dict) and ckpt.get("format", 1) < CHECKPOINT_FORMAT:
+        raise DataError(name or "<checkpoint bytes>", f"fitted by dstray {ckpt.get('dstray_version', '< 0.2')}, whose "
+                        f"TransferNet is not this one's (checkpoint format {ckpt.get('format', 1)} < "
+                        f"{CHECKPOINT_FORMAT})", refit)
+    try:
+        cfg = from_dict(DSTConfig, ckpt["config"])
+        net = TransferNet(int(ckpt["in_channels"]), cfg.blend_sigma)
+        net.load_state_dict(ckpt["state_dict"])
+        ref, defect_type, steps = ckpt["reference"], ckpt["defect_type"], int(ckpt["steps"])
+        ref_image, ref_mask, ref_id = ref["image"], ref["mask"], ref["id"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        what = f"no {exc} entry" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:160]
+        raise DataError(name or "<checkpoint bytes>", f"not a dstray DST checkpoint ({what})", refit) from None
     device = resolve_device(str(device))
-    net = TransferNet(int(ckpt["in_channels"]), cfg.blend_sigma)
-    net.load_state_dict(ckpt["state_dict"])
     net.to(device).eval().requires_grad_(False)
-    ref = ckpt["reference"]
-    return DSTModel(net=net, reference_image=ref["image"].to(device), reference_mask=ref["mask"].to(device),
-                    reference_id=ref["id"], config=cfg, defect_type=ckpt["defect_type"],
-                    digest=hashlib.sha256(data).hexdigest()[:16], steps=int(ckpt["steps"]),
-                    area_masks=list(ckpt.get("area_masks") or [ref["mask"]]),
+    return DSTModel(net=net, reference_image=ref_image.to(device), reference_mask=ref_mask.to(device),
+                    reference_id=ref_id, config=cfg, defect_type=defect_type,
+                    digest=hashlib.sha256(data).hexdigest()[:16], steps=steps,
+                    area_masks=list(ckpt.get("area_masks") or [ref_mask]),
                     heldout_losses=dict(ckpt.get("heldout_losses") or {}))
 
 

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dstray import __version__, storage
-from dstray.config import GENERATORS, PATCH_SIZE, AreaConfig, GenerateConfig, from_dict, to_dict
-from dstray.data import DataError, encode_png, load_dataset, read_image, read_mask, to_channels
+from dstray.config import GENERATORS, PATCH_SIZE, AreaConfig, GenerateConfig, field_default, from_dict, to_dict
+from dstray.data import DataError, encode_png, load_dataset, preflight, read_image, read_mask, to_channels
 from dstray.dst.areas import AreaSampler, area_for_seed, bbox
 from dstray.dst.histmatch import match_area, ring_mean, sort_reference
 from dstray.dst.stylize import load_dst, stylize_batch
@@ -253,8 +253,11 @@ def prepare(cfg: GenerateConfig) -> dict:
     """
     if cfg.generator not in GENERATORS:
         raise ValueError(f"--generator must be one of {GENERATORS}; got {cfg.generator!r}")
+    if cfg.num_samples < 1:
+        raise ValueError(f"--num-samples must be at least 1; got {cfg.num_samples}")
     # absolute paths: the actors run in other working directories
     cfg = replace(cfg, data=storage.absolute(cfg.data), models=storage.absolute(cfg.models), out=storage.absolute(cfg.out))
+    storage.require_folder(cfg.out, "--out")
     dataset = load_dataset(cfg.data)
     types = sorted({s.defect_type for s in dataset.references()})
     weights = None
@@ -267,9 +270,9 @@ def prepare(cfg: GenerateConfig) -> dict:
         types = sorted(weights)
     if not types:
         raise ValueError(f"{dataset.root}: no defect type has a reference image; nothing to generate")
+    # the one input check (dstray inspect runs it too): refuses on what would stop the run, warns of rejects
+    preflight(dataset, job="generate", types=types, max_image_pixels=cfg.max_image_pixels, area=cfg.area)
     backgrounds = dataset.backgrounds()
-    if not backgrounds:
-        raise ValueError(f"{dataset.root}: no background (defect-free) images to generate on")
 
     references, area_masks, area_images, ref_ids = {}, {}, {}, {}
     for t in types:
@@ -286,17 +289,21 @@ def prepare(cfg: GenerateConfig) -> dict:
     if cfg.generator == "dst":
         if not cfg.models:
             raise ValueError("--generator dst needs --models DIR (the output of `dstray fit-dst --all`)")
+        storage.require_folder(cfg.models, "--models")
         for t in types:
             path = _model_path(cfg.models, t)
+            refit = f"re-fit it with `dstray fit-dst --all --data {dataset.root} --out {cfg.models}`"
             if not storage.exists(path):
                 raise ValueError(f"no DST model for defect type {t!r} at {path}; "
                                  f"fit it with `dstray fit-dst --all --out {cfg.models}` or leave the type out "
                                  "of --type-weights")
             blob = storage.read_bytes(path)
+            model = load_dst(io.BytesIO(blob), name=path, refit=refit)  # checked here, not in every actor
+            if model.defect_type != t:
+                raise DataError(path, f"holds a DST model of type {model.defect_type!r}, not {t!r}", refit)
             models[t] = blob
             digests[t] = hashlib.sha256(blob).hexdigest()[:16]
-            ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-            ref_ids[t] = ckpt["reference"]["id"]  # the reference the model was fit on
+            ref_ids[t] = model.reference_id  # the reference the model was fit on
 
     plan = plan_samples(num_samples=cfg.num_samples, seed=cfg.seed, defect_types=types,
                         background_ids=[b.id for b in backgrounds], reference_ids=ref_ids,
@@ -306,6 +313,7 @@ def prepare(cfg: GenerateConfig) -> dict:
         "cfg": to_dict(cfg),
         "plan": plan,
         "backgrounds": {b.id: str(b.image) for b in backgrounds},  # paths; the driver swaps in object refs
+        "background_paths": {b.id: str(b.image) for b in backgrounds},  # what reject reasons call them
         "references": references,
         "area_masks": area_masks,
         "area_images": area_images,
@@ -315,9 +323,15 @@ def prepare(cfg: GenerateConfig) -> dict:
     }
 
 
+# fields added after datasets were written: they enter the fingerprint only when set away from their
+# default, so a dataset written before they existed is still recognised (and resumed) as the same one
+_LATER_FIELDS = {"max_image_pixels": field_default(GenerateConfig, "max_image_pixels")}
+
+
 def _fingerprint(cfg: GenerateConfig, digests: dict[str, str], plan_digest: str) -> str:
     """What makes two runs the same dataset (not: where it is written or how fast)."""
-    keep = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "batch_size", "num_actors", "use_gpu")}
+    keep = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "batch_size", "num_actors", "use_gpu")
+            and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
     blob = json.dumps({"cfg": keep, "models": digests, "plan": plan_digest}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -340,9 +354,14 @@ def build_synthesizer(ctx: dict, device: str = "cpu"):
                        area_images=images, first_step=cfg.first_step)
 
 
-def read_background(source: str | bytes) -> torch.Tensor:
-    """A background (C,H,W) from a path or the bytes of its file (PNG/JPEG ...)."""
-    return read_image(io.BytesIO(source) if isinstance(source, bytes) else source)
+def read_background(source: str | bytes, *, name: str | None = None, max_pixels: int | None = None) -> torch.Tensor:
+    """A background (C,H,W) from a path or the bytes of its file (PNG/JPEG ...).
+
+    ``name``: the file's path, for errors about bytes; ``max_pixels``: the size limit (DataError above it).
+    """
+    if isinstance(source, bytes):
+        return read_image(io.BytesIO(source), name=name or "<background bytes>", max_pixels=max_pixels)
+    return read_image(source, max_pixels=max_pixels)
 
 
 def shard_plan(ctx: dict, shard: int, shard_size: int) -> list[dict]:
@@ -350,37 +369,89 @@ def shard_plan(ctx: dict, shard: int, shard_size: int) -> list[dict]:
     return ctx["plan"][shard * shard_size:(shard + 1) * shard_size]
 
 
-def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> tuple[list[dict], list[dict]]:
-    """Generate the samples of ``plan_rows``: ``(rows, rejects)``.
+def _reason(exc: BaseException, background: str) -> str:
+    """A reject's reason: the error's message, naming the background file."""
+    text = str(exc).strip() or type(exc).__name__
+    if not isinstance(exc, (DataError, ValueError, OSError)):  # not an input error: say what kind
+        text = f"{type(exc).__name__}: {text.splitlines()[0]}"
+    return text if background in text else f"background {background}: {text}"
 
-    A sample whose background cannot be read or cannot take the area is a reject (with
-    its reason), never an error.
+
+# Pixels of decoded backgrounds a shard holds at once: make_rows fills and encodes the samples read so far
+# when their backgrounds add up to this, so an actor's memory follows the chunk, not the shard (~17 bytes a
+# pixel while a sample is in flight: background, area, image). A shard of 32 Magnetic Tile samples (~8 MP)
+# is one chunk, as before.
+CHUNK_PIXELS = 16_000_000
+
+
+def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> tuple[list[dict], list[dict]]:
+    """Generate the samples of ``plan_rows``: ``(rows, rejects)``, rows in plan order.
+
+    A sample whose background cannot be read, is over ``max_image_pixels`` or cannot take
+    the area is a reject with its reason (naming the file), never an error; so is a sample
+    whose fill fails. A background is converted to the channel count of its type's reference
+    (the model's) first (:func:`dstray.data.to_channels`). Samples are filled in chunks of at
+    most :data:`CHUNK_PIXELS` background pixels (each image is the same whatever its batch).
     """
-    rejects, ready = [], []
+    limit = ctx["cfg"].get("max_image_pixels")
+    paths = ctx.get("background_paths") or {}  # id -> path, when ctx["backgrounds"] holds bytes
+    rows, rejects, ready = [], [], []
+
+    def reject(p: dict, exc: BaseException) -> None:
+        source = ctx["backgrounds"].get(p["background_id"])
+        name = paths.get(p["background_id"]) or (source if isinstance(source, str) else p["background_id"])
+        rejects.append({k: p[k] for k in ("sample_id", "index", "defect_type", "background_id")}
+                       | {"reason": _reason(exc, name)})
+
+    def flush() -> None:
+        items = [(p["defect_type"], bg, area, warped) for p, bg, area, warped in ready]
+        try:
+            images = synth.fill(items, batch_size)
+        except Exception:  # one bad sample must not take its batch (or the job) down: fill them one by one
+            images = []
+            for (p, *_), item in zip(ready, items):
+                try:
+                    images.append(synth.fill([item], 1)[0])
+                except Exception as exc:
+                    reject(p, exc)
+                    images.append(None)
+        for (p, _, area, _), image in zip(ready, images):
+            if image is not None:
+                rows.append(_row(ctx, synth, p, image, area))
+        ready.clear()
+
+    pixels = 0
     for p in plan_rows:
         try:
-            background = read_background(ctx["backgrounds"][p["background_id"]])
+            source = ctx["backgrounds"][p["background_id"]]
+            background = read_background(source, name=paths.get(p["background_id"]), max_pixels=limit)
+            background = to_channels(background, synth.references[p["defect_type"]].image.shape[0])
             area, warped = synth.sample_area(p["defect_type"], background, p["seed"])
         except (DataError, ValueError, OSError) as exc:
-            rejects.append({k: p[k] for k in ("sample_id", "index", "defect_type", "background_id")}
-                           | {"reason": f"{type(exc).__name__}: {exc}"})
+            reject(p, exc)
             continue
         ready.append((p, background, area, warped))
-    images = synth.fill([(p["defect_type"], bg, area, warped) for p, bg, area, warped in ready], batch_size)
-    rows = []
-    for (p, _, area, _), image in zip(ready, images):
-        ys, xs = torch.nonzero(area[0], as_tuple=True)
-        rows.append({
-            "sample_id": p["sample_id"], "index": p["index"], "defect_type": p["defect_type"],
-            "image": encode_png(image), "mask": encode_png(area),
-            "height": image.shape[1], "width": image.shape[2],
-            "background_id": p["background_id"], "reference_id": p["reference_id"],
-            "generator": synth.generator, "model_digest": ctx["digests"].get(p["defect_type"], ""),
-            "seed": p["seed"],
-            "bbox": [int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1],
-            "area_px": int(area.sum()), "dstray_version": __version__,
-        })
-    return rows, rejects
+        pixels += background.shape[1] * background.shape[2]
+        if pixels >= CHUNK_PIXELS:
+            flush()
+            pixels = 0
+    flush()
+    return rows, sorted(rejects, key=lambda r: r["index"])
+
+
+def _row(ctx: dict, synth, p: dict, image: Tensor, area: Tensor) -> dict:
+    """The Parquet row (:data:`SCHEMA`) of plan row ``p``, its image and its area L."""
+    ys, xs = torch.nonzero(area[0], as_tuple=True)
+    return {
+        "sample_id": p["sample_id"], "index": p["index"], "defect_type": p["defect_type"],
+        "image": encode_png(image), "mask": encode_png(area),
+        "height": image.shape[1], "width": image.shape[2],
+        "background_id": p["background_id"], "reference_id": p["reference_id"],
+        "generator": synth.generator, "model_digest": ctx["digests"].get(p["defect_type"], ""),
+        "seed": p["seed"],
+        "bbox": [int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1],
+        "area_px": int(area.sum()), "dstray_version": __version__,
+    }
 
 
 def write_shard(ctx: dict, synth, shard: int, shard_size: int) -> tuple[int, int]:

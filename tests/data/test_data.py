@@ -53,7 +53,7 @@ def test_embedded_sample(sample_dataset):
     assert len(ref) == 1 and ref[0].id == "images/Crack/exp4_num_88149.jpg" and ref[0].mask.is_file()
     assert sum(s.defect_type == "free" for s in ds.split("test")) == 3
     assert ds.get(ref[0].id) == ref[0]
-    assert validate(ds) == []
+    assert not validate(ds).problems and not validate(ds).warnings
     # the CSV's own path gives the same dataset
     assert load_dataset(sample_root() / "splits.csv").samples == ds.samples
 
@@ -80,7 +80,7 @@ def test_folder_layout(tmp_path, sample_dataset):
     ref = ds.references("fray")[0]
     assert ref.id == "images/Fray/exp2_num_136286.jpg" and ref.mask == root / "masks/Fray/exp2_num_136286.png"
     assert all(s.mask is None and s.defect_type == "free" for s in ds.backgrounds())
-    assert validate(ds) == []
+    assert not validate(ds).problems and not validate(ds).warnings
 
     flat = tmp_path / "Crack"  # flat layout: the type is the folder's name
     (flat / "images").mkdir(parents=True)
@@ -100,7 +100,7 @@ def test_images_only_layout(tmp_path, sample_dataset):
     ds = load_dataset(tmp_path)
     assert ds.layout == "images" and ds.defect_types == [] and len(ds.backgrounds()) == 4
     assert all(s.id.startswith("sub/") and s.mask is None for s in ds.samples)
-    assert validate(ds) == []
+    assert not validate(ds).problems and not validate(ds).warnings
 
 
 def test_structural_errors(tmp_path):
@@ -128,7 +128,8 @@ def test_grayscale_and_rgb(tmp_path, sample_dataset):
     assert torch.equal(t[0], gray[0]) and torch.allclose(t[1], 1 - gray[0], atol=1e-6)
     assert torch.equal(read_image(tmp_path / "rgba.png"), t)  # alpha dropped
     ds = load_dataset(tmp_path)
-    assert validate(ds) == [] and "C=3 (RGB): 2" in format_report(ds, [])
+    found = validate(ds)
+    assert not found.problems and "C=3 (RGB): 2" in format_report(ds, found)
 
 
 def test_read_mask_threshold(tmp_path):
@@ -201,7 +202,7 @@ def test_damaged_copy_all_problems_found(tmp_path, sample_dataset, capsys):
     rows.append((img, mask, "break", "train"))
     write_manifest(tmp_path, rows)
 
-    problems = validate(load_dataset(tmp_path))
+    problems = validate(load_dataset(tmp_path)).problems
     text = [str(p) for p in problems]
     expected = {
         truncated: "truncated",

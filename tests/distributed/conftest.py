@@ -33,6 +33,9 @@ def ray_cluster():
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 4,  # logical CPUs: lets the small test workloads run side by side on 2 cores
         "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+        # a free port for the job agent too: its default (52365) may be held by another Ray on the machine,
+        # and jobs then fail with "No available agent to submit job"
+        "dashboard_agent_listen_port": _free_port(),
     })
     ray.init(address=cluster.address)
     cluster.dashboard_url = f"http://127.0.0.1:{port}"

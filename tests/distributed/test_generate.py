@@ -87,18 +87,39 @@ def test_other_settings_in_same_folder_are_refused(ray_cluster, tmp_path):
 
 
 def test_bad_backgrounds_are_rejected_not_fatal(ray_cluster, tmp_path):
+    """Issue 12: per-sample problems are rejects with their reason; the job finishes and says so."""
+    import numpy as np
+    from PIL import Image
+
+    from dstray.data import read_image
+
     root = tmp_path / "data"
     shutil.copytree(sample_root(), root)
     ds = load_dataset(root)
     bgs = sorted(ds.backgrounds(), key=lambda s: s.id)
     bgs[0].image.write_bytes(bgs[0].image.read_bytes()[:200])  # truncated JPEG
-    summary = _generate(tmp_path / "out", data=str(root), num_samples=len(bgs))  # every background once
-    assert summary["requested"] == summary["written"] + summary["rejected"]
-    assert summary["rejected"] >= 1
-    rejects = pd.read_parquet(tmp_path / "out" / "rejects")
-    assert bgs[0].id in set(rejects["background_id"])
-    assert rejects["reason"].str.len().min() > 0
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rejected"] == summary["rejected"]
+    bgs[1].image.unlink()  # missing
+    bgs[2].image.write_bytes(b"")  # zero bytes
+    Image.new("L", (4, 4), 80).save(bgs[3].image, format="JPEG")  # too small for any area
+    Image.new("L", (700, 700), 80).save(bgs[4].image, format="JPEG")  # over --max-image-pixels 400000
+    gray = (read_image(bgs[5].image)[0].numpy() * 255).astype(np.uint8)
+    Image.fromarray(np.dstack([gray, 255 - gray, gray // 2])).save(bgs[5].image, format="JPEG")  # RGB among gray
+    gray = (read_image(bgs[6].image)[0].numpy() * 255).astype(np.uint8)
+    Image.fromarray(np.dstack([gray] * 3 + [gray])).save(bgs[6].image, format="PNG")  # RGBA (PNG bytes, .jpg name)
+    summary = _generate(tmp_path / "out", data=str(root), num_samples=len(bgs),  # every background once
+                        max_image_pixels=400_000)
+    assert summary["requested"] == summary["written"] + summary["rejected"] == len(bgs)
+    rejects = pd.read_parquet(tmp_path / "out" / "rejects").set_index("background_id")["reason"]
+    expect = {0: "truncated", 1: "file not found", 2: "empty image file (0 bytes)", 3: "4x4",
+              4: "over the size limit of 0.4 MP (--max-image-pixels 400000)"}
+    assert set(rejects.index) == {bgs[i].id for i in expect}
+    for i, text in expect.items():
+        reason = rejects[bgs[i].id]
+        assert text in reason and str(bgs[i].image) in reason, reason  # the file, named (not "<png bytes>")
+    rows = pd.read_parquet(tmp_path / "out" / "data").set_index("background_id")
+    for i in (5, 6):  # converted to the references' channel count (gray), not fatal
+        assert decode_png(rows.loc[bgs[i].id, "image"]).shape[0] == 1
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rejected"] == len(expect)
 
 
 def test_type_weights_choose_and_drop_types(ray_cluster, tmp_path):

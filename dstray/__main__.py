@@ -1,0 +1,7 @@
+"""``python -m dstray ...``: the ``dstray`` command line."""
+
+import sys
+
+from dstray.cli import main
+
+sys.exit(main())
