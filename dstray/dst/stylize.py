@@ -88,10 +88,10 @@ def load_dst(path: str | Path | BinaryIO, device: str | torch.device = "cpu", *,
     else:
         data = path.read()
     ckpt = read_checkpoint(data, name=name, what="dstray DST checkpoint", refit=refit)
-    if isinstance(ckpt, dict) and ckpt.get("format", 1) < CHECKPOINT_FORMAT:
-        raise DataError(name or "<checkpoint bytes>", f"fitted by dstray {ckpt.get('dstray_version', '< 0.2')}, whose "
-                        f"TransferNet is not this one's (checkpoint format {ckpt.get('format', 1)} < "
-                        f"{CHECKPOINT_FORMAT})", refit)
+    if isinstance(ckpt, dict) and {"state_dict", "config"} <= set(ckpt) and ckpt.get("format", 1) < CHECKPOINT_FORMAT:
+        raise DataError(name or "<checkpoint bytes>", f"a dstray DST checkpoint of dstray "
+                        f"{ckpt.get('dstray_version', '< 0.2')}, whose TransferNet is not this one's (checkpoint "
+                        f"format {ckpt.get('format', 1)} < {CHECKPOINT_FORMAT})", refit)
     try:
         cfg = from_dict(DSTConfig, ckpt["config"])
         net = TransferNet(int(ckpt["in_channels"]), cfg.blend_sigma)

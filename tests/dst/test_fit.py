@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dstray.dst.areas import area_for_seed
-from dstray.dst.fit import DSTFitter
+from dstray.dst.fit import DSTFitter, fit_loop
 from dstray.dst.stylize import load_dst
 from tests.helpers import FAST_DST as FAST
 
@@ -88,3 +88,12 @@ def test_rgb_backgrounds_with_a_grey_reference_keep_their_hue(dataset, tmp_path)
         assert (chroma(out["image"]) - chroma(out["histmatch"])).abs().max() < 3, (chroma(out["image"]),
                                                                                    chroma(out["histmatch"]))
         assert chroma(out["histmatch"])[1] < -10  # the tile's tint is kept by the relative first step (B < G)
+
+
+@pytest.mark.parametrize("defect_type", ["break", "crack", "fray", "uneven"])  # blowhole: the `fitted` fixture
+def test_every_type_ends_below_y_prime_on_heldout_backgrounds(dataset, tmp_path, defect_type):
+    cfg = dataclasses.replace(FAST, defect_type=defect_type, heldout_every=10)
+    fitter = DSTFitter(cfg, dataset)
+    fit_loop(fitter)
+    held = fitter.heldout_losses
+    assert held["dst"] < held["yprime"], (defect_type, fitter.heldout_history)
