@@ -112,8 +112,8 @@ class SegConfig:
     lr: float = 1e-3  # Adam learning rate (paper §4: 2e-3, for batch 8 over 120 epochs)
     batch_size: int = 8  # windows per step (paper §4: 8)
     steps: int = 300  # optimiser steps
-    defect_weight: float = 10.0  # cross-entropy weight of defect pixels (background = 1)
-    dice_weight: float = 0.0  # weight of the soft Dice loss of the defect class added to the cross-entropy (0 = off)
+    defect_weight: float = 3.0  # cross-entropy weight of defect pixels (background = 1); chosen on val (README)
+    dice_weight: float = 1.0  # weight of the soft Dice loss of the defect class added to the cross-entropy (0 = off)
     augment: bool = True  # flips, 90-degree rotations, brightness/contrast jitter of each window (seg/data.py)
     synthetic: list[str] = field(default_factory=list)  # generated Parquet datasets to train on
     real_splits: list[str] = field(default_factory=list)  # real splits to train on ("reference", "train")

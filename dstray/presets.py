@@ -4,11 +4,13 @@
   Buttonlab on EfficientNet-Lite0 with its ImageNet weights, 64 px windows, 4 steps).
 - ``cpu``: what a user with 2 CPU cores should start from. Segmentation: the ``SegConfig``
   defaults (Buttonlab on ImageNet EfficientNet-Lite0, 256 px windows at native resolution,
-  batch 8, 300 steps, evaluated on ``val`` every 100; about 15 minutes on 2 cores, README
-  "Segmentation"). The pipeline on the embedded sample in about 20 minutes; experiments on the
+  batch 8, 300 steps, CE weight 3 + soft Dice, evaluated on ``val`` every 100; about 15 minutes
+  on 2 cores, README "Segmentation"). The pipeline on the embedded sample in about 20 minutes; experiments on the
   full Magnetic Tile data a few hours.
 - ``paper``: the paper's settings (§4) for GPU clusters: whole-image DST with 10 epochs over
-  the backgrounds, 2167 generated samples, Buttonlab ResNet-50 (ImageNet), 120 epochs of batch 8.
+  the backgrounds, 2167 generated samples, Buttonlab ResNet-50 (ImageNet), 120 epochs of batch 8
+  at lr 2e-3; the loss, windows and selection on ``val`` are dstray's (the paper's plain
+  cross-entropy is ``--defect-weight 1 --dice-weight 0``).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@
   Padding never carries loss.
 - **Loss** (:func:`seg_loss`): cross-entropy (eq. 7) with defect pixels weighted
   ``cfg.defect_weight``, plus ``cfg.dice_weight`` x the soft Dice loss of the defect class
-  (over the batch, valid pixels only). The default (weight 10, no Dice) was chosen on ``val``
-  (README, "Segmentation").
+  (over the batch, valid pixels only). The default (weight 3 + Dice 1, against weight 10 and
+  no Dice) was chosen on ``val`` (README, "Segmentation").
 - **Selection never sees what is reported.** :func:`train_loop`, the one training loop,
   evaluates every ``eval_every`` steps on ``cfg.eval_split`` (``val``), choosing the threshold
   there (:func:`dstray.seg.evaluate.evaluate`); the trainer keeps the weights and threshold of
