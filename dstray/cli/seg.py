@@ -1,16 +1,18 @@
 """The paper's second half on the command line: ``train-seg`` (Ray Train), ``evaluate`` (no Ray), ``tune`` (Ray Tune).
 
-SegConfig options are generated from the dataclass (``--lr``, ``--crop-size`` ...);
-``--config FILE`` loads a SegConfig JSON first (e.g. ``best_config.json`` written by
-``dstray tune``) and the options given on the command line override it.
+SegConfig options are generated from the dataclass (``--lr``, ``--window`` ...). The base
+config is the ``--preset`` (default ``cpu``: the SegConfig defaults), or ``--config FILE`` (a
+SegConfig JSON, e.g. ``best_config.json`` written by ``dstray tune``); the options given on the
+command line override it.
 
 Examples::
 
-    dstray train-seg --synthetic runs/generated --real-splits train --steps 600 --out runs/seg
+    dstray train-seg --data D --real-splits reference,train --out runs/seg     # the cpu preset
+    dstray train-seg --data D --synthetic runs/generated --real-splits reference --out runs/seg-dst
     dstray train-seg --config runs/tune/best_config.json --num-workers 2 --out runs/seg-best
     dstray evaluate --model runs/seg/model.pt --split test --out runs/seg/eval-test
-    dstray tune --synthetic runs/generated --steps 300 --eval-every 50 --num-samples 16 \\
-        --space lr=1e-4:1e-2,log --space backbone=resnet18,resnet50 --out runs/tune
+    dstray tune --data D --real-splits reference,train --preset smoke --steps 40 --eval-every 10 \\
+        --num-samples 8 --out runs/tune
 """
 
 from __future__ import annotations
@@ -19,30 +21,54 @@ import argparse
 import json
 import math
 
-from dstray.cli.args import add_config_args, add_data, add_ray, config_from_args
-from dstray.config import SegConfig
+from dstray.cli.args import add_config_args, add_data, add_ray, build_config
+from dstray.config import SegConfig, load
 from dstray.distributed.space import SPACE_HELP  # light: no torch, no ray
+from dstray.presets import PRESETS, seg_preset
 
 TRAIN_HELP = "train a segmenter with Ray Train (data parallel, Ray Data ingestion, resumable)"
-EVAL_HELP = "evaluate a segmenter checkpoint on a real split (pixel P/R/F1/IoU, image-level detection)"
-TUNE_HELP = "search segmenter hyper-parameters with Ray Tune (ASHA on pixel F1 of the real test split)"
+EVAL_HELP = ("evaluate a segmenter checkpoint on a real split at its own resolution (pixel P/R/F1/IoU overall, per "
+             "type and macro; image-level detection, false alarms, AUROC)")
+TUNE_HELP = ("search segmenter hyper-parameters with Ray Tune (ASHA on pixel F1 of the real val split; the best "
+             "trial's model is scored once on test)")
+
+
+def seg_config(args) -> SegConfig:
+    """The SegConfig of a command: ``--config FILE`` or ``--preset`` (default cpu), then the options given."""
+    base = load(SegConfig, args.config) if args.config else seg_preset(args.preset)
+    return build_config(SegConfig, args, base=base)
+
+
+def _score(r: dict | None) -> str:
+    if not r:
+        return "not scored"
+    px, im = r["pixel"], r["image"]
+    return (f"F1 {px['f1']:.4f} (P {px['precision']:.4f}, R {px['recall']:.4f}, IoU {px['iou']:.4f}), macro F1 "
+            f"{r['macro']['f1']:.4f}, detection {im['detection_rate']:.3f}, false alarms {im['false_alarm_rate']:.3f}, "
+            f"AUROC {im['auroc']:.3f}")
 
 
 def cmd_train_seg(args) -> int:
     from dstray.distributed.train_seg import train_seg
 
-    result = train_seg(config_from_args(SegConfig, args), out=args.out, num_workers=args.num_workers,
-                       use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, storage_path=args.storage_path,
+    cfg = seg_config(args)
+    result = train_seg(cfg, out=args.out, num_workers=args.num_workers,
+                       use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
+                       threads_per_worker=args.threads_per_worker, storage_path=args.storage_path,
                        name=args.name, max_failures=args.max_failures, address=args.address)
     m = result.metrics
     if result.skipped:
         start = "already done: nothing to do"
     else:
         start = f"resumed from step {result.resumed_from}" if result.resumed_from else "from scratch"
-    print(f"trained {result.steps} steps ({start}) in {result.seconds:.1f} s: loss {m.get('loss', math.nan):.4f}, "
-          f"F1 {m.get('f1', math.nan):.4f}, P {m.get('precision', math.nan):.4f}, R {m.get('recall', math.nan):.4f}, "
-          f"IoU {m.get('iou', math.nan):.4f}")
-    print(f"wrote {result.model}\nwrote {result.history}\nwrote {result.eval_dir}/eval.{{json,csv,png}}")
+    print(f"trained {result.steps} steps ({start}) in {result.seconds:.1f} s; last loss {m.get('loss', math.nan):.4f}")
+    threshold = (result.val or {}).get("threshold", math.nan)
+    print(f"selected on {cfg.eval_split}: step {m.get('best_step', '?')}, threshold {threshold:.3f}; "
+          f"{cfg.eval_split}: {_score(result.val)}")
+    if cfg.test_split:
+        print(f"{cfg.test_split} (scored once, at that threshold): {_score(result.test)}")
+    folders = "/, ".join(k for k, split in (("val", cfg.eval_split), ("test", cfg.test_split)) if split)
+    print(f"wrote {result.model}\nwrote {result.history}\nwrote {args.out}/{{{folders}/}}eval.{{json,csv,png}}")
     return 0
 
 
@@ -63,24 +89,28 @@ def cmd_tune(args) -> int:
     from dstray.distributed.tune_seg import tune_seg
 
     space = parse_space(args.space, defaults=not args.no_default_space)
-    result = tune_seg(config_from_args(SegConfig, args), out=args.out, space=space, num_samples=args.num_samples,
+    result = tune_seg(seg_config(args), out=args.out, space=space, num_samples=args.num_samples,
                       max_concurrent=args.max_concurrent, grace_period=args.grace_period,
                       reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
                       gpus_per_trial=args.gpus_per_trial, use_gpu=args.use_gpu, storage_path=args.storage_path,
                       name=args.name, max_failures=args.max_failures, search_seed=args.search_seed,
                       address=args.address)
     print(open(result.table_md).read())
-    print(f"best trial {result.best['trial']}: F1 {result.best['best_f1']:.4f} at step {result.best['best_step']}; "
-          f"config {json.dumps({k: result.best[k] for k in space})}")
-    for p in (result.table_csv, result.table_md, result.best_config, result.plot):
+    print(f"best trial {result.best['trial']}: val F1 {result.best['best_f1']:.4f} at step "
+          f"{result.best['best_step']}; config {json.dumps({k: result.best[k] for k in space})}")
+    print(f"its model on test (scored once): {_score(result.test)}")
+    for p in (result.table_csv, result.table_md, result.best_config, result.best_model, result.plot):
         print(f"wrote {p}")
     print(f"train it: dstray train-seg --config {result.best_config} --out OUT")
     return 0
 
 
 def _run_options(s: argparse.ArgumentParser, *, default_name: str) -> None:
-    """What train-seg and tune share: the config file, the output, the run name."""
-    s.add_argument("--config", default=None, help="SegConfig JSON to start from (CLI options override it)")
+    """What train-seg and tune share: the preset or config file, the output, the run name."""
+    s.add_argument("--preset", default="cpu", choices=PRESETS,
+                   help="size preset the options start from (default: cpu, the SegConfig defaults)")
+    s.add_argument("--config", default=None, help="SegConfig JSON to start from instead of --preset "
+                   "(CLI options override it)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--name", default=default_name,
                    help=f"run name under the storage path; the same name resumes (default: {default_name})")
@@ -88,11 +118,15 @@ def _run_options(s: argparse.ArgumentParser, *, default_name: str) -> None:
 
 def register(sub) -> None:
     """Add ``train-seg``, ``evaluate`` and ``tune`` to the ``dstray`` subparsers."""
-    s = sub.add_parser("train-seg", help=TRAIN_HELP, description=TRAIN_HELP + ". Writes OUT/model.pt, "
-                       "OUT/history.jsonl and OUT/eval/eval.{json,csv,png}. --batch-size is per worker. "
+    s = sub.add_parser("train-seg", help=TRAIN_HELP, description=TRAIN_HELP + ". Evaluates on --eval-split (val) "
+                       "every --eval-every steps, choosing the threshold there, and keeps the best model; scores it "
+                       "once on --test-split. Writes OUT/model.pt (selected model + threshold), OUT/state.pt, "
+                       "OUT/history.jsonl, OUT/val/ and OUT/test/eval.{json,csv,png}. --batch-size is per worker. "
                        "--device is ignored: Ray places the workers (--use-gpu).")
     _run_options(s, default_name="train-seg")
     s.add_argument("--num-workers", type=int, default=1, help="data-parallel Train workers (DDP when > 1)")
+    s.add_argument("--threads-per-worker", type=int, default=0,
+                   help="torch CPU threads per worker (default 0: the node's cores shared among its workers)")
     add_ray(s, storage=True, workers=True, max_failures=2, restarts="worker-group restarts from the last checkpoint")
     add_config_args(s, SegConfig)
     s.set_defaults(func=cmd_train_seg)
@@ -100,15 +134,17 @@ def register(sub) -> None:
     s = sub.add_parser("evaluate", help=EVAL_HELP, description=EVAL_HELP + " (no Ray).")
     s.add_argument("--model", required=True, help="checkpoint (model.pt of train-seg)")
     add_data(s, help="dataset folder or manifest CSV (default: the model's, else the embedded sample)")
-    s.add_argument("--split", default=None, help="real split to evaluate (default: the model's eval_split, 'test')")
+    s.add_argument("--split", default=None, help="real split to evaluate (default: the model's test_split, 'test')")
     s.add_argument("--out", required=True, help="output folder for eval.{json,csv,png}")
-    s.add_argument("--threshold", type=float, default=None, help="defect probability threshold (default: the model's)")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="defect probability threshold (default: the model's, chosen on its val split)")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("tune", help=TUNE_HELP, description=TUNE_HELP + ". Writes OUT/results.{csv,md} "
-                       "(one row per trial), OUT/best_config.json (for train-seg --config) and "
-                       "OUT/f1_per_trial.png. The SegConfig options set the base config of every trial.")
+                       "(one row per trial, the best one's test score), OUT/best_config.json (for train-seg "
+                       "--config), OUT/best/ (the best trial's model.pt, val/ and test/eval.*) and "
+                       "OUT/f1_per_trial.png. The preset and SegConfig options set the base config of every trial.")
     _run_options(s, default_name="tune-seg")
     add_ray(s, storage=True, max_failures=1, restarts="restarts of a failed trial from its checkpoint")
     s.add_argument("--space", action="append", default=[], metavar="KEY=SPEC", help=SPACE_HELP)

@@ -11,8 +11,8 @@ Run folder::
     RUN/pipeline.json       config, versions, stage timings
     RUN/models/<type>/      DST checkpoints (model.pt, fit.json)      <- Ray Train
     RUN/generated/          Parquet dataset (data/, rejects/, summary) <- Ray Data
-    RUN/seg/                segmenter checkpoint, history.jsonl
-    RUN/eval/               eval.json / eval.csv / eval.png (real test split)
+    RUN/seg/                segmenter (model.pt: selected on val, with its threshold), history.jsonl, val/, test/
+    RUN/eval/               eval.json / eval.csv / eval.png (real test split, the model's threshold)
     RUN/report/index.html   the visual report
 """
 
@@ -137,22 +137,24 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
     stage.finish()
     record("train", t0, state)
 
-    # [4] Evaluate on the real test split.
+    # [4] Evaluate on the real test split (selection used val only), at the threshold chosen on val.
     t0 = time.perf_counter()
     ckpt = stage.dir / "model.pt"
-    eval_stage = _Stage(run, "eval", _key(hashlib.sha256(ckpt.read_bytes()).hexdigest(), seg_cfg.eval_split))
+    test_split = seg_cfg.test_split or "test"
+    eval_stage = _Stage(run, "eval", _key(hashlib.sha256(ckpt.read_bytes()).hexdigest(), test_split))
     state = eval_stage.begin()
     if state != "done":
-        evaluate_checkpoint(ckpt, out=eval_stage.dir, split=seg_cfg.eval_split, device="cpu")
+        evaluate_checkpoint(ckpt, out=eval_stage.dir, split=test_split, device="cpu")
     eval_stage.finish()
-    pixel = json.loads((eval_stage.dir / "eval.json").read_text())["pixel"]
-    record("evaluate", t0, state, f1=pixel["f1"])
+    scores = json.loads((eval_stage.dir / "eval.json").read_text())
+    pixel = scores["pixel"]
+    record("evaluate", t0, state, f1=pixel["f1"], macro_f1=(scores.get("macro") or {}).get("f1"))
 
     # [5] The visual report.
     t0 = time.perf_counter()
     record("report", t0, "new", path=str(run / "report" / "index.html"))  # before writing: the report shows it
     html = write_report(run)
-    print(f"pixel F1 on the real {seg_cfg.eval_split} split: {pixel['f1']:.4f}  "
+    print(f"pixel F1 on the real {test_split} split: {pixel['f1']:.4f}  "
           f"(precision {pixel['precision']:.4f}, recall {pixel['recall']:.4f})", flush=True)
     print(f"report: {html}", flush=True)
     return info

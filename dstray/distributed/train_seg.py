@@ -3,28 +3,31 @@
 ``train_seg`` (``dstray train-seg``) runs :func:`dstray.seg.train.train_loop` on a
 ``TorchTrainer`` with ``num_workers`` workers (one GPU each when the cluster has GPUs):
 
-1. The driver checks the inputs (:func:`dstray.seg.train.check_inputs`), then reads the
-   generated Parquet datasets with ``ray.data.read_parquet`` and maps them through
-   :func:`letterbox_batch` (PNG decode + letterbox, in Ray Data tasks, streaming alongside
-   training).
+1. The driver checks the inputs (:func:`dstray.seg.train.check_inputs`: splits, weights, sizes),
+   then reads the generated Parquet datasets with ``ray.data.read_parquet`` (the ``image`` and
+   ``mask`` PNG columns, streamed alongside training).
 2. The dataset goes to the trainer as ``datasets={"synthetic": ds}``; Ray Train splits it
    across workers. Each worker wraps its split in a :class:`ShardSource`, which has
    :class:`dstray.seg.data.SegSource`'s contract and its batch-mixing rule
-   (:func:`dstray.seg.data.synthetic_count`, :func:`dstray.seg.data.mixed_batch`): the synthetic
-   items of a batch come from the shard's ``iter_torch_batches`` (epoch after epoch, locally
-   shuffled), the rest are real samples drawn with the trainer's generator.
-   ``batch_size`` is per worker: the global batch is ``batch_size * num_workers``.
+   (:func:`dstray.seg.data.synthetic_count`, :func:`dstray.seg.data.mixed_batch`: windows at the
+   images' own resolution): the synthetic items of a batch come from the shard (epoch after
+   epoch, locally shuffled, decoded with :func:`dstray.seg.data.row_item`), the rest are real
+   samples drawn with the trainer's generator. ``batch_size`` is per worker: the global batch
+   is ``batch_size * num_workers``.
 3. With more than one worker the model is wrapped by ``ray.train.torch.prepare_model``
    (DDP); checkpoints always hold the bare module (``load_segmenter`` reads them).
-4. Every ``eval_every`` steps rank 0 evaluates on the real ``eval_split`` and reports the
-   history row (``f1, precision, recall, iou, loss, ...``) with a checkpoint (``model.pt``,
-   the eval files, ``history.jsonl``); the other ranks report metrics only (``report`` is a
-   barrier).
+4. Every ``eval_every`` steps rank 0 evaluates on ``eval_split`` (``val``: threshold chosen
+   there), keeps the best model (:meth:`dstray.seg.train.SegTrainer.select`) and reports the
+   history row (``f1, precision, recall, iou, macro_f1, threshold, ...``) with a checkpoint
+   (``state.pt``, ``model.pt`` = the selected model, ``history.jsonl``); the other ranks
+   report metrics only (``report`` is a barrier).
 5. Resumable: a stable ``RunConfig(name, storage_path)``; running the same command again
    (or with more ``--steps``) continues from the latest checkpoint, and
    ``FailureConfig(max_failures)`` restarts a lost worker group from it.
 
-At the end ``out/model.pt``, ``out/history.jsonl`` and ``out/eval/eval.{json,csv,png}``.
+At the end the driver copies the last checkpoint to ``out/`` (``model.pt``, ``state.pt``,
+``history.jsonl``) and scores the selected model once (:func:`dstray.seg.train.finish`):
+``out/val/eval.{json,csv,png}`` and ``out/test/eval.{json,csv,png}``.
 """
 
 from __future__ import annotations
@@ -32,13 +35,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import pyarrow.fs as pafs
 import ray
 import ray.train
@@ -49,67 +53,56 @@ from ray.train.torch import TorchTrainer
 
 from dstray import storage
 from dstray.config import SegConfig, changed_fields, check_resumable, from_dict, to_dict
-from dstray.data import decode_png, load_dataset, read_image
+from dstray.data import decode_png, read_image
 from dstray.distributed.runtime import init_ray, ray_storage_path, resolve_use_gpu
 from dstray.seeds import derive_seed
-from dstray.seg.data import augmentation, mixed_batch, prepare_row, prepare_sample, real_samples, synthetic_count
+from dstray.seg.data import mixed_batch, read_item, real_samples, row_item, synthetic_count
 from dstray.seg.evaluate import evaluate
-from dstray.seg.train import (HISTORY, SegTrainer, check_inputs, load_checkpoint, read_history, save_checkpoint,
-                              synthetic_per_batch, train_loop)
+from dstray.seg.train import (CHECKPOINT, HISTORY, STATE, SegTrainer, check_inputs, eval_samples, finish,
+                              load_checkpoint, read_history, save_checkpoint, synthetic_per_batch, train_loop)
 
 log = logging.getLogger("dstray")
 
 SYNTHETIC = "synthetic"  # name of the Ray Data dataset handed to the trainer
 PROGRESS = "progress.json"  # checkpoint file: synthetic epochs started, step the attempt started from
+PROGRESS_EVERY = 20  # steps between progress lines of rank 0
 RUN_CONFIG = "dstray-config.json"  # the SegConfig of a run, next to Ray's files (resume check)
 RESUME_HINT = ("give another --name (or --storage-path) to start a new run, or the same settings to continue it")
 
 
 # --------------------------------------------------------------------------- Ray Data -> SegTrainer
-def letterbox_batch(batch: dict[str, np.ndarray], size: int, channels: int) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` function: PNG rows -> letterboxed arrays (:func:`dstray.seg.data.prepare_row`).
-
-    In: ``image``, ``mask`` (PNG bytes). Out: ``image`` float32 (B,C,S,S), ``mask`` and ``valid`` uint8 (B,1,S,S).
-    """
-    items = [prepare_row(image_png, mask_png, size, channels) for image_png, mask_png in zip(batch["image"],
-                                                                                           batch["mask"])]
-    return {"image": np.stack([it["image"].numpy() for it in items]),
-            "mask": np.stack([it["mask"].numpy().astype(np.uint8) for it in items]),
-            "valid": np.stack([it["valid"].numpy().astype(np.uint8) for it in items])}
-
-
 class ShardSource:
     """``SegSource``'s contract fed by a Ray Data shard: what :class:`SegTrainer` draws its batches from.
 
-    Synthetic items come in order from ``shard`` (already letterboxed by :func:`letterbox_batch`),
-    one epoch after another, each epoch locally shuffled with ``derive_seed(cfg.seed,
-    "seg-shuffle", rank, epoch)``; real items are drawn with replacement with the trainer's
-    generator. The mix and the augmentation are ``SegSource``'s (:func:`dstray.seg.data.mixed_batch`).
-    ``epoch`` counts started epochs (saved in checkpoints so that a resumed run reshuffles).
+    Synthetic items come in order from ``shard`` (rows with PNG ``image`` and ``mask``), one
+    epoch after another, each epoch locally shuffled with ``derive_seed(cfg.seed, "seg-shuffle",
+    rank, epoch)``, and are decoded like ``SegSource``'s (:func:`dstray.seg.data.row_item`); real
+    items are drawn with replacement with the trainer's generator. The mix, the windows and the
+    augmentation are ``SegSource``'s (:func:`dstray.seg.data.mixed_batch`). ``epoch`` counts
+    started epochs (saved in checkpoints so that a resumed run reshuffles).
     """
 
     def __init__(self, cfg: SegConfig, shard: Any | None, real: list, channels: int, *, rank: int = 0,
                  epoch: int = 0) -> None:
         self.cfg, self.shard, self.channels, self.rank, self.epoch = cfg, shard, channels, rank, epoch
-        self.real = [prepare_sample(s, cfg.image_size, channels) for s in real]
+        self.real = [read_item(s, channels) for s in real]
         if not self.real and shard is None:
             raise ValueError("ShardSource has no training data: no real samples and no synthetic shard")
         self.n_syn = synthetic_count(cfg.batch_size, cfg.synthetic_fraction, real=bool(self.real),
                                      synthetic=shard is not None)
-        self.transform = augmentation(cfg.image_size) if cfg.augment else None
         self._stream: Iterator[dict] | None = None
 
     def _items(self) -> Iterator[dict]:
         while True:
             seen = 0
-            batches = self.shard.iter_torch_batches(
-                batch_size=self.n_syn, device="cpu", local_shuffle_buffer_size=max(32, 8 * self.n_syn),
+            batches = self.shard.iter_batches(
+                batch_size=max(1, self.n_syn), batch_format="numpy", local_shuffle_buffer_size=max(32, 8 * self.n_syn),
                 local_shuffle_seed=derive_seed(self.cfg.seed, "seg-shuffle", self.rank, self.epoch))
             self.epoch += 1
             for b in batches:
-                for i in range(len(b["image"])):
+                for image_png, mask_png in zip(b["image"], b["mask"]):
                     seen += 1
-                    yield {"image": b["image"][i], "mask": b["mask"][i].float(), "valid": b["valid"][i].float()}
+                    yield row_item(image_png, mask_png, self.channels)
             if seen == 0:
                 raise ValueError("this worker's share of the synthetic dataset is empty: generate more samples "
                                  "or use fewer --num-workers")
@@ -121,21 +114,30 @@ class ShardSource:
             self._stream = None
 
     def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """``{"image": (B,C,S,S), "mask": (B,1,S,S), "valid": (B,1,S,S)}``; see the class docstring."""
+        """:func:`dstray.seg.data.mixed_batch` of the next synthetic items and real ones; see the class docstring."""
         n_syn = synthetic_count(batch_size, self.cfg.synthetic_fraction, real=bool(self.real),
                                 synthetic=self.shard is not None)
         if n_syn and self._stream is None:
             self._stream = self._items()
-        return mixed_batch([next(self._stream) for _ in range(n_syn)], self.real, batch_size, generator,
-                           self.transform)
+        return mixed_batch([next(self._stream) for _ in range(n_syn)], self.real, batch_size, generator, self.cfg)
 
 
 # --------------------------------------------------------------------------- Ray Train worker loop
+def _say(line: str) -> None:
+    """A progress line on the worker's stdout (Ray shows it on the driver). Not ``print``: Ray Train patches
+    ``print`` to also log the line, and both reach the driver."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def seg_train_loop(config: dict) -> None:
     """Ray Train worker loop (runs on every worker). ``config``: plain dicts only (see :func:`train_seg`)."""
     cfg = from_dict(SegConfig, config["seg"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    # Ray caps a worker at as many threads as its logical CPUs (1 by default); torch's CPU kernels scale
+    # with cores: by default share the node's cores among the workers on it
+    torch.set_num_threads(config.get("threads") or max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     device = ray.train.torch.get_device()
     # [3] this worker's share of the synthetic dataset (Ray Data streams it while we train)
     shard = ray.train.get_dataset_shard(SYNTHETIC) if config["use_synthetic"] else None
@@ -148,27 +150,42 @@ def seg_train_loop(config: dict) -> None:
             history = load_checkpoint(d, trainer)
             source.epoch = json.loads((Path(d) / PROGRESS).read_text())["epoch"]
         if rank == 0:
-            print(f"[train-seg] resumed from step {trainer.steps}", flush=True)
+            _say(f"[train-seg] resumed from step {trainer.steps}")
     started_from = trainer.steps
     if rank > 0:  # every worker draws its own real samples and crops
         trainer.generator.manual_seed(derive_seed(cfg.seed, "seg-rank", rank, trainer.steps))
     trainer.model = ray.train.torch.prepare_model(trainer.model)  # [5] DDP when world > 1
-    eval_samples = load_dataset(cfg.data).split(cfg.eval_split) if rank == 0 else []
+    samples = eval_samples(cfg) if rank == 0 else []
+    clock = {"t": time.perf_counter(), "losses": []}  # progress lines: time and losses since the last one
 
     def on_eval(row: dict, result: dict | None) -> None:
         if result is None:  # rank > 0: metrics only ([6] report is a barrier)
             ray.train.report(row)
             return
         history.append(row)
-        with tempfile.TemporaryDirectory() as d:  # [6] rank 0: metrics + checkpoint (model, eval, history)
-            save_checkpoint(d, trainer, history, result)
+        _say(f"[train-seg] step {row['step']}/{cfg.steps}: {cfg.eval_split} F1 {row['f1']:.4f} (macro "
+             f"{row['macro_f1']:.4f}) at threshold {row['threshold']:.3f}, {row['eval_seconds']:.0f} s; best "
+             f"{row['best_f1']:.4f} at step {row['best_step']}")
+        with tempfile.TemporaryDirectory() as d:  # [6] rank 0: metrics + checkpoint (state, selected model, history)
+            save_checkpoint(d, trainer, history)
             # the synthetic epoch count is the same on every rank (equal shares, same draws per step)
             (Path(d) / PROGRESS).write_text(json.dumps({"epoch": source.epoch, "started_from": started_from}))
             ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
+        clock.update(t=time.perf_counter(), losses=[])  # the next progress line times training only
 
-    evaluator = (lambda: evaluate(trainer.module, eval_samples, cfg, device)) if rank == 0 else None
+    evaluator = (lambda: evaluate(trainer.module, samples, threshold=cfg.threshold, device=device)) if rank == 0 \
+        else None
+
+    def on_step(log: dict) -> None:  # rank 0: a progress line every PROGRESS_EVERY steps
+        clock["losses"].append(log["loss"])
+        if rank == 0 and log["step"] % PROGRESS_EVERY == 0:
+            now = time.perf_counter()
+            _say(f"[train-seg] step {log['step']}/{cfg.steps}: loss {sum(clock['losses']) / len(clock['losses']):.4f}, "
+                 f"{(now - clock['t']) / len(clock['losses']):.2f} s/step")
+            clock.update(t=now, losses=[])
+
     train_loop(trainer, steps=cfg.steps, eval_every=cfg.eval_every, evaluator=evaluator, on_eval=on_eval,
-               num_workers=world)
+               on_step=on_step, num_workers=world)
     source.close()
 
 
@@ -177,14 +194,28 @@ def seg_train_loop(config: dict) -> None:
 class TrainSegResult:
     """What ``train_seg`` returns (and ``dstray train-seg`` prints)."""
 
-    model: str  # out/model.pt
+    model: str  # out/model.pt: the selected model (best val F1) and its threshold
     history: str  # out/history.jsonl
-    eval_dir: str  # out/eval
     steps: int
-    metrics: dict  # the last evaluation row
+    metrics: dict  # the last evaluation row (on eval_split)
+    val: dict  # scores of the selected model on eval_split at its threshold (out/val/eval.json)
+    test: dict | None  # the same on test_split, scored once at the end (out/test/eval.json); None without one
     resumed_from: int  # step of the checkpoint the last attempt started from (0: from scratch)
     seconds: float
-    skipped: bool = False  # out/model.pt already had these settings and >= steps: nothing was run
+    skipped: bool = False  # out/ already had a finished run with these settings and >= steps: nothing was run
+
+
+def score_run(out: str, device: str = "cpu") -> dict:
+    """:func:`dstray.seg.train.finish` on the run folder ``out`` (a local path or URI): ``val/`` and ``test/`` files."""
+    if "://" not in out:
+        return finish(out, device)
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, CHECKPOINT).write_bytes(storage.read_bytes(storage.join(out, CHECKPOINT)))
+        result = finish(d, device)
+        for sub in ("val", "test"):
+            for f in sorted(Path(d, sub).glob("*")) if Path(d, sub).is_dir() else []:
+                storage.write_bytes(storage.join(out, sub, f.name), f.read_bytes())
+    return result
 
 
 def _channels(cfg: SegConfig, real: list, ds) -> int:
@@ -218,23 +249,30 @@ def _check_run_config(run_dir: str, cfg: SegConfig) -> int:
 
 def _finished(cfg: SegConfig, out: str) -> TrainSegResult | None:
     """The result of an earlier run into ``out`` with the same settings and at least ``cfg.steps`` steps, if any."""
-    paths = [storage.join(out, name) for name in ("model.pt", HISTORY, "eval/eval.json")]
+    scored = [f"{key}/eval.json" for key, split in (("val", cfg.eval_split), ("test", cfg.test_split)) if split]
+    paths = [storage.join(out, name) for name in (CHECKPOINT, STATE, HISTORY, *scored)]
     if not all(storage.exists(p) for p in paths):
         return None
-    ckpt = torch.load(io.BytesIO(storage.read_bytes(paths[0])), map_location="cpu", weights_only=True)
-    if changed_fields(ckpt["config"], cfg) or ckpt["steps"] < cfg.steps:
+    state = torch.load(io.BytesIO(storage.read_bytes(paths[1])), map_location="cpu", weights_only=True)
+    if changed_fields(state["config"], cfg) or state["steps"] < cfg.steps:
         return None
-    rows = read_history(paths[1])
+    rows = read_history(paths[2])
     log.info("%s already holds a model trained %d steps with these settings (>= --steps %d): nothing to do",
-             out, ckpt["steps"], cfg.steps)
-    return TrainSegResult(model=paths[0], history=paths[1], eval_dir=storage.join(out, "eval"), steps=ckpt["steps"],
-                          metrics=rows[-1] if rows else {}, resumed_from=ckpt["steps"], seconds=0.0, skipped=True)
+             out, state["steps"], cfg.steps)
+    scores = {key: json.loads(storage.read_bytes(storage.join(out, f"{key}/eval.json"))) if split else None
+              for key, split in (("val", cfg.eval_split), ("test", cfg.test_split))}
+    return TrainSegResult(model=paths[0], history=paths[2], steps=state["steps"], metrics=rows[-1] if rows else {},
+                          val=scores["val"], test=scores["test"], resumed_from=state["steps"], seconds=0.0,
+                          skipped=True)
 
 
 def train_seg(cfg: SegConfig, *, out: str, num_workers: int = 1, use_gpu: str = "auto", cpus_per_worker: float = 1.0,
-              storage_path: str | None = None, name: str = "train-seg", max_failures: int = 2,
-              address: str | None = None) -> TrainSegResult:
-    """Train one segmenter with Ray Train (see the module docstring); resumes a run of the same name."""
+              threads_per_worker: int = 0, storage_path: str | None = None, name: str = "train-seg",
+              max_failures: int = 2, address: str | None = None) -> TrainSegResult:
+    """Train one segmenter with Ray Train (see the module docstring); resumes a run of the same name.
+
+    ``threads_per_worker``: torch CPU threads of each worker; 0 = the node's cores shared among its workers.
+    """
     if num_workers < 1:
         raise ValueError(f"--num-workers must be >= 1; got {num_workers}")
     cfg = check_inputs(cfg)
@@ -250,16 +288,16 @@ def train_seg(cfg: SegConfig, *, out: str, num_workers: int = 1, use_gpu: str = 
     datasets, use_synthetic = {}, synthetic_per_batch(cfg) > 0
     if cfg.synthetic and not use_synthetic:
         log.warning("round(synthetic_fraction * batch_size) = 0: the synthetic datasets are not used")
-    # [2] Ray Data: the generated Parquet rows, PNG-decoded and letterboxed in Ray Data tasks, streamed to the workers
+    # [2] Ray Data: the generated Parquet rows (PNG image and mask), streamed to the workers while they train
     ds = ray.data.read_parquet(cfg.synthetic).select_columns(["image", "mask"]) if use_synthetic else None
     channels = _channels(cfg, real, ds)
     if ds is not None:
-        datasets[SYNTHETIC] = ds.map_batches(letterbox_batch, fn_kwargs={"size": cfg.image_size, "channels": channels},
-                                             batch_size=16)
+        datasets[SYNTHETIC] = ds
     t0 = time.perf_counter()
     trainer = TorchTrainer(
         seg_train_loop,
-        train_loop_config={"seg": to_dict(cfg), "channels": channels, "use_synthetic": use_synthetic},
+        train_loop_config={"seg": to_dict(cfg), "channels": channels, "use_synthetic": use_synthetic,
+                           "threads": threads_per_worker},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}),
         datasets=datasets,  # [3] split across the workers (equal shares)
@@ -275,14 +313,16 @@ def train_seg(cfg: SegConfig, *, out: str, num_workers: int = 1, use_gpu: str = 
     result = trainer.fit()  # [7] blocks until done; raises TrainingFailedError after max_failures
     if result.checkpoint is None:
         raise RuntimeError(f"the run {storage.join(storage_path, name)} produced no checkpoint")
-    with result.checkpoint.as_directory() as d:
+    with result.checkpoint.as_directory() as d:  # [8] the last checkpoint: its state and the selected model
         d = Path(d)
         progress = json.loads((d / PROGRESS).read_text())
-        steps = int(torch.load(d / "model.pt", map_location="cpu", weights_only=True)["steps"])
-        for name_in_ckpt, target in (("model.pt", "model.pt"), (HISTORY, HISTORY), ("eval.json", "eval/eval.json"),
-                                     ("eval.csv", "eval/eval.csv"), ("eval.png", "eval/eval.png")):
-            storage.write_bytes(storage.join(out, target), (d / name_in_ckpt).read_bytes())
+        steps = int(torch.load(d / STATE, map_location="cpu", weights_only=True)["steps"])
+        for name_in_ckpt in (CHECKPOINT, STATE, HISTORY):
+            storage.write_bytes(storage.join(out, name_in_ckpt), (d / name_in_ckpt).read_bytes())
+    if threads_per_worker:  # the driver scores on its CPU with the workers' thread count
+        torch.set_num_threads(threads_per_worker)
+    scores = score_run(out)  # the selected model, once on val and test
     history = read_history(storage.join(out, HISTORY))
-    return TrainSegResult(model=storage.join(out, "model.pt"), history=storage.join(out, HISTORY),
-                          eval_dir=storage.join(out, "eval"), steps=steps, metrics=history[-1] if history else {},
+    return TrainSegResult(model=storage.join(out, CHECKPOINT), history=storage.join(out, HISTORY), steps=steps,
+                          metrics=history[-1] if history else {}, val=scores["val"], test=scores["test"],
                           resumed_from=int(progress.get("started_from", 0)), seconds=time.perf_counter() - t0)

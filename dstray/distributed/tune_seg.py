@@ -3,9 +3,15 @@
 Each trial is a plain function trainable (:func:`seg_trial`) that runs
 :func:`dstray.seg.train.train_loop` in the trial's process (Train inside Tune leaks resources
 without the dashboard, see ``shared/notes/ray-2.60.md``), one report per evaluation (ASHA's
-time unit) with a checkpoint (``model.pt`` and ``history.jsonl``: trials resume from it; an
-interrupted search resumes with ``Tuner.restore``). ASHA stops trials on pixel F1 of the
-real test split. The search space syntax is :mod:`dstray.distributed.space`'s.
+time unit) with a checkpoint (``state.pt``, ``model.pt`` = the trial's selected model,
+``history.jsonl``: trials resume from it; an interrupted search resumes with ``Tuner.restore``).
+
+**Selection never sees what is reported.** The objective is the pixel F1 on ``eval_split``
+(``val``) at the trial's best threshold, chosen there: ASHA stops trials on it and the best
+trial is the one with the highest F1 over its evaluations. Only that trial's selected model is
+then scored, once, on ``test_split`` (``test``): it is copied to ``OUT/best/`` with
+``val/`` and ``test/`` evaluation files, and its test score is in the results table.
+The search space syntax is :mod:`dstray.distributed.space`'s.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -28,13 +35,14 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from dstray.config import SegConfig, from_dict, save, to_dict
-from dstray.data import load_dataset
 from dstray.distributed.runtime import die_once_at, init_ray, ray_storage_path, resolve_use_gpu
-from dstray.distributed.space import DEFAULT_SPACE, parse_space, to_domain
+from dstray.distributed.space import DEFAULT_SPACE, check_space, parse_space, to_domain
+from dstray.distributed.train_seg import score_run
 from dstray.report.tables import markdown_table
 from dstray.seg.data import SegSource
 from dstray.seg.evaluate import evaluate
-from dstray.seg.train import SegTrainer, check_inputs, load_checkpoint, save_checkpoint, train_loop
+from dstray.seg.train import (CHECKPOINT, HISTORY, STATE, SegTrainer, check_inputs, eval_samples, load_checkpoint,
+                              save_checkpoint, train_loop)
 
 log = logging.getLogger("dstray")
 
@@ -54,7 +62,7 @@ def seg_trial(config: dict, base: dict, fault: dict | None = None) -> None:
     if checkpoint:
         with checkpoint.as_directory() as d:
             history = load_checkpoint(d, trainer)
-    eval_samples = load_dataset(cfg.data).split(cfg.eval_split)
+    samples = eval_samples(cfg)
     die = die_once_at(fault["step"], fault["marker"]) if fault else None  # simulates a lost trial process
 
     def on_eval(row: dict, result: dict) -> None:
@@ -64,7 +72,8 @@ def seg_trial(config: dict, base: dict, fault: dict | None = None) -> None:
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
     train_loop(trainer, steps=cfg.steps, eval_every=cfg.eval_every,
-               evaluator=lambda: evaluate(trainer.model, eval_samples, cfg, device), on_eval=on_eval,
+               evaluator=lambda: evaluate(trainer.model, samples, threshold=cfg.threshold, device=device),
+               on_eval=on_eval,
                on_step=(lambda log: die(log["step"])) if die else None)
 
 
@@ -75,13 +84,16 @@ class TuneSegResult:
     table_csv: str
     table_md: str
     best_config: str  # a SegConfig JSON for `dstray train-seg --config`
+    best_model: str  # OUT/best/model.pt: the best trial's selected model (best val F1) and its threshold
     plot: str
-    best: dict  # the best trial's row
+    best: dict  # the best trial's row (with its test scores)
+    test: dict | None  # the best trial's model scored once on test_split (OUT/best/test/eval.json)
     rows: list[dict]
     seconds: float
 
 
 def _trial_rows(results, space: dict, steps: int) -> list[dict]:
+    """One row per trial, best val F1 first; ``_result`` keeps the trial's Ray ``Result``."""
     rows = []
     for r in results:
         df = r.metrics_dataframe
@@ -96,6 +108,7 @@ def _trial_rows(results, space: dict, steps: int) -> list[dict]:
         row["status"] = "error" if r.error else ("done" if row["steps"] >= steps else "stopped early (ASHA)")
         if r.error:
             row["error"] = str(r.error).splitlines()[0][:200]
+        row["_result"] = r
         rows.append(row)
     return sorted(rows, key=lambda x: -x["best_f1"] if x["best_f1"] == x["best_f1"] else math.inf)
 
@@ -113,7 +126,7 @@ def _plot(results, rows: list[dict], path: Path) -> None:
         trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
         ax.plot(df["step"], df["f1"], marker="o", label=f"{trial_id} (best {labels[trial_id]['best_f1']:.3f})")
     ax.set_xlabel("training step")
-    ax.set_ylabel("pixel F1 (real test split)")
+    ax.set_ylabel("pixel F1 on val (at the trial's threshold)")
     ax.set_title("F1 per trial")
     ax.grid(alpha=0.3)
     if ax.lines:
@@ -126,11 +139,16 @@ def tune_seg(base: SegConfig, *, out: str, space: dict[str, str] | None = None, 
              cpus_per_trial: float = 1.0, gpus_per_trial: float = 1.0, use_gpu: str = "auto",
              storage_path: str | None = None, name: str = "tune-seg", max_failures: int = 1, search_seed: int = 0,
              address: str | None = None, _fault: dict | None = None) -> TuneSegResult:
-    """Search ``space`` around ``base`` with ASHA on pixel F1; writes the table, best config and plot to ``out``."""
+    """Search ``space`` around ``base`` with ASHA on val pixel F1; the best trial's model is scored on test.
+
+    Writes ``out/results.{csv,md}``, ``out/best_config.json``, ``out/f1_per_trial.png`` and ``out/best/``
+    (``model.pt``, ``history.jsonl``, ``val/eval.*``, ``test/eval.*``).
+    """
     space = parse_space(space or {}, defaults=False) if space is not None else dict(DEFAULT_SPACE)
     if num_samples < 1 or max_concurrent < 0:
         raise ValueError(f"--num-samples must be >= 1 and --max-concurrent >= 0; got {num_samples}, {max_concurrent}")
     base = check_inputs(base)
+    space = check_space(space, base)
     evaluations = math.ceil(base.steps / base.eval_every)
     if grace_period > evaluations:
         raise ValueError(f"--grace-period {grace_period} is more than the {evaluations} evaluation(s) of a trial "
@@ -180,7 +198,13 @@ def tune_seg(base: SegConfig, *, out: str, space: dict[str, str] | None = None, 
     if not rows or not rows[0]["best_f1"] == rows[0]["best_f1"]:
         errors = "; ".join(r.get("error", "") for r in rows if r.get("error"))
         raise RuntimeError(f"no trial of {run_dir} reported an F1{': ' + errors if errors else ''}")
-    columns = ["trial", *space, "best_f1", "best_step", "last_f1", "steps", "status"]
+    best = rows[0]
+    test = _score_best(best.pop("_result"), out_dir / "best")  # [7] the best trial's model, once on test
+    for r in rows:
+        r.pop("_result", None)
+    if test is not None:
+        best.update(test_f1=test["pixel"]["f1"], test_macro_f1=test["macro"]["f1"])
+    columns = ["trial", *space, "best_f1", "best_step", "last_f1", "steps", "status", "test_f1", "test_macro_f1"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, columns + ["error"], extrasaction="ignore")
     writer.writeheader()
@@ -188,12 +212,25 @@ def tune_seg(base: SegConfig, *, out: str, space: dict[str, str] | None = None, 
     paths = {"csv": out_dir / "results.csv", "md": out_dir / "results.md", "best": out_dir / "best_config.json",
              "png": out_dir / "f1_per_trial.png"}
     paths["csv"].write_text(buf.getvalue())
-    paths["md"].write_text(f"# dstray tune: {name}\n\nmetric: pixel F1 on the real `{base.eval_split}` split "
-                           f"(best over the trial's evaluations), ASHA on {evaluations} evaluation(s)\n\n"
-                           + markdown_table(rows, columns))
-    best = rows[0]
+    paths["md"].write_text(
+        f"# dstray tune: {name}\n\nobjective: pixel F1 on the real `{base.eval_split}` split at each trial's best "
+        f"threshold (best over the trial's evaluations), ASHA on {evaluations} evaluation(s). Only the best trial's "
+        f"model is scored on `{base.test_split}` (test_f1, test_macro_f1): selection never saw it.\n\n"
+        + markdown_table([{c: r.get(c, "") for c in columns} for r in rows], columns))
     best_cfg = replace(base, **{k: best[k] for k in space})
     save(best_cfg, paths["best"])
     _plot(results, rows, paths["png"])
     return TuneSegResult(table_csv=str(paths["csv"]), table_md=str(paths["md"]), best_config=str(paths["best"]),
-                         plot=str(paths["png"]), best=best, rows=rows, seconds=time.perf_counter() - t0)
+                         best_model=str(out_dir / "best" / CHECKPOINT), plot=str(paths["png"]), best=best, test=test,
+                         rows=rows, seconds=time.perf_counter() - t0)
+
+
+def _score_best(result, folder: Path) -> dict | None:
+    """Copy the best trial's last checkpoint (its selected model) to ``folder`` and score it (:func:`score_run`)."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"the best trial {result.path} left no checkpoint")
+    folder.mkdir(parents=True, exist_ok=True)
+    with result.checkpoint.as_directory() as d:
+        for name in (CHECKPOINT, STATE, HISTORY):
+            shutil.copyfile(Path(d) / name, folder / name)
+    return score_run(str(folder))["test"]

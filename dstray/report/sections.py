@@ -163,13 +163,13 @@ def losses_section(page: Page, run: Path, pipeline: dict, checkpoints: dict) -> 
     ax.set_xlabel("step")
     ax.grid(True, which="both", alpha=0.3)
     ax = fig.add_subplot(1, 2, 2)
-    for key, style in (("f1", "-"), ("iou", ":"), ("precision", "--"), ("recall", "--")):
+    for key, style in (("f1", "-"), ("macro_f1", "-."), ("iou", ":"), ("precision", "--"), ("recall", "--")):
         if any(key in h for h in history):
             vals = [h.get(key) if isinstance(h.get(key), (int, float)) else np.nan for h in history]
             ax.plot(steps, vals, style, marker="o" if key == "f1" else None, ms=3,
                     lw=1.8 if key == "f1" else 1.0, label=key)
     ax.set_ylim(0, 1)
-    ax.set_title("pixel scores on the evaluation split", fontsize=10)
+    ax.set_title("pixel scores on the selection split (val), at each evaluation's threshold", fontsize=10)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.grid(True, alpha=0.3)
@@ -177,7 +177,9 @@ def losses_section(page: Page, run: Path, pipeline: dict, checkpoints: dict) -> 
     parts.append(page.figure("seg-history.png", fig, "segmentation loss and F1 over steps"))
     last = history[-1]
     parts.append(f'<p class="note">last evaluation: step {esc(fmt(last.get("step")))}, '
-                 f'loss {esc(fmt(last.get("loss")))}, pixel F1 {score(last.get("f1"))}</p>')
+                 f'loss {esc(fmt(last.get("loss")))}, pixel F1 {score(last.get("f1"))}'
+                 + (f'; selected model: step {esc(fmt(last.get("best_step")))}, val F1 {score(last.get("best_f1"))}'
+                    if "best_step" in last else "") + "</p>")
     return "\n".join(parts)
 
 
@@ -187,8 +189,11 @@ def eval_section(page: Page, run: Path, pipeline: dict) -> str:
     if not path.exists():
         return not_run("no evaluation (RUN/eval/eval.json)")
     ev = read_json(path)
-    parts = [f'<p>{esc(fmt(ev.get("n_images")))} images; resolution: {esc(fmt(ev.get("resolution")))}'
-             + (f'; threshold {esc(fmt(ev["threshold"]))}' if "threshold" in ev else "") + "</p>",
+    parts = [f'<p>{esc(fmt(ev.get("n_images")))} images'
+             + (f' of the {esc(fmt(ev["split"]))} split' if "split" in ev else "")
+             + f'; resolution: {esc(fmt(ev.get("resolution")))}'
+             + (f'; threshold {esc(fmt(ev["threshold"]))}' if "threshold" in ev else "")
+             + (f' ({esc(fmt(ev["threshold_source"]))})' if "threshold_source" in ev else "") + "</p>",
              "<h3>Pixel level (eq. 8, counts summed over the split)</h3>"]
     header = ["set", "images", "precision", "recall", "F1", "IoU", "TP", "FP", "FN"]
 
@@ -198,17 +203,22 @@ def eval_section(page: Page, run: Path, pipeline: dict) -> str:
 
     rows = [row("all", ev.get("pixel") or {}, ev.get("n_images"))]
     rows += [row(t, r, r.get("images")) for t, r in (ev.get("per_type") or {}).items()]
+    if ev.get("macro"):
+        rows.append(row("macro (mean over types)", ev["macro"], ""))
     parts.append(table(header, rows))
     im = ev.get("image")
     if im:
         parts.append("<h3>Image level</h3>")
         parts.append(table(
-            ["defect images", "detected", "detection rate", "defect-free images", "false alarms", "false alarm rate"],
+            ["defect images", "detected", "detection rate", "defect-free images", "false alarms", "false alarm rate",
+             "image AUROC (max pixel probability)"],
             [[fmt(im.get("defect_images")), fmt(im.get("detected")), score(im.get("detection_rate")),
-              fmt(im.get("free_images")), fmt(im.get("false_alarms")), score(im.get("false_alarm_rate"))]],
+              fmt(im.get("free_images")), fmt(im.get("false_alarms")), score(im.get("false_alarm_rate")),
+              score(im.get("auroc"))]],
             left=0))
     png = run / "eval" / "eval.png"
-    parts.append("<h3>Predictions (as Figure 7: red label only, green prediction only, yellow both)</h3>")
+    parts.append("<h3>Predictions (each image, then as Figure 7: red label only, green prediction only, "
+                 "yellow both)</h3>")
     parts.append(page.img("eval.png", png.read_bytes(), "evaluation overlays", cls="wide") if png.exists()
                  else '<p class="notrun">no eval.png</p>')
     return "\n".join(parts)

@@ -2,10 +2,17 @@
 
 DeepLab v3+ (Chen et al. 2018) and U-Net (Ronneberger et al. 2015) come from
 segmentation_models_pytorch, always built with ``encoder_weights=None`` so that smp
-never downloads anything. For ``weights="imagenet"`` (or a state-dict file) a
-torchvision ResNet is loaded through :func:`dstray.seg.encoders.resnet` and its
-state dict (minus ``fc``) is loaded strictly into the smp encoder, which is a
-torchvision ``ResNet`` subclass with the same parameter names.
+never downloads anything; the weights are then loaded by dstray:
+
+- ``efficientnet_lite0``: smp's ``tu-efficientnet_lite0`` encoder (timm's ``features_only``
+  model, output stride 16 for DeepLab v3+) takes the Lite0 weights
+  (:func:`dstray.weights.load_efficientnet_lite0`: ImageNet from the installed package, or a file);
+- ``resnet18/34/50``: a torchvision ResNet is loaded through :func:`dstray.seg.encoders.resnet`
+  and its state dict (minus ``fc``) is loaded strictly into the smp encoder, a torchvision
+  ``ResNet`` subclass with the same parameter names.
+
+DeepLab v3+ has batch norm after global pooling (ASPP): in training mode it needs batches of
+at least 2.
 
 Every model returned here maps ``(N, C, H, W)`` in [0, 1] to ``{"out": (N, K, H, W)}``
 logits. Like Buttonlab, the smp wrappers repeat a 1-channel input to 3 channels and
@@ -21,7 +28,8 @@ from torch.nn import functional as F
 
 from dstray.config import ARCHS, SegConfig
 from dstray.seg.buttonlab import buttonlab
-from dstray.seg.encoders import resnet, to_rgb_normalised
+from dstray.seg.encoders import LITE0, check_backbone, resnet, to_rgb_normalised
+from dstray.weights import load_efficientnet_lite0
 
 _SMP_STRIDE = 32  # smp encoders downsample 5 times
 
@@ -33,6 +41,7 @@ class SmpSegmenter(nn.Module):
         super().__init__()
         self.model = model
         self.in_channels = in_channels
+        self.stride = _SMP_STRIDE  # inputs are padded to a multiple of it (here and at inference)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.shape[1] != self.in_channels:
@@ -43,14 +52,18 @@ class SmpSegmenter(nn.Module):
         return {"out": self.model(x)[..., :height, :width]}
 
 
-def smp_segmenter(arch: str, *, backbone: str = "resnet18", weights: str = "random", num_classes: int = 2,
+def smp_segmenter(arch: str, *, backbone: str = LITE0, weights: str = "imagenet", num_classes: int = 2,
                   in_channels: int = 3) -> SmpSegmenter:
-    """DeepLab v3+ (``arch="deeplabv3plus"``) or U-Net (``"unet"``) with a ResNet encoder."""
+    """DeepLab v3+ (``arch="deeplabv3plus"``) or U-Net (``"unet"``) on an EfficientNet-Lite0 or ResNet encoder."""
     import segmentation_models_pytorch as smp  # slow import (~5 s): only when a baseline is built
 
+    check_backbone(backbone)
     cls = {"deeplabv3plus": smp.DeepLabV3Plus, "unet": smp.Unet}[arch]
-    model = cls(encoder_name=backbone, encoder_weights=None, in_channels=3, classes=num_classes)
-    if weights != "random":
+    encoder = "tu-efficientnet_lite0" if backbone == LITE0 else backbone
+    model = cls(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=num_classes)
+    if backbone == LITE0:
+        load_efficientnet_lite0(model.encoder.model, weights, what=f"{arch} EfficientNet-Lite0 encoder")
+    elif weights != "random":
         state = resnet(backbone, weights).state_dict()
         model.encoder.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
     return SmpSegmenter(model, in_channels)

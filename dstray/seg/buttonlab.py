@@ -3,13 +3,22 @@
 DeepLab v3+ without ASPP, plus a *branch net* that extracts local features at 1/2
 resolution::
 
-    x (N,C,H,W) ──► backbone (ResNet, whole image) ──► layer1 (1/4)  = low-level
-                                                   └─► layer4 (1/16 or 1/32) = high-level
-    x[crop] ─────► branch (7x7 conv s2 + ResNet layer1) (1/2 of the crop) = local
+    x (N,C,H,W) ──► backbone (whole image) ──► low-level  (1/4)
+                                           └─► high-level (1/16; 1/32 for ResNet-18/34)
+    x[crop] ─────► branch (stem s2 + first stage) (1/2 of the crop) = local
     decoder: high ──(1x1 proj, "no ASPP")──▲x4──⊕ low ─conv─▲x2── crop ─⊕ local ─conv─ logits ─▲x2──► out
 
 The three upsampling steps (×4 to 1/4, ×2 to 1/2, ×2 to full size) are the paper's
 "restore the resolution gradually by three times of sampling".
+
+Backbones (:mod:`dstray.seg.encoders`):
+
+- **EfficientNet-Lite0** (default; ImageNet weights installed with dstray): timm's
+  ``features_only`` model at output stride 16; low-level = the stride-4 stage (24 ch),
+  high-level = the last stage (320 ch, dilated); branch = a copy of ``conv_stem`` + ``bn1`` +
+  ``blocks[0]`` (16 ch at 1/2).
+- **ResNet-18/34/50** (the paper's is ResNet-50): low-level = ``layer1``, high-level =
+  ``layer4``; branch = ``conv1``/``bn1``/``layer1`` (no max-pool).
 
 Choices the paper leaves open (documented here, tested in ``tests/seg/test_buttonlab.py``):
 
@@ -21,7 +30,7 @@ Choices the paper leaves open (documented here, tested in ``tests/seg/test_butto
   ImageNet ``conv1`` over RGB), so the backbone keeps torchvision's layout and ImageNet
   weights load strictly. The input is then ImageNet-normalised on a copy, for every
   weights choice.
-- **Branch weights.** The branch is ``conv1``/``bn1``/``layer1`` of a second ResNet of the
+- **Branch weights.** The branch is the stem and first stage of a second network of the
   same family: freshly (seeded) initialised for ``weights="random"``, a copy of the
   backbone's loaded weights otherwise.
 - **Crop alignment (partial-image input, Figure 5).** The branch runs on
@@ -45,7 +54,7 @@ from torch.nn import functional as F
 from torchvision.models import ResNet
 from torchvision.models._utils import IntermediateLayerGetter
 
-from dstray.seg.encoders import resnet, to_rgb_normalised
+from dstray.seg.encoders import LITE0, Lite0Stem, Lite0Taps, check_backbone, resnet, to_rgb_normalised
 
 HIGH_CHANNELS = 256  # 1x1 projection of layer4 in place of ASPP (DeepLab v3+ ASPP output width)
 LOW_CHANNELS = 48  # low-level projection width, "proposed by authors" of DeepLab v3+
@@ -93,11 +102,12 @@ class Buttonlab(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, branch: nn.Module, channels: tuple[int, int, int],
-                 num_classes: int = 2, in_channels: int = 3) -> None:
+                 num_classes: int = 2, in_channels: int = 3, stride: int = 16) -> None:
         super().__init__()
         low_ch, high_ch, local_ch = channels
         self.in_channels = in_channels
-        self.backbone = backbone  # IntermediateLayerGetter -> {"low", "high"}
+        self.stride = stride  # total downsampling of the backbone: inputs padded to a multiple of it at inference
+        self.backbone = backbone  # x (N,3,H,W) -> {"low", "high"}
         self.branch = branch
         self.high_proj = ConvBNReLU(high_ch, HIGH_CHANNELS)
         self.low_proj = ConvBNReLU(low_ch, LOW_CHANNELS)
@@ -137,19 +147,25 @@ def _check_crop(crop, height: int, width: int) -> None:
                          f"{height}x{width} image; draw it on the 1/2 grid, e.g. top = 2 * randint(...)")
 
 
-def buttonlab(*, backbone: str = "resnet50", weights: str = "random", num_classes: int = 2,
+def buttonlab(*, backbone: str = LITE0, weights: str = "imagenet", num_classes: int = 2,
               in_channels: int = 3) -> Buttonlab:
-    """Build Buttonlab (paper default: ResNet-50 backbone).
+    """Build Buttonlab on ``backbone`` (default EfficientNet-Lite0; the paper's is ResNet-50).
 
     Args:
-        backbone: ``resnet18`` | ``resnet34`` | ``resnet50``.
-        weights: ``"imagenet"``, ``"random"`` or a path to a torchvision ResNet state dict of that
-            family; applied to the backbone and copied to the branch.
+        backbone: ``efficientnet_lite0`` | ``resnet18`` | ``resnet34`` | ``resnet50``.
+        weights: ``"imagenet"``, ``"random"`` or a path to a state dict of that backbone
+            (timm/lukemelas Lite0, torchvision ResNet); applied to the backbone and the branch.
         num_classes: output channels of the logits (2: background, defect).
         in_channels: 1 (grayscale, repeated to 3) or 3.
     """
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    check_backbone(backbone)
+    if backbone == LITE0:
+        body = Lite0Taps(weights, output_stride=16)
+        branch = Lite0Stem(weights)
+        channels = (body.channels[0], body.channels[1], Lite0Stem.out_channels)
+        return Buttonlab(body, branch, channels, num_classes=num_classes, in_channels=in_channels, stride=16)
     dilate = backbone == "resnet50"  # BasicBlock (resnet18/34) does not support dilation
     net = resnet(backbone, weights, dilate=dilate)
     twin = resnet(backbone, "random")
@@ -158,7 +174,8 @@ def buttonlab(*, backbone: str = "resnet50", weights: str = "random", num_classe
     low_ch = _out_channels(net.layer1)  # the branch's layer1 has the same width
     channels = (low_ch, _out_channels(net.layer4), low_ch)
     body = IntermediateLayerGetter(net, return_layers={"layer1": "low", "layer4": "high"})
-    return Buttonlab(body, BranchNet(twin), channels, num_classes=num_classes, in_channels=in_channels)
+    return Buttonlab(body, BranchNet(twin), channels, num_classes=num_classes, in_channels=in_channels,
+                     stride=16 if dilate else 32)
 
 
 def _out_channels(stage: nn.Sequential) -> int:

@@ -1,163 +1,191 @@
-"""Training and test data of the segmenters: letterbox, joint augmentation, real + synthetic mix.
+"""Training data of the segmenters: windows at the images' own resolution, augmentation, real + synthetic mix.
 
 Paper §4: segmenters are trained on generated samples, on real defect samples, or on
 both (Strategy C of §4.2, batches of 8 sampled with replacement); real samples may be
 limited to the first N (Figure 6).
 
-- **Letterbox.** Images come in many sizes (Magnetic Tile: 100-630 px wide, aspect up
-  to 2.8). Each is resized (bilinear, antialiased; masks ``nearest-exact``) so that
-  its long side is ``size``, and centred on a ``size x size`` canvas of zeros. Zero
-  padding, not reflection, so that no mirrored defect appears without a label. A
-  ``valid`` mask (1 = image, 0 = padding) travels with every sample; the training
-  loss and all evaluation counts use valid pixels only. :class:`Letterbox` records
-  the geometry and maps a letterboxed map back to the original size (:meth:`invert`).
-- **Augmentation** (``cfg.augment``), torchvision.transforms.v2 applied jointly to the
-  image and the two masks (``tv_tensors.Mask``: nearest interpolation, no colour
-  change): horizontal/vertical flips, a random multiple of 90°, a small rotation,
-  a random resized crop, brightness/contrast jitter.
+- **Items.** A training image is kept at its own resolution: ``{"image": (C,H,W) uint8,
+  "mask": (1,H,W) bool, "defect": (K,2) int64 (y, x) of its defect pixels}``
+  (:func:`make_item`). Real samples are read once (:func:`read_item`); generated Parquet rows
+  keep their PNG bytes and are decoded when drawn (:func:`row_item`).
+- **Windows** (:func:`cut_window`). Each batch item is a ``window x window`` square cut from
+  its image without any resizing. Where the image is smaller than the window in a direction,
+  the whole extent is taken and the window is padded by mirroring the image (so that batch
+  norm sees image statistics), the image part centred; a ``valid`` mask (1 = image,
+  0 = padding) travels with it and padding never counts in the loss. A window is either
+  *centred* on a defect pixel drawn uniformly among the image's defect pixels (± ``window/8``
+  jitter, clipped to the image) or placed uniformly at random.
+- **Centring rule** (:func:`mixed_batch`). Of the batch items whose image has a defect,
+  ``ceil(center_fraction * n)`` (drawn at random) get a centred window; the others, and
+  defect-free images, a uniform one. Defects cover about 1 % of Magnetic Tile's pixels:
+  uniform windows alone would rarely show one.
+- **Augmentation** (``cfg.augment``), applied to the cut before padding, image and mask
+  together: horizontal / vertical flips, a random multiple of 90 degrees (all exact, no
+  interpolation), brightness and contrast jitter of the image.
 - **Mixing** (:func:`synthetic_count`, :func:`mixed_batch`: the one rule, also used by the
   Ray Train shard source of :mod:`dstray.distributed.train_seg`). A batch of B holds
   ``round(synthetic_fraction * B)`` generated samples when both kinds are given (all B when
   only one kind is), then real samples drawn uniformly with replacement.
-- **Determinism.** All draws come from the caller's ``torch.Generator``; the v2
-  transforms (which use the global RNG) run inside ``torch.random.fork_rng`` seeded
-  from that generator, so the global RNG is left untouched.
+- **Buttonlab's crop** (:func:`draw_crop`): one crop per batch, on the even grid, inside the
+  part of the window that is image in every item of the batch.
+- **Determinism.** Every draw comes from the caller's ``torch.Generator``; the global RNG is
+  never used.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
-from torch.nn import functional as F
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from dstray import storage
 from dstray.config import SegConfig
 from dstray.data import (MASK_THRESHOLD, DataError, Sample, decode_png, load_dataset, read_image, read_mask,
                          to_channels)
 
-ROTATION_DEGREES = 10.0  # "small rotation" range, ± degrees
-CROP_SCALE = (0.5, 1.0)  # area range of the random resized crop
 JITTER = 0.2  # brightness and contrast factors drawn in [1 - JITTER, 1 + JITTER]
-AUGMENT_P = 0.5  # probability of the small rotation and of the resized crop
+CENTRE_JITTER = 8  # a centred window's centre is within window // CENTRE_JITTER px of its defect pixel
 
 
-# --------------------------------------------------------------------------- letterbox
-@dataclass(frozen=True)
-class Letterbox:
-    """Where an ``height x width`` image sits inside the ``size x size`` letterboxed canvas."""
+# --------------------------------------------------------------------------- items
+def make_item(image: torch.Tensor, mask: torch.Tensor | None, channels: int) -> dict:
+    """A training image at its own resolution.
 
-    height: int  # original size
-    width: int
-    size: int  # canvas side
-    top: int  # position and size of the resized image on the canvas
-    left: int
-    inner_h: int
-    inner_w: int
-
-    @classmethod
-    def fit(cls, height: int, width: int, size: int) -> "Letterbox":
-        scale = size / max(height, width)
-        inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
-        return cls(height, width, size, (size - inner_h) // 2, (size - inner_w) // 2, inner_h, inner_w)
-
-    def apply(self, x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-        """(C,H,W) -> (C,size,size): resize into the box, zeros around. ``mode="nearest-exact"`` for masks."""
-        inner = _resize(x, (self.inner_h, self.inner_w), mode)
-        out = x.new_zeros(x.shape[0], self.size, self.size)
-        out[:, self.top:self.top + self.inner_h, self.left:self.left + self.inner_w] = inner
-        return out
-
-    def valid(self) -> torch.Tensor:
-        """(1,size,size) float: 1 over the image, 0 over the padding."""
-        return self.apply(torch.ones(1, self.height, self.width), "nearest-exact")
-
-    def invert(self, x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-        """(C,size,size) -> (C,H,W): cut the box out and resize it back to the original size."""
-        inner = x[..., self.top:self.top + self.inner_h, self.left:self.left + self.inner_w]
-        return _resize(inner, (self.height, self.width), mode)
+    image (C,H,W) float in [0,1]; mask (1,H,W) {0,1} or None (defect-free) ->
+    ``{"image": (channels,H,W) uint8, "mask": (1,H,W) bool, "defect": (K,2) int64}``.
+    """
+    image = to_channels(image, channels)
+    mask = torch.zeros_like(image[:1], dtype=torch.bool) if mask is None else mask[:1] > 0.5
+    return {"image": (image * 255).round().to(torch.uint8), "mask": mask, "defect": mask[0].nonzero()}
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x.clone()
-    smooth = mode in ("bilinear", "bicubic")
-    return F.interpolate(x[None], size=size, mode=mode, antialias=smooth)[0]
-
-
-def prepare(image: torch.Tensor, mask: torch.Tensor | None, size: int, channels: int) -> dict:
-    """Letterbox one sample: ``{"image": (channels,S,S), "mask": (1,S,S), "valid": (1,S,S), "box": Letterbox}``."""
-    box = Letterbox.fit(image.shape[-2], image.shape[-1], size)
-    mask = torch.zeros_like(image[:1]) if mask is None else mask
-    return {"image": box.apply(to_channels(image, channels)), "mask": box.apply(mask, "nearest-exact"),
-            "valid": box.valid(), "box": box}
-
-
-def prepare_sample(sample: Sample, size: int, channels: int) -> dict:
-    """A real :class:`Sample` read from disk and letterboxed (see :func:`prepare`); no mask -> all zeros."""
+def read_item(sample: Sample, channels: int) -> dict:
+    """A real :class:`Sample` read from disk (:func:`make_item`); no mask -> defect-free."""
     image = read_image(sample.image)
     mask = read_mask(sample.mask, like=image) if sample.mask is not None else None
-    return prepare(image, mask, size, channels)
+    return make_item(image, mask, channels)
 
 
-def prepare_row(image_png: bytes, mask_png: bytes, size: int, channels: int) -> dict:
-    """A generated Parquet row (PNG bytes of ``image`` and ``mask``) decoded and letterboxed (:func:`prepare`)."""
+def row_item(image_png: bytes, mask_png: bytes, channels: int) -> dict:
+    """A generated Parquet row (PNG bytes of ``image`` and ``mask``) decoded (:func:`make_item`)."""
     mask = (decode_png(mask_png)[:1] >= (MASK_THRESHOLD - 0.5) / 255).float()  # 8-bit value >= 128
-    return prepare(decode_png(image_png), mask, size, channels)
+    return make_item(decode_png(image_png), mask, channels)
 
 
-# --------------------------------------------------------------------------- augmentation
-class RandomRot90(v2.Transform):
-    """Rotate every input by the same random multiple of 90° (exact, no interpolation)."""
+# --------------------------------------------------------------------------- padding
+def mirror_index(n: int, before: int, after: int) -> torch.Tensor:
+    """Indices into a length-``n`` axis for ``before`` / ``after`` mirrored positions (any amount).
 
-    def make_params(self, flat_inputs: list) -> dict:
-        return {"k": int(torch.randint(4, ()))}
-
-    def transform(self, inpt, params: dict):
-        out = torch.rot90(inpt, params["k"], dims=(-2, -1))
-        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
-
-
-def augmentation(size: int) -> v2.Transform:
-    """The traditional augmentation, applied jointly to (Image, Mask, Mask) of side ``size``."""
-    return v2.Compose([
-        v2.RandomHorizontalFlip(),
-        v2.RandomVerticalFlip(),
-        RandomRot90(),
-        v2.RandomApply([v2.RandomRotation(ROTATION_DEGREES)], p=AUGMENT_P),
-        v2.RandomApply([v2.RandomResizedCrop(size, scale=CROP_SCALE, antialias=True)], p=AUGMENT_P),
-        v2.ColorJitter(brightness=JITTER, contrast=JITTER),
-    ])
+    Reflection without repeating the edge (``[2, 1, | 0, 1, 2, 3, | 2, 1]`` for n = 4), repeated
+    for pads longer than the axis; a length-1 axis is repeated.
+    """
+    idx = torch.arange(-before, n + after)
+    if n == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = idx.remainder(period)
+    return torch.where(idx >= n, period - idx, idx)
 
 
-def augment(item: dict, transform: v2.Transform | None, generator: torch.Generator) -> dict:
-    """Apply ``transform`` jointly to ``item``'s image, mask and valid mask, seeded from ``generator``."""
-    if transform is None:
-        return item
-    seed = int(torch.randint(2**62, (), generator=generator))
-    with torch.random.fork_rng(devices=[]):  # v2 draws from the global RNG: fork and seed it
-        torch.manual_seed(seed)
-        out = transform(tv_tensors.Image(item["image"]), tv_tensors.Mask(item["mask"]), tv_tensors.Mask(item["valid"]))
-    return {k: v.as_subclass(torch.Tensor) for k, v in zip(("image", "mask", "valid"), out)}
+def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """(..., H, W) -> (..., top + H + bottom, left + W + right), padded by mirroring (:func:`mirror_index`)."""
+    rows = mirror_index(x.shape[-2], top, bottom).to(x.device)
+    cols = mirror_index(x.shape[-1], left, right).to(x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """(..., H, W) mirrored at the bottom and right up to multiples of ``stride`` (inference on whole images)."""
+    return mirror_pad(x, 0, -x.shape[-2] % stride, 0, -x.shape[-1] % stride)
+
+
+# --------------------------------------------------------------------------- windows
+def window_box(item: dict, size: int, generator: torch.Generator, centred: bool) -> tuple[int, int, int, int]:
+    """Where a ``size`` window falls on ``item``'s image: ``(top, left, h, w)``, h = min(size, H), w = min(size, W).
+
+    ``centred`` (and the image has a defect): centred on a defect pixel drawn uniformly, moved by
+    up to ``size // CENTRE_JITTER`` px, then clipped to the image (the pixel stays inside).
+    Otherwise uniform over the image.
+    """
+    _, height, width = item["image"].shape
+    h, w = min(size, height), min(size, width)
+    defect = item["defect"]
+    if centred and len(defect):
+        y, x = defect[int(torch.randint(len(defect), (), generator=generator))].tolist()
+        j = size // CENTRE_JITTER
+        dy, dx = (torch.randint(-j, j + 1, (2,), generator=generator)).tolist()
+        top = min(max(y - h // 2 + dy, 0), height - h)
+        left = min(max(x - w // 2 + dx, 0), width - w)
+    else:
+        top = int(torch.randint(height - h + 1, (), generator=generator))
+        left = int(torch.randint(width - w + 1, (), generator=generator))
+    return top, left, h, w
+
+
+def augment(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flips, a multiple of 90 degrees (image and mask together), brightness/contrast jitter (image only).
+
+    image (C,h,w) float in [0,1], mask (1,h,w) -> the same (h and w swapped by an odd rotation).
+    """
+    flip_h, flip_v = torch.randint(2, (2,), generator=generator).tolist()
+    k = int(torch.randint(4, (), generator=generator))
+    if flip_h:
+        image, mask = image.flip(-1), mask.flip(-1)
+    if flip_v:
+        image, mask = image.flip(-2), mask.flip(-2)
+    image, mask = torch.rot90(image, k, (-2, -1)), torch.rot90(mask, k, (-2, -1))
+    brightness, contrast = (1 + JITTER * (2 * torch.rand(2, generator=generator) - 1)).tolist()
+    mean = image.mean()
+    image = ((image - mean) * contrast + mean * brightness).clamp(0, 1)
+    return image, mask
+
+
+def cut_window(item: dict, size: int, generator: torch.Generator, *, centred: bool, augment_it: bool) -> dict:
+    """One training window of ``item`` (see the module docstring).
+
+    Returns ``{"image": (C,size,size) float [0,1], "mask": (1,size,size) {0,1}, "valid": (1,size,size) {0,1},
+    "box": (top, left, h, w) on the image}``. The image part (``h x w``, or ``w x h`` after an odd
+    rotation) is centred in the window; the rest mirrors it and has ``valid`` 0 and ``mask`` 0.
+    """
+    top, left, h, w = box = window_box(item, size, generator, centred)
+    image = item["image"][:, top:top + h, left:left + w].float() / 255
+    mask = item["mask"][:, top:top + h, left:left + w].float()
+    if augment_it:
+        image, mask = augment(image, mask, generator)
+    h, w = image.shape[-2:]
+    pad = ((size - h) // 2, size - h - (size - h) // 2, (size - w) // 2, size - w - (size - w) // 2)
+    valid = torch.zeros(1, size, size)
+    valid[:, pad[0]:pad[0] + h, pad[2]:pad[2] + w] = 1.0
+    return {"image": mirror_pad(image, *pad), "mask": mirror_pad(mask, *pad) * valid, "valid": valid, "box": box}
+
+
+def draw_crop(valid: torch.Tensor, crop_size: int, generator: torch.Generator) -> tuple[int, int, int, int]:
+    """Buttonlab's crop ``(top, left, h, w)`` for a batch: even, inside the image part of every window.
+
+    valid (B,1,S,S). The crop is ``crop_size`` (rounded down to even) or the extent of the part
+    valid in every item if that is smaller, placed uniformly on the even grid inside that part.
+    If that part is under 2 px in a direction, the crop spans the window in that direction
+    (padding carries no loss anyway).
+    """
+    inside = valid.amin(0)[0] > 0  # (S,S): image in every window of the batch
+    size = valid.shape[-2], valid.shape[-1]
+    spans = []
+    for axis, n in zip((1, 0), size):
+        hits = inside.any(axis).nonzero()
+        lo, hi = (int(hits.min()), int(hits.max()) + 1) if len(hits) else (0, n)
+        lo = lo + lo % 2  # first even position inside
+        if hi - lo < 2:
+            lo, hi = 0, n
+        extent = min(crop_size, hi - lo) // 2 * 2
+        start = lo + 2 * int(torch.randint((hi - lo - extent) // 2 + 1, (), generator=generator))
+        spans.append((start, extent))
+    (top, h), (left, w) = spans
+    return top, left, h, w
 
 
 # --------------------------------------------------------------------------- training source
-def synthetic_paths(paths: list[str]) -> list[str]:
-    """Generated datasets as Parquet locations: an output folder of ``dstray generate`` means its ``data/``."""
-    out = []
-    for p in paths:
-        if not storage.exists(p):
-            raise FileNotFoundError(f"synthetic dataset {p} does not exist; give the output folder of "
-                                    "`dstray generate` (or its data/ folder, or a Parquet file)")
-        data = storage.join(p, "data")
-        out.append(data if storage.exists(storage.join(p, "_shards")) and storage.exists(data) else p)
-    return out
-
-
 def real_samples(cfg: SegConfig) -> list[Sample]:
     """The real training samples of ``cfg``: the splits ``cfg.real_splits`` of ``cfg.data``, in order.
 
@@ -197,22 +225,32 @@ def synthetic_count(batch_size: int, fraction: float, *, real: bool, synthetic: 
 
 
 def mixed_batch(synthetic: list[dict], real: list[dict], batch_size: int, generator: torch.Generator,
-                transform: v2.Transform | None) -> dict[str, torch.Tensor]:
-    """The batch: the ``synthetic`` items, then real items drawn with replacement, each augmented.
+                cfg: SegConfig) -> dict[str, torch.Tensor]:
+    """The batch: the ``synthetic`` items, then real items drawn with replacement, each cut to a window.
 
-    ``batch_size - len(synthetic)`` indices into ``real`` are drawn with ``generator``, then every
-    item is augmented jointly (:func:`augment`, seeded from ``generator``) and stacked:
-    ``{"image": (B,C,S,S), "mask": (B,1,S,S), "valid": (B,1,S,S)}``.
+    ``batch_size - len(synthetic)`` indices into ``real`` are drawn with ``generator``; of the
+    items with a defect, ``ceil(cfg.center_fraction * n)`` drawn at random get a centred window;
+    every window is cut (:func:`cut_window`, augmented when ``cfg.augment``) and stacked:
+    ``{"image": (B,C,S,S), "mask": (B,1,S,S), "valid": (B,1,S,S), "centred": (B,) bool,
+    "has_defect": (B,) bool}`` with S = ``cfg.window``.
     """
     picks = torch.randint(len(real) or 1, (batch_size - len(synthetic),), generator=generator).tolist()
-    items = [augment(item, transform, generator) for item in [*synthetic, *(real[i] for i in picks)]]
-    return {k: torch.stack([item[k] for item in items]) for k in ("image", "mask", "valid")}
+    items = [*synthetic, *(real[i] for i in picks)]
+    has_defect = torch.tensor([len(it["defect"]) > 0 for it in items], dtype=torch.bool)
+    defect_idx = has_defect.nonzero()[:, 0]
+    n_centred = math.ceil(cfg.center_fraction * len(defect_idx))
+    centred = torch.zeros(len(items), dtype=torch.bool)
+    centred[defect_idx[torch.randperm(len(defect_idx), generator=generator)[:n_centred]]] = True
+    windows = [cut_window(it, cfg.window, generator, centred=bool(c), augment_it=cfg.augment)
+               for it, c in zip(items, centred)]
+    batch = {k: torch.stack([w[k] for w in windows]) for k in ("image", "mask", "valid")}
+    return {**batch, "centred": centred, "has_defect": has_defect}
 
 
 class SegSource:
     """Where training batches come from: real samples and/or generated Parquet datasets.
 
-    Real samples are read and letterboxed once (kept in memory); generated rows keep
+    Real samples are read once and kept at their own resolution (uint8); generated rows keep
     their PNG bytes and are decoded per draw.
     """
 
@@ -231,8 +269,7 @@ class SegSource:
             first = read_image(self.real_samples[0].image) if self.real_samples else decode_png(self.synthetic_rows[0][0])
             channels = first.shape[0]
         self.channels = channels
-        self.real = [prepare_sample(s, cfg.image_size, channels) for s in self.real_samples]
-        self.transform = augmentation(cfg.image_size) if cfg.augment else None
+        self.real = [read_item(s, channels) for s in self.real_samples]
 
     @classmethod
     def from_config(cls, cfg: SegConfig) -> "SegSource":
@@ -243,10 +280,9 @@ class SegSource:
         return len(self.real) + len(self.synthetic_rows)
 
     def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """``{"image": (B,C,S,S), "mask": (B,1,S,S), "valid": (B,1,S,S)}``: :func:`synthetic_count` generated
-        rows drawn with replacement, then real samples (:func:`mixed_batch`)."""
+        """:func:`mixed_batch` of :func:`synthetic_count` generated rows drawn with replacement and real samples."""
         n_syn = synthetic_count(batch_size, self.cfg.synthetic_fraction, real=bool(self.real),
                                 synthetic=bool(self.synthetic_rows))
         rows = torch.randint(len(self.synthetic_rows) or 1, (n_syn,), generator=generator).tolist()
-        synthetic = [prepare_row(*self.synthetic_rows[i], self.cfg.image_size, self.channels) for i in rows]
-        return mixed_batch(synthetic, self.real, batch_size, generator, self.transform)
+        synthetic = [row_item(*self.synthetic_rows[i], self.channels) for i in rows]
+        return mixed_batch(synthetic, self.real, batch_size, generator, self.cfg)

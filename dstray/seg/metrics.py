@@ -10,6 +10,9 @@ split before the scores are taken (micro average), never averaged per image.
 answer); otherwise a zero denominator gives 0.0 (no prediction: precision 0; no label:
 recall 0). F1 is computed as ``2TP / (2TP + FP + FN)``, equal to eq. (8) wherever
 eq. (8) is defined.
+
+Also here: the macro mean over defect types (:func:`macro`; small types weigh as much as
+large ones) and the image-level ROC AUC (:func:`roc_auc`, Mann-Whitney with average ranks).
 """
 
 from __future__ import annotations
@@ -82,3 +85,37 @@ def _bool(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     return np.asarray(x).astype(bool)
+
+
+SCORES = ("precision", "recall", "f1", "iou")
+
+
+def macro(per_type: dict[str, "SegCounts"]) -> dict[str, float]:
+    """Each score averaged over the types (unweighted: every defect type counts the same); NaN without types."""
+    if not per_type:
+        return {k: float("nan") for k in SCORES}
+    return {k: float(np.mean([getattr(c, k) for c in per_type.values()])) for k in SCORES}
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve of ``scores`` for the binary ``labels`` (1 = positive); NaN if one class is absent.
+
+    The probability that a random positive scores above a random negative, ties counting one
+    half (Mann-Whitney U over average ranks), which equals the trapezoidal ROC area.
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks (1-based) over runs of equal scores
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))

@@ -1,18 +1,28 @@
 """Train one segmenter (Buttonlab or a baseline), pure torch; paper §3.2 and §4.
 
-- Training (Algorithm 3): Adam (lr 2e-3, paper §4), batches from a :class:`SegSource`.
-  Buttonlab uses the partial-image input strategy (Figure 5): per batch one random
-  ``crop_size`` window (even coordinates, see :mod:`dstray.seg.buttonlab`) is drawn;
-  the backbone sees the whole image, the branch the window, and the masked
-  cross-entropy (eq. 7) is taken inside the window only. Baselines see the whole image
-  with the same loss over all pixels. In both cases padding pixels of the letterbox
-  carry no loss, and defect pixels weigh ``cfg.defect_weight``.
-- :func:`train_loop` is the one training loop: train ``eval_every`` steps, evaluate on
-  the real split, hand the history row to ``on_eval``. :func:`train_local` (in-process),
-  the Ray Train worker (:mod:`dstray.distributed.train_seg`) and the Tune trial
-  (:mod:`dstray.distributed.tune_seg`) are adapters that say where a row and a checkpoint go.
+- **Steps** (Algorithm 3): Adam on batches of windows from a :class:`SegSource` (real and
+  generated images at their own resolution, :mod:`dstray.seg.data`). Buttonlab uses the
+  partial-image input strategy (Figure 5): per batch one crop, inside the image part of every
+  window (:func:`dstray.seg.data.draw_crop`); the backbone sees the whole window, the branch the
+  crop, and the loss covers the crop only. Baselines take the loss over the whole window.
+  Padding never carries loss.
+- **Loss** (:func:`seg_loss`): cross-entropy (eq. 7) with defect pixels weighted
+  ``cfg.defect_weight``, plus ``cfg.dice_weight`` x the soft Dice loss of the defect class
+  (over the batch, valid pixels only). The default (weight 3 + Dice 1, against weight 10 and
+  no Dice) was chosen on ``val`` (README, "Segmentation").
+- **Selection never sees what is reported.** :func:`train_loop`, the one training loop,
+  evaluates every ``eval_every`` steps on ``cfg.eval_split`` (``val``), choosing the threshold
+  there (:func:`dstray.seg.evaluate.evaluate`); the trainer keeps the weights and threshold of
+  the best pixel F1 seen (:meth:`SegTrainer.select`): that is the model (``model.pt``).
+  :func:`finish` then scores it, at its threshold, on ``val`` and once on ``cfg.test_split``.
+- :func:`train_local` (in-process), the Ray Train worker (:mod:`dstray.distributed.train_seg`)
+  and the Tune trial (:mod:`dstray.distributed.tune_seg`) are adapters that say where a row
+  and a checkpoint go.
 - One history format for every kind of run: JSON lines ``history.jsonl``, one
   :func:`history_row` per evaluation, written by :func:`write_history`.
+
+A run folder: ``model.pt`` (the selected model), ``state.pt`` (the trainer's last state, to
+resume), ``history.jsonl``, and after :func:`finish` ``val/eval.*`` and ``test/eval.*``.
 """
 
 from __future__ import annotations
@@ -32,16 +42,21 @@ from dstray import storage
 from dstray.config import ARCHS, SegConfig, check_resumable, from_dict, resolve_device, to_dict
 from dstray.data import load_dataset
 from dstray.seg.baselines import build_segmenter
-from dstray.seg.data import SegSource, synthetic_count, synthetic_paths
+from dstray.seg.data import SegSource, draw_crop, synthetic_count
+from dstray.seg.encoders import check_weights
 from dstray.seg.evaluate import evaluate, strict_json, write_eval
 
 NUM_CLASSES = 2  # background, defect
-CHECKPOINT = "model.pt"  # the trainer's checkpoint in a run's folder (SegTrainer.save)
+CHECKPOINT = "model.pt"  # the selected model of a run: best weights on eval_split + threshold (what evaluate loads)
+STATE = "state.pt"  # the trainer's last state in a run's folder (what a resumed run continues from)
 HISTORY = "history.jsonl"  # the evaluation history of a run, one JSON object a line
-HISTORY_FIELDS = ("step", "loss", "f1", "precision", "recall", "iou", "detection_rate", "false_alarm_rate",
-                  "seconds", "eval_seconds", "images_per_s", "num_workers")
+HISTORY_FIELDS = ("step", "loss", "f1", "precision", "recall", "iou", "macro_f1", "threshold", "detection_rate",
+                  "false_alarm_rate", "auroc", "best_f1", "best_step", "seconds", "eval_seconds", "images_per_s",
+                  "num_workers")
+DICE_SMOOTH = 1.0  # added to the soft Dice numerator and denominator (a batch without defect pixels gives loss ~0)
 
 
+# --------------------------------------------------------------------------- loss
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
                          defect_weight: float = 1.0) -> torch.Tensor:
     """Cross-entropy over the pixels where ``weight`` is 1 (paper eq. 7), defect pixels weighted.
@@ -56,15 +71,36 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: tor
     return (w * ce).sum() / w.sum().clamp_min(torch.finfo(w.dtype).eps)
 
 
-class SegTrainer:
-    """One segmenter, its Adam optimiser and its batch RNG; resumable bit for bit.
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice of the defect class over the whole batch, pixels where ``weight`` is 1.
 
-    ``step()`` runs one optimiser step; ``steps`` counts them. ``state_dict()`` holds
-    the model, optimiser, step count and generator state; :meth:`save` adds the config
-    and what :func:`load_segmenter` needs to rebuild the network. ``train_source`` is
-    anything with ``channels`` and ``batch(batch_size, generator)`` (:class:`SegSource`, or
-    the Ray Train shard source). An adapter may wrap ``model`` (DDP): :attr:`module` is the
-    bare network, which is what state dicts and checkpoints hold.
+    logits (N,K,H,W), class 1 = defect; target and weight (N,1,H,W) in {0,1}.
+    ``1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s)`` with p the defect probability, s = :data:`DICE_SMOOTH`.
+    """
+    p = logits.softmax(1)[:, 1] * weight[:, 0]
+    t = (target[:, 0] > 0.5).float() * weight[:, 0]
+    return 1 - (2 * (p * t).sum() + DICE_SMOOTH) / (p.sum() + t.sum() + DICE_SMOOTH)
+
+
+def seg_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, cfg: SegConfig) -> torch.Tensor:
+    """The training loss: weighted cross-entropy (+ ``cfg.dice_weight`` x soft Dice), valid pixels only."""
+    loss = masked_cross_entropy(logits, target, valid, cfg.defect_weight)
+    if cfg.dice_weight:
+        loss = loss + cfg.dice_weight * soft_dice_loss(logits, target, valid)
+    return loss
+
+
+# --------------------------------------------------------------------------- trainer
+class SegTrainer:
+    """One segmenter, its Adam optimiser, its batch RNG and the best model so far; resumable bit for bit.
+
+    ``step()`` runs one optimiser step; ``steps`` counts them. :meth:`select` keeps the weights
+    and threshold of the best evaluation (``best``, ``best_state``). ``state_dict()`` holds the
+    model, optimiser, step count, generator state and ``best``; :meth:`save_state` adds the
+    config, :meth:`save_model` writes the selected model (what :func:`load_segmenter` reads).
+    ``train_source`` is anything with ``channels`` and ``batch(batch_size, generator)``
+    (:class:`SegSource`, or the Ray Train shard source). An adapter may wrap ``model`` (DDP):
+    :attr:`module` is the bare network, which is what state dicts and checkpoints hold.
     """
 
     def __init__(self, cfg: SegConfig, train_source: SegSource, device: str | torch.device = "cpu") -> None:
@@ -78,28 +114,34 @@ class SegTrainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.steps = 0
-
-    def draw_crop(self, size: int) -> tuple[int, int, int, int]:
-        """A random ``crop_size`` window (top, left, h, w) on the even grid of a ``size`` square."""
-        c = min(self.cfg.crop_size, size) // 2 * 2
-        top, left = (2 * torch.randint((size - c) // 2 + 1, (2,), generator=self.generator)).tolist()
-        return top, left, c, c
+        self.best: dict = {"f1": None, "step": 0, "threshold": None, "scores": {}}  # the selected evaluation
+        self.best_state: dict | None = None  # its weights (CPU copies)
 
     def step(self) -> dict[str, float]:
         batch = self.source.batch(self.cfg.batch_size, self.generator)
         image, mask, valid = (batch[k].to(self.device, non_blocking=True) for k in ("image", "mask", "valid"))
         if self.cfg.arch == "buttonlab":
-            top, left, h, w = crop = self.draw_crop(image.shape[-1])
+            top, left, h, w = crop = draw_crop(batch["valid"], self.cfg.crop_size, self.generator)
             logits = self.model(image, crop=crop)["out"]
             mask, valid = mask[..., top:top + h, left:left + w], valid[..., top:top + h, left:left + w]
         else:
             logits = self.model(image)["out"]
-        loss = masked_cross_entropy(logits, mask, valid, self.cfg.defect_weight)
+        loss = seg_loss(logits, mask, valid, self.cfg)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.steps += 1
         return {"loss": loss.item(), "step": self.steps}
+
+    def select(self, result: dict) -> bool:
+        """Keep the current weights and ``result``'s threshold if its pixel F1 beats the best so far."""
+        f1 = float(result["pixel"]["f1"])
+        if self.best["f1"] is not None and not f1 > self.best["f1"]:
+            return False
+        self.best = {"f1": f1, "step": self.steps, "threshold": float(result["threshold"]),
+                     "scores": {"pixel": result["pixel"], "macro": result.get("macro"), "image": result["image"]}}
+        self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+        return True
 
     @property
     def module(self) -> torch.nn.Module:
@@ -108,38 +150,52 @@ class SegTrainer:
 
     def state_dict(self) -> dict:
         return {"state_dict": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "steps": self.steps, "generator": self.generator.get_state()}
+                "steps": self.steps, "generator": self.generator.get_state(), "best": json.dumps(strict_json(self.best))}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, best_state: dict | None = None) -> None:
+        """Restore :meth:`state_dict`; ``best_state`` = the selected weights (``model.pt``'s), when there are some."""
         self.module.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state["steps"])
         self.generator.set_state(state["generator"])
+        self.best = json.loads(state["best"])
+        self.best_state = best_state
 
-    def save(self, path: str | Path) -> Path:
-        """Checkpoint (atomic write), loadable with ``torch.load(weights_only=True)``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ckpt = {**self.state_dict(), "config": to_dict(self.cfg), "arch": self.cfg.arch,
-                "backbone": self.cfg.backbone, "in_channels": self.source.channels, "num_classes": NUM_CLASSES,
-                "image_size": self.cfg.image_size}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-        return path
+    def save_state(self, path: str | Path) -> Path:
+        """The trainer's state + config (resume), atomic; ``torch.load(weights_only=True)`` reads it."""
+        return _save({**self.state_dict(), "config": to_dict(self.cfg)}, path)
+
+    def save_model(self, path: str | Path) -> Path:
+        """The selected model (best weights on ``eval_split`` and their threshold) as :func:`load_segmenter` reads it."""
+        if self.best_state is None:
+            raise RuntimeError("no evaluation yet: nothing selected to save")
+        return _save({"state_dict": self.best_state, "config": to_dict(self.cfg), "arch": self.cfg.arch,
+                      "backbone": self.cfg.backbone, "in_channels": self.source.channels, "num_classes": NUM_CLASSES,
+                      "threshold": self.best["threshold"], "step": self.best["step"], "steps": self.steps,
+                      "selected_on": self.cfg.eval_split, "val": json.dumps(strict_json(self.best["scores"]))},
+                     path)
 
 
-def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, SegConfig]:
-    """The network of a :meth:`SegTrainer.save` checkpoint (eval mode) and its config.
+def _save(obj: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
 
-    The network is rebuilt with random init (nothing is fetched) before its weights are loaded.
+
+def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, SegConfig, float]:
+    """The network of a ``model.pt`` (:meth:`SegTrainer.save_model`) in eval mode, its config and its threshold.
+
+    The network is rebuilt with random init (nothing is read or fetched) before its weights are loaded.
     """
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     cfg = from_dict(SegConfig, ckpt["config"])
     model = build_segmenter(replace(cfg, weights="random"), in_channels=ckpt["in_channels"],
                             num_classes=ckpt["num_classes"])
     model.load_state_dict(ckpt["state_dict"])
-    return model.to(resolve_device(device)).eval(), cfg
+    return model.to(resolve_device(device)).eval(), cfg, float(ckpt["threshold"])
 
 
 def run_steps(trainer: SegTrainer, n: int, on_step: Callable[[dict], None] | None = None) -> dict[str, float]:
@@ -154,34 +210,57 @@ def run_steps(trainer: SegTrainer, n: int, on_step: Callable[[dict], None] | Non
     return {"loss": float(np.mean(losses)) if losses else float("nan"), "step": trainer.steps, "seconds": seconds,
             "images_per_s": n * trainer.cfg.batch_size / seconds if seconds > 0 else float("nan")}
 
+
 def check_inputs(cfg: SegConfig) -> SegConfig:
     """Fail fast, before any work, with what to do; returns ``cfg`` with resolved, absolute paths.
 
-    Checks the arch and sizes, the evaluation and real training splits, and that there is
-    training data; generated datasets are given as Parquet locations (:func:`synthetic_paths`).
+    Checks the arch, backbone, weights and sizes, the evaluation, test and real training splits
+    (training on a split that selects or reports would make the scores dishonest), and that there
+    is training data; generated datasets are given as Parquet locations (:func:`dstray.storage.generated_parquet`).
     Paths are made absolute: Ray workers run in other working directories.
     """
     if cfg.arch not in ARCHS:
         raise ValueError(f"--arch must be one of {ARCHS}; got {cfg.arch!r}")
+    check_weights(cfg.backbone, cfg.weights)
     if cfg.steps < 1 or cfg.eval_every < 1 or cfg.batch_size < 1:
         raise ValueError(f"--steps, --eval-every and --batch-size must be >= 1; got {cfg.steps}, {cfg.eval_every}, "
                          f"{cfg.batch_size}")
-    if not 0.0 <= cfg.synthetic_fraction <= 1.0:
-        raise ValueError(f"--synthetic-fraction must be in [0, 1]; got {cfg.synthetic_fraction}")
+    if cfg.arch == "deeplabv3plus" and cfg.batch_size < 2:
+        raise ValueError("DeepLab v3+ needs --batch-size >= 2 (batch norm after ASPP's global pooling)")
+    if cfg.window < 32 or cfg.window % 2:
+        raise ValueError(f"--window must be an even number of pixels >= 32; got {cfg.window}")
+    if cfg.arch == "buttonlab" and not 2 <= cfg.crop_size <= cfg.window:
+        raise ValueError(f"--crop-size must be in [2, --window {cfg.window}]; got {cfg.crop_size}")
+    for name, value in (("synthetic-fraction", cfg.synthetic_fraction), ("center-fraction", cfg.center_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"--{name} must be in [0, 1]; got {value}")
+    if cfg.defect_weight <= 0 or cfg.dice_weight < 0:
+        raise ValueError(f"--defect-weight must be > 0 and --dice-weight >= 0; got {cfg.defect_weight}, "
+                         f"{cfg.dice_weight}")
+    if cfg.threshold is not None and not 0.0 < cfg.threshold < 1.0:
+        raise ValueError(f"--threshold must be in (0, 1) or none (chosen on --eval-split); got {cfg.threshold}")
     dataset = load_dataset(cfg.data)
-    if not dataset.split(cfg.eval_split):
-        known = sorted({s.split for s in dataset.samples})
-        raise ValueError(f"{dataset.root}: the evaluation split {cfg.eval_split!r} has no samples; "
+    known = sorted({s.split for s in dataset.samples})
+    if cfg.eval_split not in known:
+        hint = (" (a dataset gets a 'val' split carved from its 'test' split; add test rows, or val rows, to "
+                "its splits.csv)" if cfg.eval_split == "val" else "")
+        raise ValueError(f"{dataset.root}: the evaluation split {cfg.eval_split!r} has no samples{hint}; "
                          f"choose --eval-split among {known}")
+    if cfg.test_split and cfg.test_split not in known:
+        raise ValueError(f"{dataset.root}: the test split {cfg.test_split!r} has no samples; choose --test-split "
+                         f"among {known}, or none")
     for name in cfg.real_splits:
-        if not dataset.split(name):
+        if name not in known:
             raise ValueError(f"{dataset.root}: the real training split {name!r} has no samples; "
-                             f"choose --real-splits among {sorted({s.split for s in dataset.samples})}")
+                             f"choose --real-splits among {known}")
+        if name in (cfg.eval_split, cfg.test_split):
+            raise ValueError(f"--real-splits {name}: that split selects (--eval-split) or reports (--test-split) the "
+                             "model; training on it would make the scores meaningless. Train on reference, train, ...")
     if not cfg.synthetic and not cfg.real_splits:
         raise ValueError("no training data: give generated datasets (--synthetic DIR[,DIR]) and/or real splits "
-                         "(--real-splits train,reference)")
+                         "(--real-splits reference,train)")
     return replace(cfg, data=storage.absolute(cfg.data),
-                   synthetic=[storage.absolute(p) for p in synthetic_paths(cfg.synthetic)])
+                   synthetic=[storage.absolute(p) for p in storage.generated_parquet(cfg.synthetic)])
 
 
 def synthetic_per_batch(cfg: SegConfig) -> int:
@@ -190,37 +269,45 @@ def synthetic_per_batch(cfg: SegConfig) -> int:
                            synthetic=bool(cfg.synthetic))
 
 
+def eval_samples(cfg: SegConfig, split: str | None = None) -> list:
+    """The real samples of ``split`` (default ``cfg.eval_split``) of ``cfg.data``."""
+    return load_dataset(cfg.data).split(split or cfg.eval_split)
+
+
 # --------------------------------------------------------------------------- the loop
-def history_row(step: int, train_log: dict, result: dict, eval_seconds: float, num_workers: int = 1) -> dict:
+def history_row(step: int, train_log: dict, result: dict, eval_seconds: float, best: dict,
+                num_workers: int = 1) -> dict:
     """The history entry of one evaluation (:data:`HISTORY_FIELDS`), the same for every kind of run."""
-    pixel = result["pixel"]
+    pixel, image = result["pixel"], result["image"]
     return {"step": step, "loss": train_log["loss"], "f1": pixel["f1"], "precision": pixel["precision"],
-            "recall": pixel["recall"], "iou": pixel["iou"], "detection_rate": result["image"]["detection_rate"],
-            "false_alarm_rate": result["image"]["false_alarm_rate"], "seconds": train_log["seconds"],
-            "eval_seconds": eval_seconds, "images_per_s": train_log["images_per_s"] * num_workers,
-            "num_workers": num_workers}
+            "recall": pixel["recall"], "iou": pixel["iou"], "macro_f1": (result.get("macro") or {}).get("f1"),
+            "threshold": result["threshold"], "detection_rate": image["detection_rate"],
+            "false_alarm_rate": image["false_alarm_rate"], "auroc": image.get("auroc"), "best_f1": best["f1"],
+            "best_step": best["step"], "seconds": train_log["seconds"], "eval_seconds": eval_seconds,
+            "images_per_s": train_log["images_per_s"] * num_workers, "num_workers": num_workers}
 
 
 def train_loop(trainer: SegTrainer, *, steps: int, eval_every: int, evaluator: Callable[[], dict] | None,
                on_eval: Callable[[dict, dict | None], None], on_step: Callable[[dict], None] | None = None,
-               num_workers: int = 1, at_least_once: bool = False) -> None:
-    """The one segmentation training loop: ``eval_every`` steps, evaluate, report; until ``steps``.
+               num_workers: int = 1) -> None:
+    """The one segmentation training loop: ``eval_every`` steps, evaluate, select, report; until ``steps``.
 
     After each stretch of ``min(eval_every, steps left)`` steps, ``evaluator()`` (the result of
-    :func:`dstray.seg.evaluate.evaluate` on the real split) gives the :func:`history_row` handed to
-    ``on_eval(row, result)``. ``evaluator=None`` (Ray Train ranks > 0) hands ``({"step", "loss"}, None)``.
-    ``on_step(log)`` sees every optimiser step. ``at_least_once``: evaluate even when ``trainer``
-    already has ``steps`` (a finished run reopened). A resumed trainer continues from its step.
+    :func:`dstray.seg.evaluate.evaluate` on ``eval_split``) goes to :meth:`SegTrainer.select`, and the
+    :func:`history_row` to ``on_eval(row, result)``. ``evaluator=None`` (Ray Train ranks > 0) hands
+    ``({"step", "loss"}, None)``. ``on_step(log)`` sees every optimiser step. A resumed trainer
+    continues from its step; one that already has ``steps`` does nothing.
     """
-    while trainer.steps < steps or at_least_once:
-        at_least_once = False
+    while trainer.steps < steps:
         train_log = run_steps(trainer, min(eval_every, steps - trainer.steps), on_step)
         if evaluator is None:
             on_eval({"step": trainer.steps, "loss": train_log["loss"]}, None)
             continue
         start = time.perf_counter()
         result = evaluator()
-        on_eval(history_row(trainer.steps, train_log, result, time.perf_counter() - start, num_workers), result)
+        trainer.select(result)
+        on_eval(history_row(trainer.steps, train_log, result, time.perf_counter() - start, trainer.best,
+                            num_workers), result)
 
 
 def write_history(location: str | Path, rows: list[dict]) -> None:
@@ -238,72 +325,105 @@ def read_history(location: str | Path) -> list[dict]:
     return [json.loads(line) for line in storage.read_bytes(location).decode().splitlines() if line.strip()]
 
 
-def save_checkpoint(folder: str | Path, trainer: SegTrainer, history: list[dict], result: dict | None = None) -> None:
-    """A run's checkpoint folder: ``model.pt``, ``history.jsonl`` and, given ``result``, ``eval.{json,csv,png}``."""
+def save_checkpoint(folder: str | Path, trainer: SegTrainer, history: list[dict]) -> None:
+    """A run's checkpoint folder: ``state.pt`` (resume), ``model.pt`` (the selected model) and ``history.jsonl``."""
     folder = Path(folder)
-    trainer.save(folder / CHECKPOINT)
-    if result is not None:
-        write_eval(result, folder)
+    trainer.save_state(folder / STATE)
+    if trainer.best_state is not None:
+        trainer.save_model(folder / CHECKPOINT)
     write_history(folder / HISTORY, history)
 
 
 def load_checkpoint(folder: str | Path, trainer: SegTrainer, *, check: bool = False) -> list[dict]:
-    """Restore ``trainer`` from a :func:`save_checkpoint` folder; returns the history up to its step.
+    """Restore ``trainer`` (and its selected model) from a :func:`save_checkpoint` folder; returns the history so far.
 
     ``check``: refuse (:func:`dstray.config.check_resumable`) a checkpoint trained with another config.
     """
-    path = Path(folder) / CHECKPOINT
+    path = Path(folder) / STATE
     state = torch.load(path, map_location="cpu", weights_only=True)
     if check:
         check_resumable(state["config"], trainer.cfg, path)
-    trainer.load_state_dict(state)
+    model = Path(folder) / CHECKPOINT
+    best = torch.load(model, map_location="cpu", weights_only=True)["state_dict"] if model.exists() else None
+    trainer.load_state_dict(state, best)
     return [r for r in read_history(Path(folder) / HISTORY) if r["step"] <= trainer.steps]
+
+
+def finish(folder: str | Path, device: str | torch.device = "cpu") -> dict:
+    """Score the selected model of a run folder at its threshold: ``val/eval.*`` and, once, ``test/eval.*``.
+
+    Reads ``folder/model.pt``; evaluates on its config's ``eval_split`` (the scores it was selected
+    with) and ``test_split`` (none: skipped). Returns ``{"val": result, "test": result or None}``
+    (results without their example images).
+    """
+    folder = Path(folder)
+    model, cfg, threshold = load_segmenter(folder / CHECKPOINT, device)
+    device = next(model.parameters()).device
+    dataset = load_dataset(cfg.data)
+    out = {}
+    for key, split in (("val", cfg.eval_split), ("test", cfg.test_split)):
+        if not split:
+            out[key] = None
+            continue
+        result = evaluate(model, dataset.split(split), threshold=threshold, device=device)
+        result["split"] = split
+        write_eval(result, folder / key)
+        out[key] = {k: v for k, v in result.items() if k != "examples"}
+    return out
 
 
 # --------------------------------------------------------------------------- in-process runs
 def train_local(cfg: SegConfig, out_dir: str | Path, on_report: Callable[[dict], None] | None = None) -> dict:
-    """Train ``cfg.steps`` steps in this process, evaluating and checkpointing every ``cfg.eval_every``.
+    """Train ``cfg.steps`` steps in this process, evaluating on ``val`` and checkpointing every ``cfg.eval_every``.
 
-    The local adapter of :func:`train_loop`. Resumes from ``out_dir/model.pt`` if it exists (same
-    config but for ``SegConfig.RESUME_FREE``). Writes ``model.pt``, ``eval.{json,csv,png}`` (latest)
-    and ``history.jsonl``; returns ``{"checkpoint", "steps", "history" (this call's rows), "final"}``.
+    The local adapter of :func:`train_loop`. Resumes from ``out_dir/state.pt`` if it exists (same
+    config but for ``SegConfig.RESUME_FREE``). Writes ``model.pt`` (the selected model),
+    ``state.pt``, ``history.jsonl`` and, at the end (:func:`finish`), ``val/eval.*`` and
+    ``test/eval.*``. Returns ``{"checkpoint", "steps", "history" (this call's rows), "val", "test"}``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = check_inputs(cfg)
     trainer = SegTrainer(cfg, SegSource.from_config(cfg), cfg.device)
-    history = load_checkpoint(out, trainer, check=True) if (out / CHECKPOINT).exists() else []
-    eval_samples = load_dataset(cfg.data).split(cfg.eval_split)
-    rows, final = [], {}
+    history = load_checkpoint(out, trainer, check=True) if (out / STATE).exists() else []
+    samples = eval_samples(cfg)
+    rows = []
 
     def on_eval(row: dict, result: dict) -> None:
         history.append(row)
-        save_checkpoint(out, trainer, history, result)
+        save_checkpoint(out, trainer, history)
         rows.append(row)
-        final.update({k: v for k, v in result.items() if k != "examples"})
         if on_report is not None:
             on_report(row)
 
     train_loop(trainer, steps=cfg.steps, eval_every=cfg.eval_every,
-               evaluator=lambda: evaluate(trainer.model, eval_samples, cfg, trainer.device), on_eval=on_eval,
-               at_least_once=True)
-    return {"checkpoint": str(out / CHECKPOINT), "steps": trainer.steps, "history": rows, "final": final}
+               evaluator=lambda: evaluate(trainer.model, samples, threshold=cfg.threshold, device=trainer.device),
+               on_eval=on_eval)
+    final = finish(out, trainer.device)
+    return {"checkpoint": str(out / CHECKPOINT), "steps": trainer.steps, "history": rows, **final}
 
 
 def evaluate_checkpoint(model: str | Path, *, out: str | Path, data: str | None = None, split: str | None = None,
                         device: str = "auto", threshold: float | None = None) -> tuple[dict, dict]:
-    """Load a :meth:`SegTrainer.save` checkpoint, evaluate it on a real split, write ``out/eval.{json,csv,png}``.
+    """Load a ``model.pt``, evaluate it on a real split at its threshold, write ``out/eval.{json,csv,png}``.
 
-    ``data``/``split``/``threshold`` default to the checkpoint's config. Returns ``(result, paths)``.
+    ``data`` defaults to the model's dataset, ``split`` to its ``test_split`` (else ``test``),
+    ``threshold`` to the one stored with it (chosen on its ``eval_split``). Returns ``(result, paths)``.
     """
     if not Path(model).is_file():
         raise FileNotFoundError(f"no checkpoint at {model}; give the model.pt written by `dstray train-seg`")
-    net, cfg = load_segmenter(model, device)
-    cfg = replace(cfg, **{k: v for k, v in {"data": data, "eval_split": split, "threshold": threshold}.items()
-                          if v is not None})
-    dataset = load_dataset(cfg.data)
-    samples = dataset.split(cfg.eval_split)
-    if not samples:
-        raise ValueError(f"{dataset.root}: split {cfg.eval_split!r} has no samples; choose --split among "
-                         f"{sorted({s.split for s in dataset.samples})}")
-    result = evaluate(net, samples, cfg, next(net.parameters()).device)
+    net, cfg, stored = load_segmenter(model, device)
+    dataset = load_dataset(data if data is not None else cfg.data)
+    split = split or cfg.test_split or "test"
+    known = sorted({s.split for s in dataset.samples})
+    if split not in known:
+        raise ValueError(f"{dataset.root}: no split {split!r}; choose --split among {known}")
+    if split == cfg.eval_split and threshold is None:
+        source = f"stored with the model, chosen on this split ({split})"
+    else:
+        source = "given" if threshold is not None else f"stored with the model (chosen on {cfg.eval_split})"
+    result = evaluate(net, dataset.split(split), threshold=stored if threshold is None else threshold,
+                      device=next(net.parameters()).device)
+    result.update(split=split, threshold_source=source)
     return result, write_eval(result, out)
+

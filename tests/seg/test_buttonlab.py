@@ -1,4 +1,4 @@
-"""Buttonlab and the smp baselines: shapes, crop mode, crop alignment, no network access."""
+"""Buttonlab and the smp baselines: shapes, crop mode, crop alignment, Lite0 encoders, no network access."""
 
 import socket
 
@@ -19,10 +19,11 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
-@pytest.mark.parametrize("backbone, channels", [("resnet18", 1), ("resnet18", 3), ("resnet34", 1), ("resnet50", 3)])
+@pytest.mark.parametrize("backbone, channels", [("efficientnet_lite0", 1), ("efficientnet_lite0", 3), ("resnet18", 1),
+                                               ("resnet18", 3), ("resnet34", 1), ("resnet50", 3)])
 def test_buttonlab_shapes(backbone, channels, no_network):
     torch.manual_seed(0)
-    net = buttonlab(backbone=backbone, in_channels=channels).eval()
+    net = buttonlab(backbone=backbone, weights="random", in_channels=channels).eval()
     x = torch.rand(1, channels, 64, 64)
     with torch.no_grad():
         assert net(x)["out"].shape == (1, 2, 64, 64)
@@ -31,28 +32,28 @@ def test_buttonlab_shapes(backbone, channels, no_network):
 
 
 @pytest.mark.parametrize("arch", ["deeplabv3plus", "unet"])
-@pytest.mark.parametrize("channels", [1, 3])
-def test_baseline_shapes(arch, channels, no_network):
+@pytest.mark.parametrize("backbone, channels", [("resnet18", 1), ("resnet18", 3), ("efficientnet_lite0", 1)])
+def test_baseline_shapes(arch, backbone, channels, no_network):
     torch.manual_seed(0)
-    net = build_segmenter(SegConfig(arch=arch, backbone="resnet18"), in_channels=channels).eval()
+    net = build_segmenter(SegConfig(arch=arch, backbone=backbone, weights="random"), in_channels=channels).eval()
     with torch.no_grad():
         assert net(torch.rand(1, channels, 64, 64))["out"].shape == (1, 2, 64, 64)
         assert net(torch.rand(1, channels, 50, 70))["out"].shape == (1, 2, 50, 70)  # padded to 64x96 inside
 
 
 def test_bad_crop_is_refused():
-    net = buttonlab(backbone="resnet18").eval()
+    net = buttonlab(backbone="resnet18", weights="random").eval()
     with pytest.raises(ValueError, match="even"):
         net(torch.rand(1, 3, 64, 64), crop=(3, 0, 32, 32))
     with pytest.raises(ValueError, match="inside"):
         net(torch.rand(1, 3, 64, 64), crop=(48, 0, 32, 32))
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18", "resnet50"])
 def test_crop_features_align_with_whole_image(backbone):
     """Away from the crop border (branch receptive field), crop mode equals the full output cropped."""
     torch.manual_seed(0)
-    net = buttonlab(backbone=backbone).eval()
+    net = buttonlab(backbone=backbone, weights="random").eval()
     x = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
         full = net(x)["out"][..., 32:96, 30:94]
@@ -64,7 +65,7 @@ def test_crop_features_align_with_whole_image(backbone):
 
 def test_masked_loss_gives_no_gradient_outside_the_crop():
     torch.manual_seed(0)
-    net = buttonlab(backbone="resnet18")
+    net = buttonlab(backbone="resnet18", weights="random")
     logits = net(torch.rand(2, 3, 64, 64))["out"]
     logits.retain_grad()
     target = (torch.rand(2, 1, 64, 64) > 0.8).float()
@@ -78,7 +79,7 @@ def test_masked_loss_gives_no_gradient_outside_the_crop():
 
 def test_crop_loss_depends_only_on_the_crop_labels():
     torch.manual_seed(0)
-    net = buttonlab(backbone="resnet18").eval()
+    net = buttonlab(backbone="resnet18", weights="random").eval()
     x = torch.rand(2, 3, 64, 64)
     target = (torch.rand(2, 1, 64, 64) > 0.8).float()
     top, left, h, w = 16, 8, 32, 40
@@ -109,3 +110,60 @@ def test_weights_from_a_torchvision_state_dict_file(tmp_path, arch, no_network):
         encoder = net.model.encoder
     for key in ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.bn2.running_var"):
         torch.testing.assert_close(encoder.state_dict()[key], state[key])
+
+
+def _timm_lite0_features(x: torch.Tensor, **kwargs) -> list[torch.Tensor]:
+    """timm's own Lite0 feature extractor with the ImageNet weights, on the ImageNet-normalised ``x``."""
+    import timm
+
+    from dstray.seg.encoders import to_rgb_normalised
+    from dstray.weights import efficientnet_lite0_state_dict
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False, features_only=True, **kwargs).eval()
+    result = model.load_state_dict(efficientnet_lite0_state_dict(), strict=False)
+    assert not result.missing_keys
+    with torch.no_grad():
+        return model(to_rgb_normalised(x))
+
+
+def test_lite0_segmenters_encode_like_timm_with_the_imagenet_weights(no_network):
+    """Buttonlab's Lite0 taps and smp's tu-efficientnet_lite0 encoder give timm's features on the same input."""
+    from dstray.seg.encoders import to_rgb_normalised
+    from dstray.weights import efficientnet_lite0
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 96, 128)  # grayscale, as Magnetic Tile
+    net = buttonlab(backbone="efficientnet_lite0", weights="imagenet", in_channels=1).eval()
+    with torch.no_grad():
+        taps = net.backbone(to_rgb_normalised(x))
+    low, high = _timm_lite0_features(x, out_indices=(1, 4), output_stride=16)
+    torch.testing.assert_close(taps["low"], low, rtol=0, atol=0)
+    torch.testing.assert_close(taps["high"], high, rtol=0, atol=0)
+    assert high.shape == (2, 320, 6, 8)  # stride 16
+    classifier = efficientnet_lite0("imagenet").eval()  # the low tap is the ImageNet classifier's stride-4 stage
+    with torch.no_grad():
+        y = classifier.bn1(classifier.conv_stem(to_rgb_normalised(x)))
+        torch.testing.assert_close(classifier.blocks[1](classifier.blocks[0](y)), low)
+        torch.testing.assert_close(net.branch(to_rgb_normalised(x)), classifier.blocks[0](y))  # the branch's copy
+
+    unet = build_segmenter(SegConfig(arch="unet", backbone="efficientnet_lite0", weights="imagenet"),
+                           in_channels=1).eval()
+    with torch.no_grad():
+        features = unet.model.encoder(to_rgb_normalised(x))[1:]  # smp puts the input first
+    for ours, theirs in zip(features, _timm_lite0_features(x)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_lite0_weights_from_a_file_reach_backbone_and_branch(tmp_path, no_network):
+    from dstray.weights import efficientnet_lite0
+
+    torch.manual_seed(3)
+    state = efficientnet_lite0("random").state_dict()  # a user's Lite0 (timm key names)
+    torch.save(state, tmp_path / "lite0.pth")
+    net = buttonlab(backbone="efficientnet_lite0", weights=str(tmp_path / "lite0.pth"))
+    torch.testing.assert_close(net.backbone.body.state_dict()["blocks.3.0.conv_pw.weight"],
+                               state["blocks.3.0.conv_pw.weight"])
+    torch.testing.assert_close(net.branch.conv_stem.weight, state["conv_stem.weight"])
+    deeplab = build_segmenter(SegConfig(arch="deeplabv3plus", weights=str(tmp_path / "lite0.pth")))
+    torch.testing.assert_close(deeplab.model.encoder.model.state_dict()["blocks.5.1.bn2.running_var"],
+                               state["blocks.5.1.bn2.running_var"])

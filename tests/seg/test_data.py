@@ -1,40 +1,103 @@
-"""Segmentation data: letterbox, joint augmentation, the real + generated training source (small sizes, CPU)."""
+"""Segmentation data: windows at native resolution, the centring rule, padding, Buttonlab's crop, the mix."""
 
+import math
 from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
-from torchvision.transforms import v2
 
 from dstray.data import encode_png, load_dataset
-from dstray.seg.data import Letterbox, SegSource, augment, augmentation, prepare, real_samples
+from dstray.seg.data import (SegSource, augment, cut_window, draw_crop, make_item, mirror_index, mirror_pad,
+                             mixed_batch, pad_to_multiple, real_samples)
 from tests.helpers import SMALL_SEG as SMALL
 
 
-def test_letterbox_geometry_and_valid_area():
-    box = Letterbox.fit(30, 60, 64)
-    assert (box.inner_h, box.inner_w, box.top, box.left) == (32, 64, 16, 0)
-    valid = box.valid()
-    assert valid.shape == (1, 64, 64) and valid.sum() == 32 * 64 and valid[0, 16:48].all()
+def _item(height, width, defects=(), channels=1, seed=0):
+    image = torch.rand(channels, height, width, generator=torch.Generator().manual_seed(seed))
+    mask = torch.zeros(1, height, width)
+    for y, x in defects:
+        mask[0, y, x] = 1
+    return make_item(image, mask, channels)
 
 
-def test_letterbox_inverts_exactly_without_scaling_and_for_integer_upscaling():
-    torch.manual_seed(0)
-    image = torch.rand(3, 40, 64)
-    box = Letterbox.fit(40, 64, 64)  # scale 1: pure padding
-    assert torch.equal(box.invert(box.apply(image)), image)
-    mask = (torch.rand(1, 20, 32) > 0.5).float()
-    box = Letterbox.fit(20, 32, 64)  # scale 2 with nearest: exact on masks
-    assert torch.equal(box.invert(box.apply(mask, "nearest-exact"), "nearest-exact"), mask)
+def test_mirror_padding_any_amount():
+    assert mirror_index(4, 2, 2).tolist() == [2, 1, 0, 1, 2, 3, 2, 1]
+    assert mirror_index(3, 5, 0).tolist() == [1, 0, 1, 2, 1, 0, 1, 2]  # longer than the axis: keeps reflecting
+    assert mirror_index(1, 2, 1).tolist() == [0, 0, 0, 0]
+    x = torch.arange(12.0).view(1, 3, 4)
+    padded = mirror_pad(x, 1, 2, 3, 0)
+    assert padded.shape == (1, 6, 7) and torch.equal(padded[:, 1:4, 3:], x)
+    image = torch.rand(2, 1, 30, 33)
+    padded = pad_to_multiple(image, 16)
+    assert padded.shape == (2, 1, 32, 48) and torch.equal(padded[..., :30, :33], image)
 
 
-def test_letterbox_inverts_smooth_images_closely():
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, 90), torch.linspace(0, 1, 150), indexing="ij")
-    image = (0.5 + 0.25 * torch.sin(4 * xx) * torch.cos(3 * yy))[None]
-    box = Letterbox.fit(90, 150, 64)
-    back = box.invert(box.apply(image))
-    assert back.shape == image.shape and (back - image).abs().mean() < 0.01
+def test_window_at_native_resolution_and_padding_marked_invalid():
+    g = torch.Generator().manual_seed(0)
+    item = _item(40, 100, defects=[(20, 50)])
+    w = cut_window(item, 64, g, centred=False, augment_it=False)
+    top, left, h, wd = w["box"]
+    assert (h, wd) == (40, 64) and top == 0
+    assert w["image"].shape == w["mask"].shape == w["valid"].shape == (1, 64, 64)
+    assert w["valid"].sum() == 40 * 64 and w["valid"][0, 12:52].all()  # the image part, centred vertically
+    # the image part is the image itself, pixel for pixel (no resizing); padding mirrors it, without labels
+    assert torch.equal(w["image"][0, 12:52], item["image"][0, :, left:left + 64].float() / 255)
+    assert torch.equal(w["image"][0, 11], w["image"][0, 13])  # mirrored
+    assert w["mask"][w["valid"] == 0].sum() == 0
+
+
+def test_a_centred_window_has_its_defect_pixel_at_the_centre():
+    item = _item(300, 400, defects=[(150, 123)])
+    for seed in range(5):
+        w = cut_window(item, 64, torch.Generator().manual_seed(seed), centred=True, augment_it=False)
+        top, left, h, wd = w["box"]
+        dy, dx = 150 - (top + 32), 123 - (left + 32)
+        assert max(abs(dy), abs(dx)) <= 64 // 8  # at the centre, up to the jitter
+        assert w["mask"][0, 150 - top, 123 - left] == 1
+    corner = _item(300, 400, defects=[(2, 397)])  # near the border: clipped, the pixel stays inside
+    w = cut_window(corner, 64, torch.Generator().manual_seed(0), centred=True, augment_it=False)
+    assert w["box"][:2] == (0, 336) and w["mask"].sum() == 1
+
+
+def test_at_least_half_of_the_defect_windows_are_centred_on_a_defect_pixel():
+    cfg = replace(SMALL, window=32, center_fraction=0.5, augment=False)
+    defect = [_item(200, 200, defects=[(100, 100)], seed=i) for i in range(3)]  # one pixel in 40000
+    free = [_item(200, 200, seed=10 + i) for i in range(2)]
+    for seed in range(20):
+        b = mixed_batch([], defect + free, 7, torch.Generator().manual_seed(seed), cfg)
+        n_defect = int(b["has_defect"].sum())
+        assert int(b["centred"].sum()) == math.ceil(0.5 * n_defect)
+        assert not (b["centred"] & ~b["has_defect"]).any()
+        for i in b["centred"].nonzero()[:, 0]:
+            assert b["mask"][i].sum() == 1  # the window holds the defect pixel (a uniform one rarely does)
+    all_centred = mixed_batch([], defect, 4, torch.Generator().manual_seed(0), replace(cfg, center_fraction=1.0))
+    assert all_centred["centred"].all() and (all_centred["mask"].flatten(1).sum(1) == 1).all()
+
+
+def test_augmentation_moves_image_and_mask_together_exactly():
+    image = torch.zeros(1, 20, 30)
+    image[:, 3:8, 5:9] = 1.0  # a bright rectangle, exactly labelled
+    mask = (image > 0.5).float()
+    for seed in range(8):
+        out_image, out_mask = augment(image, mask, torch.Generator().manual_seed(seed))
+        assert out_mask.sum() == mask.sum()
+        bright = out_image > out_image.mean()
+        assert torch.equal(bright.float(), out_mask)  # jitter changes the values, never where they are
+
+
+def test_buttonlab_crop_is_even_and_inside_the_image_part_of_every_window():
+    valid = torch.zeros(3, 1, 64, 64)
+    valid[0, :, 11:53, :] = 1  # 42 rows of image, odd top: the crop starts on an even row after it
+    valid[1, :, :, 5:59] = 1
+    valid[2] = 1
+    for seed in range(20):
+        top, left, h, w = draw_crop(valid, 32, torch.Generator().manual_seed(seed))
+        assert all(v % 2 == 0 for v in (top, left, h, w)) and (h, w) == (32, 32)
+        assert valid[:, :, top:top + h, left:left + w].min() == 1
+    top, left, h, w = draw_crop(valid, 60, torch.Generator().manual_seed(0))  # larger than the common part
+    assert (h, w) == (40, 52) and valid[:, :, top:top + h, left:left + w].min() == 1
 
 
 def _parquet(path, n=3, size=(40, 50)):
@@ -50,26 +113,16 @@ def test_source_mix_limit_and_determinism(tmp_path):
                   batch_size=4)
     src = SegSource.from_config(cfg)
     assert len(src.real) == 3 and len(src.synthetic_rows) == 3 and src.channels == 1
+    assert src.real[0]["image"].dtype == torch.uint8  # kept at native resolution, 8 bits
     a = src.batch(4, torch.Generator().manual_seed(5))
     b = src.batch(4, torch.Generator().manual_seed(5))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert a["image"].shape == (4, 1, 64, 64) and a["mask"].shape == a["valid"].shape == (4, 1, 64, 64)
+    assert (a["valid"][:2].sum((1, 2, 3)) == 40 * 50).all()  # the two generated 40x50 rows, padded
     assert set(a["mask"].unique().tolist()) <= {0.0, 1.0} and (a["mask"] * (1 - a["valid"])).sum() == 0
     state = torch.get_rng_state()
     src.batch(4, torch.Generator().manual_seed(6))
-    assert torch.equal(state, torch.get_rng_state())  # augmentation leaves the global RNG alone
-
-
-def test_augmentation_moves_image_and_mask_together():
-    image = torch.zeros(1, 64, 64)
-    image[:, 10:20, 5:15] = 1.0  # a bright square, exactly labelled
-    item = prepare(image, (image > 0.5).float(), 64, 1)
-    exact = v2.Compose(augmentation(64).transforms[:3])  # flips + 90°: no interpolation
-    for seed in range(6):
-        out = augment(item, exact, torch.Generator().manual_seed(seed))
-        assert torch.equal(out["mask"], (out["image"] > 0.5).float())
-    out = augment(item, augmentation(64), torch.Generator().manual_seed(0))
-    assert out["image"].shape == (1, 64, 64) and set(out["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(state, torch.get_rng_state())  # every draw from the caller's generator
 
 
 def test_real_limit_takes_every_reference_then_train_samples_across_types():
@@ -83,3 +136,9 @@ def test_real_limit_takes_every_reference_then_train_samples_across_types():
     assert len({s.defect_type for s in extra}) == 3  # spread over types, not the first 3 of one type
     assert real_samples(replace(SMALL, real_splits=["reference", "train"], real_limit=None)) == \
         ds.split("reference") + ds.split("train")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_items_keep_their_channels(channels):
+    item = _item(10, 12, defects=[(1, 2)], channels=channels)
+    assert item["image"].shape == (channels, 10, 12) and item["defect"].tolist() == [[1, 2]]

@@ -48,3 +48,28 @@ def test_edge_cases():
 def test_f1_table():
     rows = f1_table({"all": SegCounts(tp=3, fp=1, fn=0, tn=5)})
     assert rows[0]["name"] == "all" and rows[0]["f1"] == pytest.approx(6 / 7) and rows[0]["tn"] == 5
+
+
+def test_roc_auc_against_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from dstray.seg.metrics import roc_auc
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        labels = rng.integers(0, 2, 30)
+        scores = rng.integers(0, 6, 30) / 5  # many ties
+        if labels.min() == labels.max():
+            continue
+        assert roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    assert np.isnan(roc_auc([0.1, 0.2], [1, 1]))
+
+
+def test_macro_is_the_unweighted_mean_over_types():
+    from dstray.seg.metrics import macro
+
+    big = SegCounts(tp=900, fp=100, fn=100)  # F1 0.9
+    small = SegCounts(tp=0, fp=0, fn=10)  # F1 0: missed entirely
+    assert macro({"uneven": big, "crack": small})["f1"] == pytest.approx(0.45)
+    assert (big + small).f1 > 0.89  # the micro F1 hides the missed type
+    assert np.isnan(macro({})["f1"])
