@@ -80,7 +80,7 @@ def test_no_traceback_for_any_input_problem(data, tmp_path, capsys):
         (["evaluate", "--model", data["corrupt"], "--out", tmp_path / "e"], f"{data['corrupt']}: corrupt or not"),
         (["evaluate", "--model", tmp_path / "nothing.pt", "--out", tmp_path / "e"], "no checkpoint at"),
         (["train-seg", "--real-splits", "train", "--eval-split", "validation", "--out", tmp_path / "t"],
-         "no split 'validation'"),
+         "split 'validation' has no samples; choose --eval-split"),
         (["train-seg", "--real-splits", "train", "--out", data["file"]], "is a file; give a folder"),
         (["pipeline", "--preset", "smoke", "--data", data["typo"], "--out", tmp_path / "p"],
          "unknown split 'backgroud'"),
