@@ -15,7 +15,8 @@ Run folder::
     RUN/generated/          Parquet dataset (data/, rejects/, summary) <- Ray Data
     RUN/seg/                segmenter trained on the real splits + the generated samples (model.pt: selected on
                             val, with its threshold), history.jsonl, val/, test/   <- Ray Train
-    RUN/seg-ref/            the same segmenter config on the real splits alone (the baseline; concurrently)
+    RUN/seg-ref/            the same segmenter config on the real splits alone (the baseline; at once with seg
+                            on clusters of 4+ CPUs, else after it)
     RUN/eval/, eval-ref/    eval.json / eval.csv / eval.png of each (real test split, the model's threshold)
     RUN/report/index.html   the visual report; its first section is the F1 table of seg vs seg-ref
 """
@@ -114,11 +115,13 @@ def _seg_line(label: str, folder: Path, seconds: float | None) -> str:
             f"(selected: step {last['best_step']})  ({took})")
 
 
-def _seg_resources() -> tuple[float, int]:
-    """CPUs (logical) per segmentation worker and torch threads, for two runs at once: on a small node
-    the two workers share one CPU's worth of slots, so Ray Data's read tasks still find a free CPU."""
-    cpus = float(ray.cluster_resources().get("CPU", 2))
-    return (1.0 if cpus >= 4 else 0.5), max(1, (os.cpu_count() or 2) // 2)
+def _seg_plan(n_runs: int) -> tuple[bool, int]:
+    """Whether the segmenter runs go at once, and each worker's torch threads. Two at once need a
+    cluster of 4 CPUs or more: each Ray Train worker holds 1 CPU and the generated run's Ray Data
+    reads need 2 more (ListFiles + ReadFiles); on 2 CPUs the read was starved ("backpressured:
+    ResourceBudget") and hung, so there the runs go one after the other with all the node's threads."""
+    together = n_runs > 1 and float(ray.cluster_resources().get("CPU", 2)) >= 4
+    return together, max(1, (os.cpu_count() or 2) // (n_runs if together else 1))
 
 
 def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
@@ -208,16 +211,21 @@ def _run(cfg: PipelineConfig, run: Path, dataset, console: Console, address: str
         runs["seg-ref"] = (base_cfg, "train-seg-ref")
     names = labels({"config": info["config"]})
     label = {"seg": names["generated"], "seg-ref": names["baseline"]}
+    together, threads = _seg_plan(len(runs))
     say(f"[3/{n_stages}] segmentation: {seg_cfg.arch}/{seg_cfg.backbone}, {seg_cfg.window} px windows, "
-        f"{seg_cfg.steps} steps, val every {seg_cfg.eval_every}; {len(runs)} run(s) at once (Ray Train) ...")
+        f"{seg_cfg.steps} steps, val every {seg_cfg.eval_every}; {len(runs)} run(s), "
+        f"{'at once' if together else 'one after the other'} (Ray Train) ...")
     stages = {folder: _Stage(run, folder, _key(to_dict(c), stage.key if folder == "seg" else ""))
               for folder, (c, _) in runs.items()}
     states = {folder: st.begin() for folder, st in stages.items()}
-    cpus_per_worker, threads = _seg_resources()
-    pending = {_train_seg_task.remote(to_dict(c), str(stages[folder].dir), name, cfg.use_gpu, cpus_per_worker,
-                                      threads): folder
-               for folder, (c, name) in runs.items() if states[folder] != "done"}
     took: dict[str, float | None] = {folder: None for folder in runs}
+    pending = {}
+    for folder, (c, name) in runs.items():
+        if states[folder] != "done":
+            pending[_train_seg_task.remote(to_dict(c), str(stages[folder].dir), name, cfg.use_gpu, 1.0,
+                                           threads)] = folder
+            if not together:
+                took[folder] = ray.get(next(reversed(pending)))
     for ref, folder in pending.items():
         took[folder] = ray.get(ref)
     for folder in runs:
