@@ -258,11 +258,12 @@ class PipelineConfig:
 
     data: str | None = None  # dataset path; None = the embedded sample
     out: str = "runs/pipeline"  # run folder (models/, generated/, seg/, eval/, report/)
-    preset: str = "cpu"  # the size preset the stage configs came from (smoke | cpu | paper)
+    preset: str = "demo"  # the size preset the stage configs came from (smoke | demo | cpu | paper)
     generator: str = "dst"  # generator whose samples train the segmenter
     num_samples: int = 200  # generated samples (paper: 2167)
     use_gpu: str = "auto"  # "auto" | "true" | "false" for every Ray stage
     seed: int = 0  # seeds every stage: replaces the seeds of dst, generate and seg
     dst: DSTConfig = field(default_factory=DSTConfig)  # per-type DST fit (defect_type is set per type)
     seg: SegConfig = field(default_factory=SegConfig)  # segmenter training; synthetic/data filled in by the pipeline
+    baseline: bool = True  # also train the same segmenter on its real splits alone (references if none), no synthetic
     generate: GenerateConfig = field(default_factory=GenerateConfig)  # generation settings (out/models filled in)

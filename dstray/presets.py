@@ -2,6 +2,11 @@
 
 - ``smoke``: seconds per stage; for tests and for checking an installation (the segmenter is
   Buttonlab on EfficientNet-Lite0 with its ImageNet weights, 64 px windows, 4 steps).
+- ``demo`` (pipeline only, the default of ``dstray pipeline``): the first run on the embedded
+  sample, sized to finish in under 10 minutes on 2 CPU cores: DST fits of 60 steps (4 held-out
+  backgrounds), 160 generated samples, and twice the segmenter (Buttonlab on ImageNet
+  EfficientNet-Lite0, 192 px windows, 100 steps, evaluated on ``val`` every 50): once on the
+  references + the generated samples, once on the references alone.
 - ``cpu``: what a user with 2 CPU cores should start from. Segmentation: the ``SegConfig``
   defaults (Buttonlab on ImageNet EfficientNet-Lite0, 256 px windows at native resolution,
   batch 8, 300 steps, CE weight 3 + soft Dice, evaluated on ``val`` every 100; about 15 minutes
@@ -19,7 +24,8 @@ import dataclasses
 
 from dstray.config import DSTConfig, GenerateConfig, PipelineConfig, SegConfig
 
-PRESETS = ("smoke", "cpu", "paper")
+PRESETS = ("smoke", "cpu", "paper")  # segmentation, pipeline and experiment presets
+PIPELINE_PRESETS = ("smoke", "demo", "cpu", "paper")  # the pipeline's (``demo``: its default, the first run)
 
 # paper §4, shared by the pipeline and the experiments
 PAPER_SAMPLES = 2167  # generated samples
@@ -48,31 +54,44 @@ def seg_preset(name: str, **overrides) -> SegConfig:
     return dataclasses.replace(cfg, **overrides)
 
 
-def _unknown(name: str) -> ValueError:
-    return ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+def _unknown(name: str, choices: tuple[str, ...] = PRESETS) -> ValueError:
+    return ValueError(f"unknown preset {name!r}; choose one of {', '.join(choices)}")
 
 
 def pipeline_preset(name: str, **overrides) -> PipelineConfig:
-    """The stage sizes of the one-command pipeline for preset ``name``, with ``overrides`` applied."""
+    """The stage sizes of the one-command pipeline for preset ``name``, with ``overrides`` applied.
+
+    Every preset but ``paper`` trains the segmenter on the references + the generated samples (the
+    paper: generated only); the baseline run (``PipelineConfig.baseline``) drops the generated ones.
+    """
+    refs = ["reference"]
     if name == "smoke":
         cfg = PipelineConfig(
             preset=name, num_samples=10,
             dst=DSTConfig(steps=6, batch_size=1, patch_size=32, checkpoint_every=6, log_every=2),
             generate=GenerateConfig(patch_size=48, num_actors=1),
-            seg=seg_preset(name),
+            seg=seg_preset(name, real_splits=refs),
+        )
+    elif name == "demo":
+        cfg = PipelineConfig(
+            preset=name, num_samples=160,
+            dst=DSTConfig(steps=60, min_steps=60, heldout=4, heldout_every=20, warmup_steps=20, batch_size=4,
+                          patch_size=64, checkpoint_every=20, log_every=10),
+            generate=GenerateConfig(patch_size=64),
+            seg=seg_preset("cpu", window=192, steps=100, eval_every=50, real_splits=refs),
         )
     elif name == "cpu":
         cfg = PipelineConfig(
             preset=name, num_samples=200,
             dst=DSTConfig(steps=60, batch_size=4, patch_size=64, checkpoint_every=20, log_every=10),
             generate=GenerateConfig(patch_size=64),
-            seg=seg_preset(name),
+            seg=seg_preset(name, real_splits=refs),
         )
     elif name == "paper":
         cfg = PipelineConfig(preset=name, num_samples=PAPER_SAMPLES, dst=_paper_dst(),
                              generate=GenerateConfig(mode="whole", batch_size=16), seg=seg_preset(name))
     else:
-        raise _unknown(name)
+        raise _unknown(name, PIPELINE_PRESETS)
     return dataclasses.replace(cfg, **overrides)
 
 

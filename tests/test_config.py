@@ -1,8 +1,10 @@
 """Configs: the one resume check, value parsing, and the presets (all in one place)."""
 
+import dataclasses
+
 import pytest
 
-from dstray.config import DSTConfig, SegConfig, changed_fields, check_resumable, parse_value, to_dict
+from dstray.config import DSTConfig, PipelineConfig, SegConfig, changed_fields, check_resumable, parse_value, to_dict
 from dstray.presets import PRESETS, experiment_preset, pipeline_preset, seg_preset
 
 
@@ -28,12 +30,23 @@ def test_parse_value_follows_the_field_type():
 def test_presets_build_and_the_paper_sizes_are_shared(name):
     pipeline, experiment = pipeline_preset(name, out="x"), experiment_preset(name)
     assert pipeline.preset == name and pipeline.out == "x" and experiment.name == name
-    assert pipeline.seg == experiment.seg == seg_preset(name)  # one segmentation preset per name
+    # one segmentation preset per name (the pipeline adds the references to its generated samples)
+    assert dataclasses.replace(pipeline.seg, real_splits=[]) == experiment.seg == seg_preset(name)
     if name == "paper":  # the paper's DST and segmentation sizes are defined once
         assert pipeline.dst == experiment.dst
         assert pipeline.num_samples == experiment.num_samples == 2167
         assert (pipeline.seg.backbone, pipeline.seg.lr, pipeline.seg.batch_size) == ("resnet50", 2e-3, 8)
     if name == "cpu":
-        assert pipeline.seg == SegConfig()  # the defaults are the cpu preset
+        assert experiment.seg == SegConfig()  # the defaults are the cpu preset
     with pytest.raises(ValueError, match="unknown preset"):
         pipeline_preset("huge")
+
+
+def test_the_demo_preset_is_the_pipelines_default_and_small():
+    """`dstray pipeline` with no preset: the demo sizes (under 10 minutes on 2 cores, README)."""
+    demo = pipeline_preset("demo")
+    assert PipelineConfig().preset == "demo" and demo.baseline
+    assert (demo.dst.steps, demo.dst.heldout, demo.num_samples) == (60, 4, 160)
+    assert (demo.seg.window, demo.seg.steps, demo.seg.eval_every, demo.seg.real_splits) == (192, 100, 50, ["reference"])
+    with pytest.raises(ValueError, match="unknown preset"):
+        seg_preset("demo")  # a pipeline preset only

@@ -102,7 +102,7 @@ def add_ray(parser: argparse.ArgumentParser, *, use_gpu: bool = True, storage: b
             workers: bool = False, max_failures: int | None = None, restarts: str = "") -> None:
     """The Ray options of a command: ``--address`` always; ``--use-gpu``; ``--storage-path``;
     ``--cpus-per-worker``; ``--max-failures`` (default ``max_failures``; ``restarts`` says what restarts)."""
-    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local runtime)")
+    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a new local runtime; auto: the `ray start` cluster of this machine)")
     if use_gpu:
         parser.add_argument("--use-gpu", default="auto", choices=USE_GPU,
                             help="auto: GPUs when the cluster has them (default: auto)")

@@ -6,7 +6,7 @@ import dataclasses
 
 from dstray.cli.args import add_data, add_ray
 from dstray.config import GENERATORS
-from dstray.presets import PRESETS
+from dstray.presets import PIPELINE_PRESETS, PRESETS
 
 
 def cmd_pipeline(args) -> int:
@@ -16,7 +16,7 @@ def cmd_pipeline(args) -> int:
     cfg = pipeline_preset(args.preset, use_gpu=args.use_gpu, seed=args.seed)
     overrides = {k: getattr(args, k) for k in ("data", "out", "generator", "num_samples")
                  if getattr(args, k) is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = dataclasses.replace(cfg, **overrides, baseline=not args.no_baseline)
     if args.dst_steps is not None:
         cfg = dataclasses.replace(cfg, dst=dataclasses.replace(cfg.dst, steps=args.dst_steps))
     if args.seg_steps is not None:
@@ -42,8 +42,9 @@ def cmd_report(args) -> int:
 
 def register(sub) -> None:
     s = sub.add_parser("pipeline", help="fit DST for every type -> generate -> train -> evaluate -> report")
-    s.add_argument("--preset", default="cpu", choices=PRESETS,
-                   help="stage sizes: smoke (seconds), cpu (the sample on a laptop, ~10 min), paper (GPU cluster)")
+    s.add_argument("--preset", default="demo", choices=PIPELINE_PRESETS,
+                   help="stage sizes: smoke (seconds, for tests), demo (the first run: the sample in under 10 min "
+                   "on 2 cores), cpu (larger, ~20 min on the sample), paper (GPU cluster)")
     add_data(s)
     s.add_argument("--out", default="runs/pipeline", help="run folder; re-running reuses finished stages")
     s.add_argument("--generator", default=None, choices=GENERATORS)
@@ -51,6 +52,8 @@ def register(sub) -> None:
     s.add_argument("--dst-steps", type=int, default=None, help="DST steps per type (preset's by default)")
     s.add_argument("--seg-steps", type=int, default=None, help="segmenter steps (preset's by default)")
     s.add_argument("--seed", type=int, default=0, help="seeds the DST fits, the generation and the segmenter")
+    s.add_argument("--no-baseline", action="store_true",
+                   help="skip the second segmenter run (same config on the real splits alone, no generated samples)")
     add_ray(s)
     s.set_defaults(func=cmd_pipeline)
 

@@ -16,10 +16,15 @@ log = logging.getLogger("dstray")
 
 def init_ray(address: str | None = None) -> None:
     """Connect to a cluster (``address``, ``RAY_ADDRESS``, or inside a job: the job's cluster),
-    or start a local one. A no-op when Ray is already initialised."""
+    or start a local one. A no-op when Ray is already initialised.
+
+    Without an address a new local runtime is started (``address="local"``), never an existing
+    one joined: ``ray.init()`` alone would attach to whatever ``ray start`` cluster runs on the
+    machine (another user's included); ``--address auto`` joins one on purpose.
+    """
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
 
 

@@ -9,18 +9,23 @@
     RUN/seg/history.jsonl             segmentation training / evaluation history
     RUN/eval/eval.json, eval.png      evaluation scores and Figure-7 overlays
 
+    RUN/eval-ref/eval.json            the same segmenter trained without generated samples (baseline)
+
 and writes one HTML page with every image embedded as a ``data:`` URI (no script, no
 external resource), plus the same PNGs next to it. Sections:
 
-1. the run: folder, dataset, date, exact config, versions;
+1. the headline (:mod:`.headline`): pixel F1 (overall, macro, per type) on the real test split
+   of the segmenter trained with the generated samples beside the one trained without, and a
+   contact sheet of generated samples, each beside its label L;
 2. per defect type a row like the paper's Figure 3 (Wei et al., §3.1): reference H with
    its mask M outlined, background S with the area L outlined, histogram matching y',
    DST output ŷ, and both outputs zoomed on L;
-3. a contact sheet of generated samples, masks outlined;
+3. the generated samples per type and generator;
 4. loss curves: the four DST terms and their total per type, segmentation loss and F1;
 5. the evaluation (paper eq. 8): pixel P/R/F1/IoU overall and per type, image-level
    detection and false alarms, and the Figure-7 overlays;
-6. stage timings and the generation summary.
+6. stage timings and the generation summary;
+7. the run: folder, dataset, date, versions, and the exact config (folded).
 
 Any part may be missing: its section says "not run" instead of failing; a part that is
 present but cannot be read says so in its section, and the rest of the report is kept.
@@ -35,8 +40,9 @@ from pathlib import Path
 
 from dstray.report.figure3 import figure3_section, read_checkpoints
 from dstray.report.html import CSS, Page, esc, guard
-from dstray.report.sections import (contact_section, eval_section, losses_section, read_pipeline, run_section,
-                                    timings_section)
+from dstray.report.headline import headline_section
+from dstray.report.sections import (contact_section, counts_section, eval_section, losses_section, read_pipeline,
+                                    run_section, timings_section)
 
 _OWN_FILES = ("fig3-*.png", "contact-*.png", "dst-losses.png", "seg-history.png", "eval.png")
 
@@ -64,13 +70,17 @@ def write_report(run_dir: str | Path, *, out_dir: str | Path | None = None, cont
     pipeline, pipeline_note = read_pipeline(run)
     checkpoints = read_checkpoints(run)
     sections = [
-        ("run", "Run", lambda: run_section(run, pipeline, pipeline_note)),
+        ("headline", "Does generating defects help? Pixel F1 with and without generated samples",
+         lambda: headline_section(page, run, pipeline,
+                                  guard("contact sheet", lambda: contact_section(page, run, contact_sheet_n, seed)))),
         ("figure3", "Defect style transfer per type (Figure 3)",
          lambda: figure3_section(page, run, pipeline, checkpoints, seed)),
-        ("generated", "Generated samples", lambda: contact_section(page, run, contact_sheet_n, seed)),
+        ("generated", "Generated samples per type", lambda: counts_section(run)),
         ("losses", "Loss curves", lambda: losses_section(page, run, pipeline, checkpoints)),
-        ("evaluation", "Evaluation", lambda: eval_section(page, run, pipeline)),
+        ("evaluation", "Evaluation of the segmenter trained with generated samples (Figure 7)",
+         lambda: eval_section(page, run, pipeline)),
         ("timings", "Stage timings and generation summary", lambda: timings_section(run, pipeline)),
+        ("run", "Run and config", lambda: run_section(run, pipeline, pipeline_note)),
     ]
     body = []
     for anchor, title, build in sections:

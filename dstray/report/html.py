@@ -30,8 +30,10 @@ pre { background: #f7f7f7; border: 1px solid #ddd; padding: 0.6em; overflow-x: a
 table.fig3 td { text-align: center; vertical-align: top; font-size: 0.8em; }
 table.fig3 img { height: 180px; }
 .sheet { display: flex; flex-wrap: wrap; gap: 8px; }
-.sheet figure { margin: 0; width: 190px; text-align: center; font-size: 0.78em; }
-.sheet img { max-width: 186px; max-height: 180px; }
+.sheet figure { margin: 0; max-width: 300px; text-align: center; font-size: 0.78em; }
+.sheet img { max-width: 300px; max-height: 150px; }
+table.headline td, table.headline th { font-size: 1.1em; padding: 4px 12px; }
+details summary { cursor: pointer; color: #333; }
 img.wide { max-width: 100%; }
 nav a { margin-right: 1em; }
 """

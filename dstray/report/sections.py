@@ -44,7 +44,7 @@ def run_section(run: Path, pipeline: dict, note: str | None) -> str:
         mtime = datetime.datetime.fromtimestamp(pj.stat().st_mtime, datetime.timezone.utc)
         rows.append(["pipeline.json last written", mtime.strftime("%Y-%m-%d %H:%M:%S UTC")])
     for key, value in pipeline.items():  # anything else the pipeline recorded
-        if key not in ("config", "versions", "stages", "data"):
+        if key not in ("config", "versions", "stages", "data", "headline"):
             rows.append([key, fmt(value)])
     parts = [kv(rows)]
     if note:
@@ -56,20 +56,30 @@ def run_section(run: Path, pipeline: dict, note: str | None) -> str:
     parts.append("<h3>Config</h3>")
     if "config" in pipeline:
         config = json.dumps(pipeline["config"], indent=2, default=str)
-        parts.append(f"<pre>{html.escape(config, quote=False)}</pre>")
+        types = pipeline.get("defect_types")
+        summary = f"the run's config (defect types: {', '.join(types)})" if types else "the run's config"
+        parts.append(f"<details><summary>{esc(summary)}</summary><pre>{html.escape(config, quote=False)}</pre>"
+                     "</details>")
     else:
         parts.append(not_run("no config recorded"))
     return "\n".join(parts)
 
 
-# --------------------------------------------------------------------------- 3. contact sheet
-def contact_section(page: Page, run: Path, n: int, seed: int) -> str:
+# --------------------------------------------------------------------------- 3. generated samples
+def _parquet_files(run: Path) -> tuple[list[Path], list[int]]:
     import pyarrow.parquet as pq
 
     files = sorted((run / "generated" / "data").glob("part-*.parquet"))
+    return files, [pq.ParquetFile(f).metadata.num_rows for f in files]
+
+
+def counts_section(run: Path) -> str:
+    """How many generated samples, per defect type and generator."""
+    import pyarrow.parquet as pq
+
+    files, sizes = _parquet_files(run)
     if not files:
         return not_run("no generated samples (RUN/generated/data/part-*.parquet)")
-    sizes = [pq.ParquetFile(f).metadata.num_rows for f in files]
     total = int(sum(sizes))
     if total == 0:
         return f'<p class="notrun">the generated dataset ({len(files)} files) has no rows</p>'
@@ -83,9 +93,20 @@ def contact_section(page: Page, run: Path, n: int, seed: int) -> str:
     gens = sorted({g for _, g in counts})
     types = sorted({t for t, _ in counts})
     count_rows = [[t, *[counts[(t, g)] for g in gens], sum(counts[(t, g)] for g in gens)] for t in types]
-    parts = [f"<p>{total} samples in {len(files)} Parquet files.</p>",
-             table(["defect type", *gens, "all"], count_rows)]
+    return "\n".join([f"<p>{total} samples in {len(files)} Parquet files.</p>",
+                      table(["defect type", *gens, "all"], count_rows)])
 
+
+def contact_section(page: Page, run: Path, n: int, seed: int) -> str:
+    """``n`` random generated samples (seeded), each shown beside its label L (white on black)."""
+    import pyarrow.parquet as pq
+
+    from dstray.report.headline import pair
+
+    files, sizes = _parquet_files(run)
+    total = int(sum(sizes))
+    if not total:
+        return not_run("no generated samples (RUN/generated/data/part-*.parquet)")
     k = min(max(int(n), 0), total)
     rng = np.random.default_rng(derive_seed(seed, "report-contact-sheet"))
     chosen = np.sort(rng.choice(total, size=k, replace=False)) if k else np.array([], int)
@@ -101,12 +122,11 @@ def contact_section(page: Page, run: Path, n: int, seed: int) -> str:
             image, mask = shrink(image, mask, THUMB_MAX)
             caption = f'{row.get("defect_type", "?")} · {row.get("generator", "?")}'
             alt = f'{caption} · {row.get("sample_id", "?")} on {row.get("background_id", "?")}'
-            tag = page.img(f"contact-{len(figures):03d}.png", outline(image, mask), alt)
+            tag = page.img(f"contact-{len(figures):03d}.png", pair(image, mask), alt)
             figures.append(f'<figure>{tag}<figcaption>{esc(caption)}<br>'
                            f'<span class="note">{esc(row.get("sample_id", ""))}</span></figcaption></figure>')
-    parts.append(f"<h3>Contact sheet: {k} random samples (seed {seed}), label L outlined in red</h3>")
-    parts.append(f'<div class="sheet">{"".join(figures)}</div>')
-    return "\n".join(parts)
+    return "\n".join([f"<h3>Generated samples: {k} of {total} at random (seed {seed}), each beside its label L "
+                      "(white)</h3>", f'<div class="sheet">{"".join(figures)}</div>'])
 
 
 # --------------------------------------------------------------------------- 4. losses

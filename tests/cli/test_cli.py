@@ -90,7 +90,8 @@ def test_fit_dst_without_defect_type_fits_a_single_type_dataset(tmp_path):
 def test_run_subcommands_parse():
     p = build_parser()
     args = p.parse_args(["pipeline", "--preset", "smoke", "--seed", "3"])
-    assert (args.preset, args.seed, args.use_gpu) == ("smoke", 3, "auto")
+    assert (args.preset, args.seed, args.use_gpu, args.no_baseline) == ("smoke", 3, "auto", False)
+    assert p.parse_args(["pipeline"]).preset == "demo"  # the README's first command
     args = p.parse_args(["experiment", "fig6", "--preset", "smoke", "--data", "d"])
     assert (args.experiment, args.preset, args.data, args.out) == ("fig6", "smoke", "d", "runs/experiments")
     args = p.parse_args(["report", "runs/x", "--out", "o"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -24,6 +25,37 @@ def test_smoke_pipeline_writes_report_with_every_type_and_the_evaluation(ray_clu
     result = json.loads((run / "eval" / "eval.json").read_text())
     assert f"{result['pixel']['f1']:.3f}" in html  # the evaluation table
     assert info["stages"]["generate"]["summary"]["written"] == cfg.num_samples
+    assert info["defect_types"] == load_dataset(None).defect_types  # the saved config says which types ran
+
+    # The terminal's lines (RUN/summary.txt): one per stage, its timings, the final table of the two runs.
+    lines = (run / "summary.txt").read_text().splitlines()
+    assert len(lines) <= 40, lines
+    stages = [line for line in lines if re.match(r"\[\d/5\] ", line)]
+    assert [line.split()[1] for line in stages] == ["fit", "generate", "segmentation:", "evaluate", "report"]
+    for t in info["defect_types"]:
+        assert any(re.match(rf"  {t} +6 steps +loss [\d.]+ +(held-out DST|no held-out)", line) for line in lines), t
+    assert any(re.match(r"  generate: 10 rows written, 0 rejected", line) for line in lines), lines
+    assert sum("steps, loss" in line and "val F1" in line for line in lines) == 2  # the two segmenter runs
+    assert any(line.startswith("stage timings: fit ") and "total" in line for line in lines)
+    head = lines.index(next(line for line in lines if line.startswith("pixel F1 on the real test split")))
+    table = lines[head + 2:head + 4]
+    assert [r.split("  ")[1] for r in table] == ["references + 10 generated", "references only"], lines[head:]
+    numbers = [[float(v) for v in r.split()[-7:]] for r in table]  # F1, macro, 5 types
+    assert all(0 <= v <= 1 for row in numbers for v in row)
+    assert numbers[0][0] == round(result["pixel"]["f1"], 3)
+    assert lines[-1] == f"report: {run / 'report' / 'index.html'}"
+    # Ray's own output went to the log, not to the terminal
+    assert not any(w in line for line in lines for w in ("pid=", "TrainController", "WARNING", "INFO"))
+    assert (run / "logs" / "ray.log").stat().st_size > 0
+
+    # The report opens on the same table.
+    first = html.split("<h2", 2)[1]
+    assert first.startswith(' id="headline"'), first[:200]
+    rows = re.findall(r"<tr>(.*?)</tr>", first.split('<table class="headline">', 1)[1].split("</table>", 1)[0])
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in rows[1:]]
+    assert [c[0] for c in cells] == ["references + 10 generated", "references only"]
+    assert [[float(v) for v in c[1:]] for c in cells] == numbers
+    assert html.index('id="run"') > html.index('id="evaluation"') and "<details>" in html  # config at the end
 
     # A re-run reuses every finished stage.
     again = run_pipeline(cfg)

@@ -82,7 +82,8 @@ def _generated(run, sample_dataset, n=6):
 def _pipeline(run, stages):
     run.mkdir(parents=True, exist_ok=True)
     (run / "pipeline.json").write_text(json.dumps({
-        "config": {"generate": {"num_samples": 6, "generator": "histmatch"}, "seg": {"steps": 20, "lr": 0.002},
+        "config": {"generate": {"num_samples": 6, "generator": "histmatch"}, "num_samples": 6,
+                   "seg": {"steps": 20, "lr": 0.002, "real_splits": ["reference"]},
                    "note": "<script>x</script>"},
         "versions": {"dstray": "0.1.0", "torch": torch.__version__, "ray": "2.60.0", "python": "3.11.7"},
         "stages": stages, "data": "embedded sample"}))
@@ -106,6 +107,10 @@ def test_full_report(tmp_path, checkpoints, sample_dataset):
     (run / "eval" / "eval.json").write_text(json.dumps(EVAL))
     eval_png = encode_png(torch.rand(3, 20, 30, generator=torch.Generator().manual_seed(0)))
     (run / "eval" / "eval.png").write_bytes(eval_png)
+    (run / "eval-ref").mkdir()  # the baseline: the same segmenter without generated samples
+    (run / "eval-ref" / "eval.json").write_text(json.dumps(
+        {**EVAL, "pixel": {**EVAL["pixel"], "f1": 0.4111}, "macro": {"f1": 0.3222},
+         "per_type": {t: {**r, "f1": f1} for (t, r), f1 in zip(EVAL["per_type"].items(), (0.5333, 0.2444))}}))
 
     index = write_report(run, contact_sheet_n=4, seed=1)
     assert index == run / "report" / "index.html"
@@ -124,8 +129,17 @@ def test_full_report(tmp_path, checkpoints, sample_dataset):
     assert ">12.5<" in html  # generation summary rows_per_s
     assert "&lt;script&gt;" in html and "<script>" not in html  # config shown escaped
     assert html.count("<figure>") == 4  # contact sheet
+    # the first section: the headline table, with generated samples (eval/) beside without (eval-ref/)
+    first = html.split('<h2 id="headline">', 1)[1].split("<h2", 1)[0]
+    assert html.index('<h2 id="headline">') < html.index("<h2 ", html.index('<h2 id="headline">') + 1)
+    table_rows = re.findall(r"<tr>(.*?)</tr>", first.split('<table class="headline">', 1)[1].split("</table>")[0])
+    cells = [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r) for r in table_rows]
+    assert cells[0] == ["segmenter trained on", "pixel F1", "macro F1", "F1 blowhole", "F1 crack"]
+    assert cells[1] == ["references + 6 generated", "0.723", "n/a", "0.832", "0.560"]  # EVAL has no macro
+    assert cells[2] == ["references only", "0.411", "0.322", "0.533", "0.244"]
+    assert first.count("<figure>") == 4  # the contact sheet: image beside its mask
     srcs = _img_srcs(html)
-    assert len(srcs) == 2 * 3 + 4 + 3  # fig3 rows, contact sheet, two loss figures, eval.png
+    assert len(srcs) == 4 + 2 * 3 + 3  # contact sheet, fig3 rows, two loss figures, eval.png
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert base64.b64decode(srcs[-1].split(",", 1)[1]) == eval_png  # eval.png embedded as is
     assert (index.parent / "eval.png").read_bytes() == eval_png
@@ -134,7 +148,7 @@ def test_full_report(tmp_path, checkpoints, sample_dataset):
     # the same seed gives the same images; a rerun replaces the report's files
     again = write_report(run, contact_sheet_n=2, seed=1).read_text()
     assert again.count("<figure>") == 2 and not (index.parent / "contact-002.png").exists()
-    assert _img_srcs(again)[:6] == srcs[:6]
+    assert _img_srcs(again)[2:8] == srcs[4:10]  # the Figure-3 rows
 
 
 def test_only_pipeline_json(tmp_path):
