@@ -71,10 +71,10 @@ def figure3_section(page: Page, run: Path, pipeline: dict, checkpoints: dict, se
         return not_run("no DST models (RUN/models/<type>/model.pt)")
     backgrounds, why = _backgrounds(run, pipeline, seed)
     mode, patch = _generation_mode(pipeline)
-    parts = ['<p class="note">As the paper\'s Figure 3, per defect type: the real reference H with its mask M '
-             "outlined in red; a defect-free background S with the sampled area L outlined in green; the "
-             "histogram-matching output y' (first step of Alg. 2); the DST output ŷ "
-             "(<code>dstray.dst.figures.render_figure3_row</code>); then y' and ŷ zoomed on L (no outline). "
+    parts = ['<p class="note">As the paper\'s Figure 3, per defect type, one row: the real reference H beside '
+             "its mask M; a defect-free background S beside the sampled area L; the histogram-matching output "
+             "y' (first step of Alg. 2) beside the DST output ŷ (<code>dstray.dst.figures.render_figure3_row</code>); "
+             "above it, y' and ŷ zoomed on L. "
              f"The background is the same for every type where it fits (seed {seed}); stylized "
              + (f"in {esc(mode)} mode{f' (window {patch} px)' if mode == 'patch' and patch else ''}, as generated"
                 if mode else "in the mode each model was fit in (no generation config recorded)") + ".</p>"]
@@ -84,8 +84,7 @@ def figure3_section(page: Page, run: Path, pipeline: dict, checkpoints: dict, se
     bg_cache: dict[str, object] = {}
     for t, entry in checkpoints.items():
         rows.append(_figure3_row(page, t, entry, backgrounds, bg_cache, seed, mode, patch))
-    head = "".join(f"<th>{h}</th>" for h in ("type", "reference H, M · background S, L · hist match y' · DST ŷ",
-                                            "y' on L", "ŷ on L"))
+    head = "".join(f"<th>{h}</th>" for h in ("type (below: H, M · S, L · y', ŷ)", "y' on L", "ŷ on L"))
     parts.append(f'<table class="fig3"><tr>{head}</tr>{"".join(rows)}</table>')
     return "\n".join(parts)
 
@@ -143,7 +142,8 @@ def _figure3_row(page: Page, defect_type: str, entry: dict, backgrounds, bg_cach
         page.img(f"fig3-{slug}-dst-zoom.png", zoom(rgb(out["image"]), window), f"{defect_type}: DST output around L"),
     ]
     info += f'<br><span class="note">background {esc(sample.id)}</span>'
-    return f'<tr><td class="l">{info}</td>' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+    return (f'<tr><td class="l">{info}</td><td>{cells[1]}</td><td>{cells[2]}</td></tr>'
+            f'<tr><td colspan="3" class="row">{cells[0]}</td></tr>')
 
 
 def _slug(text: str) -> str:

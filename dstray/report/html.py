@@ -29,6 +29,7 @@ pre { background: #f7f7f7; border: 1px solid #ddd; padding: 0.6em; overflow-x: a
 .note { color: #555; font-size: 0.9em; }
 table.fig3 td { text-align: center; vertical-align: top; font-size: 0.8em; }
 table.fig3 img { height: 180px; }
+table.fig3 td.row img { height: auto; width: 100%; max-width: 1100px; }
 .sheet { display: flex; flex-wrap: wrap; gap: 8px; }
 .sheet figure { margin: 0; max-width: 300px; text-align: center; font-size: 0.78em; }
 .sheet img { max-width: 300px; max-height: 150px; }
