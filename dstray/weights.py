@@ -84,6 +84,15 @@ def load_weights(model: nn.Module, spec: str, *, enum=None, what: str = "network
             ) from exc
         _load_state(model, state, strict=strict, what=what, source="ImageNet weights")
         return model
+    _load_state(model, read_state_file(spec, what=what), strict=strict, what=what, source=str(spec))
+    return model
+
+
+def read_state_file(spec: str, *, what: str) -> dict:
+    """The state dict in the file ``spec`` (a bare state dict, or one under a ``state_dict`` key).
+
+    Raises :class:`WeightsUnavailableError` naming ``what`` when ``spec`` is not a file or not readable.
+    """
     path = Path(spec)
     if not path.is_file():
         raise WeightsUnavailableError(
@@ -93,10 +102,9 @@ def load_weights(model: nn.Module, spec: str, *, enum=None, what: str = "network
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsUnavailableError(f"{what}: could not read the weights file {path}: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    _load_state(model, state, strict=strict, what=what, source=str(path))
-    return model
+    return state
 
 
 def _load_state(model: nn.Module, state: dict, *, strict: bool, what: str, source: str) -> None:
@@ -194,18 +202,7 @@ def load_efficientnet_lite0(model: torch.nn.Module, weights: str, *, what: str =
     if weights == "imagenet":
         state, source = efficientnet_lite0_state_dict(), f"ImageNet weights ({LITE0_PACKAGE})"
     else:
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsUnavailableError(
-                f"{what}: weights={weights!r} is neither 'imagenet', 'random' nor an existing file. "
-                "Pass one of 'imagenet', 'random' or the path of a state-dict (.pth) file.")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsUnavailableError(f"{what}: could not read the weights file {path}: {exc}") from exc
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        state, source = lite0_to_timm(state, what=str(path)), str(path)
+        state, source = lite0_to_timm(read_state_file(weights, what=what), what=str(weights)), str(weights)
     own = model.state_dict()
     # a feature extractor has no head; a model with another num_classes keeps its own (new) classifier
     state = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
