@@ -1,21 +1,27 @@
-"""Time of one segmentation training step and of one evaluation at a SegConfig (default: the cpu preset).
+"""Seconds per segmentation training step and per ``val`` evaluation, for speed variants side by side.
 
-Prints, per arch: seconds per optimiser step (after ``--warmup`` steps), wall and CPU (this
-process's user + system time), seconds to evaluate the whole ``val`` split at native resolution,
-and the run time they imply for the config (``steps * s/step + evaluations * eval s + val and
-test once more at the end``), with the load average of the machine before and after. Other jobs
-on the cores inflate the wall times; with ``--threads 1`` the CPU time per step is what one
-quiet core would take.
+Each variant is a set of SegConfig overrides on one base config (default: the ``cpu`` preset,
+Buttonlab, trained on ``reference,train``); all run in this one process, one after the other, on
+the same data, and each is printed as a ratio to the first (``today``: the pre-issue-15 cpu
+preset, full fine-tuning). Per variant: wall and CPU seconds per optimiser step (after
+``--warmup`` steps), seconds to evaluate the whole ``val`` split at native resolution (with
+``--eval``), and the run time they imply for ``--steps-per-run`` steps with an evaluation every
+``--eval-every``. The load average before and after says how busy the machine was.
 
-    python bench/seg_step.py --data ../shared/data/magnetic-tile --threads 2 [--arch buttonlab,unet] [--steps 10]
+    python bench/seg_step.py --data ../shared/data/magnetic-tile --threads 1 \\
+        --variants today,freeze=3,freeze=5,freeze=-1,channels_last,freeze=-1+channels_last,compile
 
-Threads: on a machine shared with other jobs, 2 OpenMP threads can be many times slower than 1
-(threads spin at barriers while the other is descheduled); compare ``--threads 1`` and ``2``.
+Variant syntax: ``name`` or ``key=value`` joined by ``+``; ``today`` = no override,
+``freeze=N`` = ``freeze_stages=N``, ``channels_last``, ``compile`` (``torch.compile`` of the
+network, compile time excluded; warm-up steps include it), ``ema=D``, any other SegConfig field
+as ``field=value``. Threads: on a shared machine two OpenMP threads can be slower than one;
+``--threads 1`` gives what one quiet core takes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -24,51 +30,88 @@ from dataclasses import replace
 
 import torch
 
-from dstray.config import SegConfig
+from dstray.config import SegConfig, parse_value
 from dstray.data import load_dataset
+from dstray.presets import seg_preset
 from dstray.seg.data import SegSource
 from dstray.seg.evaluate import evaluate
 from dstray.seg.train import SegTrainer, check_inputs
+
+TODAY = {"freeze_stages": 0, "channels_last": False, "ema": 0.0}  # the cpu preset before issue 15
+
+
+def parse_variant(text: str) -> tuple[dict, bool]:
+    """``"freeze=-1+channels_last"`` -> ({"freeze_stages": -1, "channels_last": True}, compile?)."""
+    fields = {f.name: f for f in dataclasses.fields(SegConfig)}
+    over, compile_it = dict(TODAY), False
+    for part in filter(None, text.split("+")):
+        key, _, value = part.partition("=")
+        key = {"freeze": "freeze_stages"}.get(key, key)
+        if key == "today":
+            continue
+        if key == "compile":
+            compile_it = True
+            continue
+        if key not in fields:
+            raise SystemExit(f"unknown variant part {part!r}: use today, freeze=N, channels_last, compile or a "
+                             f"SegConfig field=value")
+        f = fields[key]
+        over[key] = True if not value and f.type.startswith("bool") else parse_value(value, str(f.type), f.default)
+    return over, compile_it
+
+
+def time_variant(base: SegConfig, over: dict, compile_it: bool, args, val) -> dict:
+    cfg = check_inputs(replace(base, **over))
+    trainer = SegTrainer(cfg, SegSource.from_config(cfg), "cpu")
+    if compile_it:
+        trainer.model = torch.compile(trainer.model)
+    for _ in range(args.warmup):
+        trainer.step()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(args.steps):
+        trainer.step()
+    step, cpu_step = (time.perf_counter() - t0) / args.steps, (time.process_time() - c0) / args.steps
+    val_s = math.nan
+    if args.eval:
+        t0 = time.perf_counter()
+        evaluate(trainer.eval_model, val)
+        val_s = time.perf_counter() - t0
+    return {"s_per_step": step, "cpu_s_per_step": cpu_step, "val_eval_s": val_s}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None)
-    p.add_argument("--arch", default="buttonlab,unet")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--arch", default="buttonlab")
+    p.add_argument("--variants", default="today,freeze=3,freeze=5,freeze=-1,channels_last,freeze=-1+channels_last")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=8, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--no-eval", action="store_true", help="skip the val evaluation timing")
+    p.add_argument("--eval", action="store_true", help="also time one evaluation of the val split per variant")
+    p.add_argument("--steps-per-run", type=int, default=None, help="steps of the implied run (default: the preset's)")
+    p.add_argument("--eval-every", type=int, default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
-    dataset = load_dataset(args.data)
-    for arch in args.arch.split(","):
-        cfg = check_inputs(replace(SegConfig(), arch=arch, data=args.data, real_splits=["reference", "train"],
-                                   device="cpu"))
-        trainer = SegTrainer(cfg, SegSource.from_config(cfg), "cpu")
-        for _ in range(args.warmup):
-            trainer.step()
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(args.steps):
-            trainer.step()
-        step, cpu_step = (time.perf_counter() - t0) / args.steps, (time.process_time() - c0) / args.steps
-        val = dataset.split(cfg.eval_split)
-        t0, c0 = time.perf_counter(), time.process_time()
-        if not args.no_eval:
-            evaluate(trainer.model, val)
-        val_s, val_cpu = time.perf_counter() - t0, time.process_time() - c0
-        test_share = len(dataset.split(cfg.test_split)) / max(1, len(val))  # test images per val image
-        evaluations = math.ceil(cfg.steps / cfg.eval_every)
-        # evaluations on val, then finish(): val and test once more
-        total = cfg.steps * step + (evaluations + 1 + test_share) * val_s
-        cpu_total = cfg.steps * cpu_step + (evaluations + 1 + test_share) * val_cpu
-        print(json.dumps({"arch": arch, "backbone": cfg.backbone, "window": cfg.window, "batch": cfg.batch_size,
-                          "threads": args.threads, "s_per_step": round(step, 3), "cpu_s_per_step": round(cpu_step, 3),
-                          "val_images": len(val), "val_eval_s": round(val_s, 1), "val_eval_cpu_s": round(val_cpu, 1),
-                          "run_minutes": round(total / 60, 1), "run_cpu_minutes": round(cpu_total / 60, 1),
-                          "loadavg_before": round(load, 2), "loadavg_after": round(os.getloadavg()[0], 2)}),
-              flush=True)
+    base = seg_preset("cpu", arch=args.arch, data=args.data, real_splits=["reference", "train"], device="cpu")
+    val = load_dataset(args.data).split(base.eval_split)
+    steps = args.steps_per_run or base.steps
+    every = args.eval_every or base.eval_every
+    first = None
+    for text in args.variants.split(","):
+        over, compile_it = parse_variant(text)
+        r = time_variant(base, over, compile_it, args, val)
+        first = first or r
+        evals = math.ceil(steps / every) + 2  # the evaluations on val, then val and test once more (test ~ 2x val)
+        run_s = steps * r["s_per_step"] + (evals * r["val_eval_s"] if args.eval else 0)
+        print(json.dumps({"variant": text, "arch": args.arch, "threads": args.threads,
+                          "s_per_step": round(r["s_per_step"], 3), "cpu_s_per_step": round(r["cpu_s_per_step"], 3),
+                          "speedup": round(first["s_per_step"] / r["s_per_step"], 2),
+                          "val_eval_s": round(r["val_eval_s"], 1),
+                          "run_minutes": round(run_s / 60, 1) if args.eval else None,
+                          "loadavg": round(os.getloadavg()[0], 2)}), flush=True)
+    print(json.dumps({"loadavg_before": round(load, 2), "loadavg_after": round(os.getloadavg()[0], 2),
+                      "val_images": len(val)}))
 
 
 if __name__ == "__main__":

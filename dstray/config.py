@@ -145,8 +145,11 @@ class SegConfig:
     data: str | None = None  # dataset path for real splits and evaluation; None = embedded sample
     eval_split: str = "val"  # real split that selects the checkpoint and the threshold, every eval_every steps
     test_split: str | None = "test"  # real split scored once at the end with the selected model ("none": skip)
-    eval_every: int = 100  # steps between evaluations on eval_split (and checkpoints)
+    eval_every: int = 300  # steps between evaluations on eval_split (and checkpoints); = steps: the end only
     threshold: float | None = None  # defect probability threshold; None = chosen on eval_split by pixel F1
+    freeze_stages: int = -1  # first N encoder stages frozen with their ImageNet weights and BN statistics (-1 = all)
+    channels_last: bool = True  # NHWC memory format for the network and its inputs (faster convolutions on CPU)
+    ema: float = 0.98  # decay of an exponential moving average of the weights, evaluated and saved instead (0 = off)
     seed: int = 0  # seeds init, batch draws, windows, crops and augmentation
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
 

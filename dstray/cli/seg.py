@@ -48,10 +48,30 @@ def _score(r: dict | None) -> str:
             f"AUROC {im['auroc']:.3f}")
 
 
+def cmd_train_seeds(args, cfg: SegConfig) -> int:
+    from dstray.distributed.seeds import SUMMARY, parse_seeds, train_seeds
+
+    seeds = parse_seeds(args.seeds)
+
+    def on_seed(seed: int, r: dict) -> None:
+        print(f"  seed {seed}: {r['steps']} steps in {r['seconds'] / 60:.1f} min ({r['threads']} thread(s)); "
+              f"{cfg.test_split or cfg.eval_split}: {_score(r['test'] or r['val'])}", flush=True)
+
+    print(f"train-seg: {len(seeds)} seeds ({','.join(map(str, seeds))}) of {cfg.arch}/{cfg.backbone}, {cfg.steps} "
+          f"steps, as parallel Ray tasks -> {args.out}/seed-<s>/", flush=True)
+    summary = train_seeds(cfg, seeds, out=args.out, threads=args.threads_per_worker, address=args.address,
+                          on_seed=on_seed)
+    print(summary["table"])
+    print(f"wrote {args.out}/{SUMMARY}")
+    return 0
+
+
 def cmd_train_seg(args) -> int:
     from dstray.distributed.train_seg import train_seg
 
     cfg = seg_config(args)
+    if args.seeds:
+        return cmd_train_seeds(args, cfg)
     result = train_seg(cfg, out=args.out, num_workers=args.num_workers,
                        use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
                        threads_per_worker=args.threads_per_worker, storage_path=args.storage_path,
@@ -126,7 +146,12 @@ def register(sub) -> None:
     _run_options(s, default_name="train-seg")
     s.add_argument("--num-workers", type=int, default=1, help="data-parallel Train workers (DDP when > 1)")
     s.add_argument("--threads-per-worker", type=int, default=0,
-                   help="torch CPU threads per worker (default 0: the node's cores shared among its workers)")
+                   help="torch CPU threads per worker, or per seed with --seeds (default 0: the node's cores shared "
+                        "among its workers / seeds)")
+    s.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="run the config once per seed (e.g. 0,1,2,3,4 or 0-4) as parallel Ray tasks, each an "
+                        "in-process run in OUT/seed-<s>/; writes OUT/seeds.json and prints mean, std and every seed "
+                        "(overall, macro, per type, image level). --seed and --num-workers are then ignored")
     add_ray(s, storage=True, workers=True, max_failures=2, restarts="worker-group restarts from the last checkpoint")
     add_config_args(s, SegConfig)
     s.set_defaults(func=cmd_train_seg)

@@ -173,7 +173,7 @@ def seg_train_loop(config: dict) -> None:
             ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
         clock.update(t=time.perf_counter(), losses=[])  # the next progress line times training only
 
-    evaluator = (lambda: evaluate(trainer.module, samples, threshold=cfg.threshold, device=device)) if rank == 0 \
+    evaluator = (lambda: evaluate(trainer.eval_model, samples, threshold=cfg.threshold, device=device)) if rank == 0 \
         else None
 
     def on_step(log: dict) -> None:  # rank 0: a progress line every PROGRESS_EVERY steps

@@ -72,7 +72,7 @@ def seg_trial(config: dict, base: dict, fault: dict | None = None) -> None:
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
     train_loop(trainer, steps=cfg.steps, eval_every=cfg.eval_every,
-               evaluator=lambda: evaluate(trainer.model, samples, threshold=cfg.threshold, device=device),
+               evaluator=lambda: evaluate(trainer.eval_model, samples, threshold=cfg.threshold, device=device),
                on_eval=on_eval,
                on_step=(lambda log: die(log["step"])) if die else None)
 

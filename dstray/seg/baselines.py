@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from dstray.config import ARCHS, SegConfig
 from dstray.seg.buttonlab import buttonlab
 from dstray.seg.encoders import LITE0, check_backbone, resnet, to_rgb_normalised
+from dstray.seg.freeze import freeze_stages
 from dstray.weights import load_efficientnet_lite0
 
 _SMP_STRIDE = 32  # smp encoders downsample 5 times
@@ -70,10 +71,14 @@ def smp_segmenter(arch: str, *, backbone: str = LITE0, weights: str = "imagenet"
 
 
 def build_segmenter(cfg: SegConfig, *, in_channels: int = 3, num_classes: int = 2) -> nn.Module:
-    """The network named by ``cfg.arch`` with ``cfg.backbone`` and ``cfg.weights``."""
+    """The network named by ``cfg.arch`` with ``cfg.backbone`` and ``cfg.weights``, its first ``cfg.freeze_stages``
+    encoder stages frozen (:mod:`dstray.seg.freeze`), in NHWC memory format when ``cfg.channels_last``."""
     kwargs = dict(backbone=cfg.backbone, weights=cfg.weights, num_classes=num_classes, in_channels=in_channels)
     if cfg.arch == "buttonlab":
-        return buttonlab(**kwargs)
-    if cfg.arch in ARCHS:
-        return smp_segmenter(cfg.arch, **kwargs)
-    raise ValueError(f"unknown segmenter arch {cfg.arch!r}; choose one of {ARCHS}")
+        model = buttonlab(**kwargs)
+    elif cfg.arch in ARCHS:
+        model = smp_segmenter(cfg.arch, **kwargs)
+    else:
+        raise ValueError(f"unknown segmenter arch {cfg.arch!r}; choose one of {ARCHS}")
+    freeze_stages(model, cfg.freeze_stages)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model

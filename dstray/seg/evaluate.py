@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +42,14 @@ FIGURE_IMAGES = 8  # images drawn in the Figure-7-style prediction PNG
 # thresholds scored in one pass: 0.01 steps, then finer near 1 (a defect weight > 1 pushes the best one up)
 THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 100)) + (0.995, 0.998, 0.999)
 DEFAULT_THRESHOLD = 0.5  # used when the split has no defect pixel to choose a threshold on
+TOPK = {"top100": 100, "top1000": 1000}  # image scores: the mean of an image's k highest defect probabilities
+# image scores, in order of preference on a tie: "max" = the highest pixel probability (a single stray pixel flips it),
+# top-k means, "area" = pixels at or over the pixel threshold (the predicted defect area)
+IMAGE_SCORES = ("max", *TOPK, "area")
+DETECTION_TARGET = 0.95  # the image decision detects this share of the defect images of the split it is chosen on
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model: torch.nn.Module, image: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
     """Defect probability of one whole image: (C,H,W) in [0,1] -> (H,W) float32 in [0,1], on the CPU.
 
@@ -66,6 +72,7 @@ class SplitProbs:
     n_pos: torch.Tensor  # (N,) int64: label pixels
     n_neg: torch.Tensor  # (N,) int64: other pixels
     max_prob: torch.Tensor  # (N,) float64: the image's highest defect probability
+    topk: dict[str, torch.Tensor]  # TOPK name -> (N,) float64: the mean of the image's k highest probabilities
     types: list[str]  # defect type of each image ("free" for defect-free ones)
     ids: list[str]
     examples: dict[str, dict] = field(default_factory=dict)  # id -> image, label, prob of the figure's images, in order
@@ -94,7 +101,7 @@ def _cumulative(prob: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return hist.flip(0).cumsum(0).flip(0)[1:]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def collect(model: torch.nn.Module, samples: list[Sample], device: str | torch.device = "cpu", *,
             thresholds: tuple[float, ...] = (), figure_images: int = FIGURE_IMAGES) -> SplitProbs:
     """Run ``model`` on every sample (:func:`predict`) and bin its probabilities at :data:`THRESHOLDS` + ``thresholds``."""
@@ -104,6 +111,7 @@ def collect(model: torch.nn.Module, samples: list[Sample], device: str | torch.d
     edges = torch.tensor(sorted(set(THRESHOLDS) | {float(t) for t in thresholds}), dtype=torch.float64)
     chosen = _figure_choice(samples, figure_images)
     pos, neg, n_pos, n_neg, max_prob, examples = [], [], [], [], [], {}
+    topk: dict[str, list[float]] = {name: [] for name in TOPK}
     try:
         for s in samples:
             image = read_image(s.image)
@@ -115,6 +123,9 @@ def collect(model: torch.nn.Module, samples: list[Sample], device: str | torch.d
             n_pos.append(int(label.sum()))
             n_neg.append(label.numel() - n_pos[-1])
             max_prob.append(float(prob.max()))
+            flat = prob.flatten().double()
+            for name, k in TOPK.items():
+                topk[name].append(float(flat.topk(min(k, flat.numel())).values.mean()))
             if s.id in chosen:
                 examples[s.id] = {"image": (image * 255).round().byte().permute(1, 2, 0).squeeze(-1).numpy(),
                                   "label": label.numpy(), "prob": prob.numpy(), "defect_type": s.defect_type}
@@ -124,7 +135,9 @@ def collect(model: torch.nn.Module, samples: list[Sample], device: str | torch.d
     return SplitProbs(edges=edges, pos=torch.stack(pos) if n else torch.zeros(0, len(edges), dtype=torch.long),
                       neg=torch.stack(neg) if n else torch.zeros(0, len(edges), dtype=torch.long),
                       n_pos=torch.tensor(n_pos, dtype=torch.long), n_neg=torch.tensor(n_neg, dtype=torch.long),
-                      max_prob=torch.tensor(max_prob, dtype=torch.float64), types=[s.defect_type for s in samples],
+                      max_prob=torch.tensor(max_prob, dtype=torch.float64),
+                      topk={k: torch.tensor(v, dtype=torch.float64) for k, v in topk.items()},
+                      types=[s.defect_type for s in samples],
                       ids=[s.id for s in samples], examples={i: examples[i] for i in chosen})
 
 
@@ -140,23 +153,67 @@ def choose_threshold(probs: SplitProbs) -> tuple[float, list[list[float]]]:
     return curve[best][0], curve
 
 
-def scores_at(probs: SplitProbs, threshold: float) -> dict:
+def image_scores(probs: SplitProbs, j: int) -> dict[str, np.ndarray]:
+    """Every :data:`IMAGE_SCORES` of every image, ``area`` at the pixel threshold ``probs.edges[j]``."""
+    return {"max": probs.max_prob.numpy(), **{k: v.numpy() for k, v in probs.topk.items()},
+            "area": (probs.pos[:, j] + probs.neg[:, j]).double().numpy()}
+
+
+def at_detection(scores: np.ndarray, defect: np.ndarray, target: float = DETECTION_TARGET) -> tuple[float, float]:
+    """The highest score threshold that flags at least ``target`` of the defect images, and the false-alarm rate
+    (share of defect-free images at or over it) there: ``(threshold, fpr)``; NaNs when a class is absent."""
+    pos, neg = np.sort(scores[defect])[::-1], scores[~defect]
+    if not len(pos):
+        return float("nan"), float("nan")
+    threshold = float(pos[math.ceil(target * len(pos)) - 1])
+    return threshold, float((neg >= threshold).mean()) if len(neg) else float("nan")
+
+
+def choose_image_score(scores: dict[str, np.ndarray], defect: np.ndarray) -> str:
+    """The image score of the highest image AUROC on this split (do this on ``val``); ``max`` when undefined."""
+    aucs = {name: roc_auc(scores[name], defect) for name in IMAGE_SCORES}
+    best = max(IMAGE_SCORES, key=lambda n: (0.0 if math.isnan(aucs[n]) else aucs[n], -IMAGE_SCORES.index(n)))
+    return best
+
+
+def image_level(probs: SplitProbs, j: int, score: str | None = None, threshold: float | None = None) -> dict:
+    """Image-level scores: an image is flagged when its ``score`` (:data:`IMAGE_SCORES`) reaches ``threshold``.
+
+    ``score=None``: chosen on this split by image AUROC (:func:`choose_image_score`);
+    ``threshold=None``: the one that detects :data:`DETECTION_TARGET` of this split's defect images
+    (:func:`at_detection`). ``auroc`` is that score's, ``auroc_max`` the maximum probability's,
+    ``fpr_at_95`` the false-alarm rate at 95 % detection on this split (threshold-free).
+    """
+    defect = probs.has_defect.numpy()
+    scores = image_scores(probs, j)
+    score = score or choose_image_score(scores, defect)
+    if score not in scores:
+        raise ValueError(f"unknown image score {score!r}; choose one of {IMAGE_SCORES}")
+    t95, fpr95 = at_detection(scores[score], defect)
+    threshold = t95 if threshold is None else float(threshold)
+    flagged = scores[score] >= threshold if not math.isnan(threshold) else np.zeros(len(defect), bool)
+    image = {"score": score, "threshold": threshold, "defect_images": int(defect.sum()),
+             "detected": int((flagged & defect).sum()), "free_images": int((~defect).sum()),
+             "false_alarms": int((flagged & ~defect).sum())}
+    image["detection_rate"] = image["detected"] / image["defect_images"] if image["defect_images"] else float("nan")
+    image["false_alarm_rate"] = image["false_alarms"] / image["free_images"] if image["free_images"] else float("nan")
+    image.update(auroc=roc_auc(scores[score], defect), auroc_max=roc_auc(scores["max"], defect), fpr_at_95=fpr95)
+    return image
+
+
+def scores_at(probs: SplitProbs, threshold: float, image_score: str | None = None,
+              image_threshold: float | None = None) -> dict:
     """Pixel, per-type, macro and image-level scores at ``threshold`` (one of ``probs.edges``); see the module doc.
 
     Per type: the images of that defect type (an image whose mask is empty still counts for its
     type); defect-free images have no type row (their false positives count in ``pixel``).
-    Image level: an image is a defect image when its mask has a defect pixel.
+    Image level (:func:`image_level`): an image is a defect image when its mask has a defect pixel;
+    ``image_score`` / ``image_threshold`` None: chosen on this split.
     """
     j = probs.index(threshold)
     types = np.array(probs.types)
     per_type = {t: probs.counts(j, torch.from_numpy(types == t)) for t in sorted(set(probs.types) - {FREE})}
-    flagged = probs.max_prob >= probs.edges[j]
-    defect = probs.has_defect
-    image = {"defect_images": int(defect.sum()), "detected": int((flagged & defect).sum()),
-             "free_images": int((~defect).sum()), "false_alarms": int((flagged & ~defect).sum())}
-    image["detection_rate"] = image["detected"] / image["defect_images"] if image["defect_images"] else float("nan")
-    image["false_alarm_rate"] = image["false_alarms"] / image["free_images"] if image["free_images"] else float("nan")
-    image["auroc"] = roc_auc(probs.max_prob.numpy(), defect.numpy())
+    image = image_level(probs, j, image_score, image_threshold)
     examples = []
     for i, ex in probs.examples.items():
         pred = ex["prob"].astype(np.float64) >= threshold  # as _cumulative compares
@@ -168,12 +225,14 @@ def scores_at(probs: SplitProbs, threshold: float) -> dict:
 
 
 def evaluate(model: torch.nn.Module, samples: list[Sample], *, threshold: float | None = None,
-             device: str | torch.device = "cpu", figure_images: int = FIGURE_IMAGES) -> dict:
+             device: str | torch.device = "cpu", figure_images: int = FIGURE_IMAGES,
+             image_score: str | None = None, image_threshold: float | None = None) -> dict:
     """Scores of ``model`` on real ``samples`` (a whole split) at the images' own resolution.
 
     ``threshold=None``: chosen on these samples by pixel F1 (do this on ``val`` only; the result
-    holds ``"threshold_curve"``); else the given one. Returns :func:`scores_at`'s dict plus
-    ``"threshold_source"`` and ``"resolution"``.
+    holds ``"threshold_curve"``); else the given one. ``image_score`` / ``image_threshold``: the
+    image decision (:func:`image_level`), chosen on these samples when None. Returns
+    :func:`scores_at`'s dict plus ``"threshold_source"`` and ``"resolution"``.
     """
     probs = collect(model, samples, device, thresholds=() if threshold is None else (threshold,),
                     figure_images=figure_images)
@@ -181,7 +240,7 @@ def evaluate(model: torch.nn.Module, samples: list[Sample], *, threshold: float 
     if threshold is None:
         threshold, curve = choose_threshold(probs)
         extra = {"threshold_source": "chosen on this split (best pixel F1)", "threshold_curve": curve}
-    result = scores_at(probs, threshold)
+    result = scores_at(probs, threshold, image_score, image_threshold)
     stride = getattr(model, "stride", 32)
     return {**result, "threshold_source": "given", **extra,
             "resolution": f"native: whole images, mirror-padded to a multiple of {stride} px, scored on the original "
@@ -280,8 +339,10 @@ def format_eval(result: dict) -> str:
     for name, n, r in rows:
         lines.append(f"{name:<12} {n:>6} {r['precision']:>9.4f} {r['recall']:>7.4f} {r['f1']:>7.4f} {r['iou']:>7.4f}")
     im = result["image"]
-    lines.append(f"image level: {im['detected']}/{im['defect_images']} defect images detected "
+    lines.append(f"image level ({im.get('score', 'max')} >= {im.get('threshold', float('nan')):.4g}): "
+                 f"{im['detected']}/{im['defect_images']} defect images detected "
                  f"(rate {im['detection_rate']:.3f}); {im['false_alarms']}/{im['free_images']} defect-free images "
-                 f"with a false alarm (rate {im['false_alarm_rate']:.3f}); image AUROC (max pixel probability) "
-                 f"{im.get('auroc', float('nan')):.3f}")
+                 f"with a false alarm (rate {im['false_alarm_rate']:.3f}); image AUROC {im.get('auroc', float('nan')):.3f} "
+                 f"(max pixel probability: {im.get('auroc_max', float('nan')):.3f}); false alarms at 95 % detection "
+                 f"{im.get('fpr_at_95', float('nan')):.3f}")
     return "\n".join(lines)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from dstray import storage
 from dstray.config import ARCHS, SegConfig, check_resumable, from_dict, resolve_device, to_dict
@@ -44,6 +45,7 @@ from dstray.data import load_dataset
 from dstray.seg.baselines import build_segmenter
 from dstray.seg.data import SegSource, draw_crop, synthetic_count
 from dstray.seg.encoders import check_weights
+from dstray.seg.freeze import trainable_parameters
 from dstray.seg.evaluate import evaluate, strict_json, write_eval
 
 NUM_CLASSES = 2  # background, defect
@@ -111,7 +113,10 @@ class SegTrainer:
             torch.manual_seed(cfg.seed)
             self.model = build_segmenter(cfg, in_channels=train_source.channels, num_classes=NUM_CLASSES)
         self.model.to(self.device).train()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = torch.optim.Adam(trainable_parameters(self.model), lr=cfg.lr)
+        # weight averaging: the EMA copy is what is evaluated, selected and saved (cfg.ema = 0: the model itself)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) \
+            if cfg.ema else None
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.steps = 0
         self.best: dict = {"f1": None, "step": 0, "threshold": None, "scores": {}}  # the selected evaluation
@@ -120,6 +125,8 @@ class SegTrainer:
     def step(self) -> dict[str, float]:
         batch = self.source.batch(self.cfg.batch_size, self.generator)
         image, mask, valid = (batch[k].to(self.device, non_blocking=True) for k in ("image", "mask", "valid"))
+        if self.cfg.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
         if self.cfg.arch == "buttonlab":
             top, left, h, w = crop = draw_crop(batch["valid"], self.cfg.crop_size, self.generator)
             logits = self.model(image, crop=crop)["out"]
@@ -130,6 +137,8 @@ class SegTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.module)
         self.steps += 1
         return {"loss": loss.item(), "step": self.steps}
 
@@ -139,8 +148,9 @@ class SegTrainer:
         if self.best["f1"] is not None and not f1 > self.best["f1"]:
             return False
         self.best = {"f1": f1, "step": self.steps, "threshold": float(result["threshold"]),
+                     "image_score": result["image"].get("score"), "image_threshold": result["image"].get("threshold"),
                      "scores": {"pixel": result["pixel"], "macro": result.get("macro"), "image": result["image"]}}
-        self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+        self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.eval_model.state_dict().items()}
         return True
 
     @property
@@ -148,9 +158,17 @@ class SegTrainer:
         """The bare network (``model`` unwrapped when an adapter wrapped it, e.g. in DDP)."""
         return getattr(self.model, "module", self.model)
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The network that is evaluated, selected and saved: the EMA of the weights, or the bare network."""
+        return self.ema.module if self.ema is not None else self.module
+
     def state_dict(self) -> dict:
-        return {"state_dict": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "steps": self.steps, "generator": self.generator.get_state(), "best": json.dumps(strict_json(self.best))}
+        state = {"state_dict": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "steps": self.steps, "generator": self.generator.get_state(), "best": json.dumps(strict_json(self.best))}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict, best_state: dict | None = None) -> None:
         """Restore :meth:`state_dict`; ``best_state`` = the selected weights (``model.pt``'s), when there are some."""
@@ -158,6 +176,8 @@ class SegTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state["steps"])
         self.generator.set_state(state["generator"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.best = json.loads(state["best"])
         self.best_state = best_state
 
@@ -172,6 +192,8 @@ class SegTrainer:
         return _save({"state_dict": self.best_state, "config": to_dict(self.cfg), "arch": self.cfg.arch,
                       "backbone": self.cfg.backbone, "in_channels": self.source.channels, "num_classes": NUM_CLASSES,
                       "threshold": self.best["threshold"], "step": self.best["step"], "steps": self.steps,
+                      "image_rule": json.dumps(strict_json({"score": self.best.get("image_score"),
+                                                            "threshold": self.best.get("image_threshold")})),
                       "selected_on": self.cfg.eval_split, "val": json.dumps(strict_json(self.best["scores"]))},
                      path)
 
@@ -190,12 +212,24 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tupl
 
     The network is rebuilt with random init (nothing is read or fetched) before its weights are loaded.
     """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = from_dict(SegConfig, ckpt["config"])
+        model = build_segmenter(replace(cfg, weights="random"), in_channels=ckpt["in_channels"],
+                                num_classes=ckpt["num_classes"])
+        model.load_state_dict(ckpt["state_dict"])
+        threshold = float(ckpt["threshold"])
+    except Exception as exc:  # truncated, foreign, from another dstray version, not a torch file ...
+        raise ValueError(f"{path}: not a segmenter checkpoint dstray can read ({type(exc).__name__}: {exc}); give "
+                         "the model.pt written by `dstray train-seg` (or re-train it with this version)") from exc
+    return model.to(resolve_device(device)).eval(), cfg, threshold
+
+
+def image_rule(path: str | Path) -> dict:
+    """The image decision stored with a ``model.pt``: ``{"score", "threshold"}`` (None when it has none)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = from_dict(SegConfig, ckpt["config"])
-    model = build_segmenter(replace(cfg, weights="random"), in_channels=ckpt["in_channels"],
-                            num_classes=ckpt["num_classes"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(resolve_device(device)).eval(), cfg, float(ckpt["threshold"])
+    rule = json.loads(ckpt.get("image_rule", "{}"))
+    return {"score": rule.get("score"), "threshold": rule.get("threshold")}
 
 
 def run_steps(trainer: SegTrainer, n: int, on_step: Callable[[dict], None] | None = None) -> dict[str, float]:
@@ -358,6 +392,7 @@ def finish(folder: str | Path, device: str | torch.device = "cpu") -> dict:
     """
     folder = Path(folder)
     model, cfg, threshold = load_segmenter(folder / CHECKPOINT, device)
+    rule = image_rule(folder / CHECKPOINT)
     device = next(model.parameters()).device
     dataset = load_dataset(cfg.data)
     out = {}
@@ -365,7 +400,8 @@ def finish(folder: str | Path, device: str | torch.device = "cpu") -> dict:
         if not split:
             out[key] = None
             continue
-        result = evaluate(model, dataset.split(split), threshold=threshold, device=device)
+        result = evaluate(model, dataset.split(split), threshold=threshold, device=device,
+                          image_score=rule["score"], image_threshold=rule["threshold"])
         result["split"] = split
         write_eval(result, folder / key)
         out[key] = {k: v for k, v in result.items() if k != "examples"}
@@ -397,7 +433,7 @@ def train_local(cfg: SegConfig, out_dir: str | Path, on_report: Callable[[dict],
             on_report(row)
 
     train_loop(trainer, steps=cfg.steps, eval_every=cfg.eval_every,
-               evaluator=lambda: evaluate(trainer.model, samples, threshold=cfg.threshold, device=trainer.device),
+               evaluator=lambda: evaluate(trainer.eval_model, samples, threshold=cfg.threshold, device=trainer.device),
                on_eval=on_eval)
     final = finish(out, trainer.device)
     return {"checkpoint": str(out / CHECKPOINT), "steps": trainer.steps, "history": rows, **final}
@@ -422,8 +458,10 @@ def evaluate_checkpoint(model: str | Path, *, out: str | Path, data: str | None 
         source = f"stored with the model, chosen on this split ({split})"
     else:
         source = "given" if threshold is not None else f"stored with the model (chosen on {cfg.eval_split})"
+    rule = image_rule(model)
     result = evaluate(net, dataset.split(split), threshold=stored if threshold is None else threshold,
-                      device=next(net.parameters()).device)
+                      device=next(net.parameters()).device, image_score=rule["score"],
+                      image_threshold=rule["threshold"])
     result.update(split=split, threshold_source=source)
     return result, write_eval(result, out)
 

@@ -146,7 +146,8 @@ def test_lite0_segmenters_encode_like_timm_with_the_imagenet_weights(no_network)
         torch.testing.assert_close(classifier.blocks[1](classifier.blocks[0](y)), low)
         torch.testing.assert_close(net.branch(to_rgb_normalised(x)), classifier.blocks[0](y))  # the branch's copy
 
-    unet = build_segmenter(SegConfig(arch="unet", backbone="efficientnet_lite0", weights="imagenet"),
+    unet = build_segmenter(SegConfig(arch="unet", backbone="efficientnet_lite0", weights="imagenet", freeze_stages=0,
+                                     channels_last=False),
                            in_channels=1).eval()
     with torch.no_grad():
         features = unet.model.encoder(to_rgb_normalised(x))[1:]  # smp puts the input first

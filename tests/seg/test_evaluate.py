@@ -85,7 +85,7 @@ def test_scores_threshold_macro_and_auroc_against_an_independent_computation():
     f1s = {t: f for t, f in curve}
     assert threshold in THRESHOLDS and f1s[threshold] == max(f1s.values())
     for t in (threshold, 0.3, 0.75):
-        result = scores_at(probs, t)
+        result = scores_at(probs, t, image_score="max", image_threshold=t)  # the max-probability rule
         total, per_type, macro_f1, auroc, labels, flags = _reference_scores(samples, maps, t)
         assert {k: result["pixel"][k] for k in ("tp", "fp", "fn", "tn")} == \
             {"tp": total.tp, "fp": total.fp, "fn": total.fn, "tn": total.tn}
