@@ -119,6 +119,23 @@ class GenerateConfig:
 
 # --------------------------------------------------------------------------- segmentation
 @dataclass
+class DataPolicy:
+    """How generated samples enter segmentation training; recorded with every run (``SegConfig.policy``).
+
+    Each lever is one the field measured elsewhere (``../shared/notes/synthetic-data.md``): which
+    generator feeds each type and how often a type is drawn (Synth4Seg), real images alone at the end
+    (Tremblay et al. 2018), a lower loss weight and an unlabelled band along each generated label's
+    edge (noisy synthetic pixels, FreeMask). The synthetic share of a batch is ``SegConfig.synthetic_fraction``.
+    """
+
+    generators: dict[str, str] | None = None  # per type: dst | histmatch | copy | mix (any) | none; unnamed: mix
+    type_shares: dict[str, float] | None = None  # relative share of the synthetic draws per type; None = by rows
+    real_only_last: float = 0.0  # the last share of the steps draws real images only (0 = mixed to the end)
+    synthetic_weight: float = 1.0  # loss weight of the pixels of generated windows (real ones: 1)
+    ignore_band: int = 0  # pixels on either side of a generated label's edge that carry no loss
+
+
+@dataclass
 class SegConfig:
     """Training one segmenter (Buttonlab or a baseline), paper §3.2 and §4.
 
@@ -142,6 +159,7 @@ class SegConfig:
     real_splits: list[str] = field(default_factory=list)  # real splits to train on ("reference", "train")
     real_limit: int | None = None  # use only N real samples, round-robin over defect types (paper Fig. 6)
     synthetic_fraction: float = 0.5  # share of each batch drawn from synthetic data when both are given
+    policy: DataPolicy = field(default_factory=DataPolicy)  # how the generated samples are drawn and weighted
     data: str | None = None  # dataset path for real splits and evaluation; None = embedded sample
     eval_split: str = "val"  # real split that selects the checkpoint and the threshold, every eval_every steps
     test_split: str | None = "test"  # real split scored once at the end with the selected model ("none": skip)
@@ -178,7 +196,8 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     unknown = set(data) - set(names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}; known: {sorted(names)}")
-    nested = {"area": AreaConfig, "dst": DSTConfig, "seg": SegConfig, "generate": GenerateConfig}
+    nested = {"area": AreaConfig, "dst": DSTConfig, "seg": SegConfig, "generate": GenerateConfig,
+              "policy": DataPolicy}
     kwargs = {}
     for key, value in data.items():
         if key in nested and isinstance(value, dict):
@@ -244,7 +263,8 @@ def parse_value(text: str, annotation: str, default: Any) -> Any:
             return False
         raise ValueError(f"expected true/false, got {text!r}")
     if "dict" in annotation:
-        return {k: float(v) for k, v in (item.split("=") for item in text.split(","))}
+        value = str if "dict[str, str]" in annotation else float
+        return {k.strip(): value(v.strip()) for k, v in (item.split("=") for item in text.split(","))}
     if "list" in annotation:
         return [x for x in text.split(",") if x]
     if annotation.startswith("int") or isinstance(default, int):

@@ -15,7 +15,9 @@ import inspect
 import re
 from typing import Any
 
-from dstray.config import AreaConfig, field_default, load, parse_value
+from dstray.config import AreaConfig, DataPolicy, field_default, load, parse_value
+
+NESTED = {"area": (AreaConfig, "area-"), "policy": (DataPolicy, "policy-")}  # nested configs: their options' prefix
 
 USE_GPU = ("auto", "true", "false")
 DATA_HELP = "dataset folder or manifest CSV (default: the embedded sample)"
@@ -49,8 +51,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, prefix: str =
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        if f.name == "area":
-            add_config_args(parser, AreaConfig, prefix="area-")
+        if f.name in NESTED:
+            add_config_args(parser, NESTED[f.name][0], prefix=NESTED[f.name][1])
             continue
         default = field_default(cls, f.name)
         flag = "--" + prefix + f.name.replace("_", "-")
@@ -64,12 +66,12 @@ def build_config(cls: type, args: argparse.Namespace, base: Any | None = None, *
     cfg = base if base is not None else cls()
     changes = {}
     for f in dataclasses.fields(cls):
-        if f.name == "area":
-            area = cfg.area
-            for af in dataclasses.fields(AreaConfig):
-                if hasattr(args, f"area_{af.name}"):
-                    area = dataclasses.replace(area, **{af.name: getattr(args, f"area_{af.name}")})
-            changes["area"] = area
+        if f.name in NESTED:
+            sub, prefix = getattr(cfg, f.name), NESTED[f.name][1].replace("-", "_")
+            for af in dataclasses.fields(NESTED[f.name][0]):
+                if hasattr(args, prefix + af.name):
+                    sub = dataclasses.replace(sub, **{af.name: getattr(args, prefix + af.name)})
+            changes[f.name] = sub
         elif hasattr(args, f.name):  # given on the command line (``none`` gives None)
             changes[f.name] = getattr(args, f.name)
     changes.update({k: v for k, v in fixed.items() if v is not None})

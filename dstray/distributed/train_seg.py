@@ -52,11 +52,11 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from dstray import storage
-from dstray.config import SegConfig, changed_fields, check_resumable, from_dict, to_dict
+from dstray.config import DataPolicy, SegConfig, changed_fields, check_resumable, from_dict, to_dict
 from dstray.data import decode_png, read_image
 from dstray.distributed.runtime import init_ray, ray_storage_path, resolve_use_gpu
 from dstray.seeds import derive_seed
-from dstray.seg.data import mixed_batch, read_item, real_samples, row_item, synthetic_count
+from dstray.seg.data import mixed_batch, policy_rows, read_item, real_samples, row_item, synthetic_count
 from dstray.seg.evaluate import evaluate
 from dstray.seg.train import (CHECKPOINT, HISTORY, STATE, SegTrainer, check_inputs, eval_samples, finish,
                               load_checkpoint, read_history, save_checkpoint, synthetic_per_batch, train_loop)
@@ -88,8 +88,7 @@ class ShardSource:
         self.real = [read_item(s, channels) for s in real]
         if not self.real and shard is None:
             raise ValueError("ShardSource has no training data: no real samples and no synthetic shard")
-        self.n_syn = synthetic_count(cfg.batch_size, cfg.synthetic_fraction, real=bool(self.real),
-                                     synthetic=shard is not None)
+        self.n_syn = synthetic_count(cfg, real=bool(self.real), synthetic=shard is not None)
         self._stream: Iterator[dict] | None = None
 
     def _items(self) -> Iterator[dict]:
@@ -113,10 +112,10 @@ class ShardSource:
             self._stream.close()
             self._stream = None
 
-    def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def batch(self, batch_size: int, generator: torch.Generator, step: int | None = None) -> dict[str, torch.Tensor]:
         """:func:`dstray.seg.data.mixed_batch` of the next synthetic items and real ones; see the class docstring."""
-        n_syn = synthetic_count(batch_size, self.cfg.synthetic_fraction, real=bool(self.real),
-                                synthetic=self.shard is not None)
+        n_syn = synthetic_count(self.cfg, real=bool(self.real), synthetic=self.shard is not None, step=step,
+                                batch_size=batch_size)
         if n_syn and self._stream is None:
             self._stream = self._items()
         return mixed_batch([next(self._stream) for _ in range(n_syn)], self.real, batch_size, generator, self.cfg)
@@ -218,6 +217,11 @@ def score_run(out: str, device: str = "cpu") -> dict:
     return result
 
 
+def _policy_filter(table, policy: dict):
+    """The rows of a generated Parquet batch that the data policy lets in (:func:`dstray.seg.data.policy_rows`)."""
+    return table.take(policy_rows(table, from_dict(DataPolicy, policy)))
+
+
 def _channels(cfg: SegConfig, real: list, ds) -> int:
     """The channel count of the first training image (as ``SegSource``): a real one, else a synthetic row."""
     if real:
@@ -286,10 +290,13 @@ def train_seg(cfg: SegConfig, *, out: str, num_workers: int = 1, use_gpu: str = 
     init_ray(address)  # [1] connect (or start a local runtime)
     gpu = resolve_use_gpu(use_gpu)
     datasets, use_synthetic = {}, synthetic_per_batch(cfg) > 0
-    if cfg.synthetic and not use_synthetic:
-        log.warning("round(synthetic_fraction * batch_size) = 0: the synthetic datasets are not used")
-    # [2] Ray Data: the generated Parquet rows (PNG image and mask), streamed to the workers while they train
-    ds = ray.data.read_parquet(cfg.synthetic).select_columns(["image", "mask"]) if use_synthetic else None
+    if cfg.policy.type_shares:
+        raise ValueError("--policy-type-shares needs the in-process runs of --seeds (the Ray Train stream draws "
+                         "rows in order); use --seeds S or leave the shares out")
+    # [2] Ray Data: the generated Parquet rows (PNG image and mask) the policy lets in, streamed to the workers
+    ds = ray.data.read_parquet(cfg.synthetic).map_batches(_policy_filter, fn_kwargs={"policy": to_dict(cfg.policy)},
+                                                          batch_format="pyarrow") if use_synthetic else None
+    ds = ds.select_columns(["image", "mask"]) if ds is not None else None
     channels = _channels(cfg, real, ds)
     if ds is not None:
         datasets[SYNTHETIC] = ds

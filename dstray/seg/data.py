@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
+from torch.nn import functional as F
 
 from dstray import storage
 from dstray.config import SegConfig
@@ -211,17 +212,47 @@ def real_samples(cfg: SegConfig) -> list[Sample]:
     return picked
 
 
-def synthetic_count(batch_size: int, fraction: float, *, real: bool, synthetic: bool) -> int:
-    """How many items of a batch are generated samples (paper §4.2, strategy C when both are given).
+def synthetic_count(cfg: SegConfig, *, real: bool, synthetic: bool, step: int | None = None,
+                    batch_size: int | None = None) -> int:
+    """How many items of a batch are generated samples (paper §4.2, strategy C when both are given): the one rule.
 
     All of them when only generated samples are given, none when only real ones, else
-    ``round(fraction * batch_size)``.
+    ``round(cfg.synthetic_fraction * batch_size)`` (``batch_size`` default ``cfg.batch_size``). In the
+    last ``cfg.policy.real_only_last`` share of the steps (``step`` = steps done; None = not counted),
+    none when real samples are given.
     """
+    batch_size = cfg.batch_size if batch_size is None else batch_size
     if not synthetic:
         return 0
     if not real:
         return batch_size
-    return round(fraction * batch_size)
+    if step is not None and cfg.policy.real_only_last and step >= cfg.steps * (1 - cfg.policy.real_only_last):
+        return 0
+    return round(cfg.synthetic_fraction * batch_size)
+
+
+def label_band(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """Pixels within ``width`` px (chessboard distance) of a label's edge, on either side: (B,1,S,S) bool.
+
+    mask (B,1,S,S) in {0,1}; ``width`` 0 -> nothing.
+    """
+    if width <= 0:
+        return torch.zeros_like(mask, dtype=torch.bool)
+    k = 2 * width + 1
+    dilated = F.max_pool2d(mask, k, stride=1, padding=width)
+    eroded = -F.max_pool2d(-mask, k, stride=1, padding=width)
+    return (dilated > 0.5) & ~(eroded > 0.5)
+
+
+def loss_weight(batch: dict, n_synthetic: int, cfg: SegConfig) -> torch.Tensor:
+    """Per-pixel loss weight of a batch (B,1,S,S): ``valid``; the first ``n_synthetic`` items (generated)
+    times ``cfg.policy.synthetic_weight`` and 0 in the band of ``cfg.policy.ignore_band`` px around their labels."""
+    weight = batch["valid"].clone()
+    if n_synthetic:
+        syn = weight[:n_synthetic] * cfg.policy.synthetic_weight
+        band = label_band(batch["mask"][:n_synthetic], cfg.policy.ignore_band)
+        weight[:n_synthetic] = syn.masked_fill(band, 0.0)
+    return weight
 
 
 def mixed_batch(synthetic: list[dict], real: list[dict], batch_size: int, generator: torch.Generator,
@@ -231,8 +262,8 @@ def mixed_batch(synthetic: list[dict], real: list[dict], batch_size: int, genera
     ``batch_size - len(synthetic)`` indices into ``real`` are drawn with ``generator``; of the
     items with a defect, ``ceil(cfg.center_fraction * n)`` drawn at random get a centred window;
     every window is cut (:func:`cut_window`, augmented when ``cfg.augment``) and stacked:
-    ``{"image": (B,C,S,S), "mask": (B,1,S,S), "valid": (B,1,S,S), "centred": (B,) bool,
-    "has_defect": (B,) bool}`` with S = ``cfg.window``.
+    ``{"image": (B,C,S,S), "mask": (B,1,S,S), "valid": (B,1,S,S), "weight": (B,1,S,S) (:func:`loss_weight`),
+    "centred": (B,) bool, "has_defect": (B,) bool}`` with S = ``cfg.window``.
     """
     picks = torch.randint(len(real) or 1, (batch_size - len(synthetic),), generator=generator).tolist()
     items = [*synthetic, *(real[i] for i in picks)]
@@ -244,7 +275,7 @@ def mixed_batch(synthetic: list[dict], real: list[dict], batch_size: int, genera
     windows = [cut_window(it, cfg.window, generator, centred=bool(c), augment_it=cfg.augment)
                for it, c in zip(items, centred)]
     batch = {k: torch.stack([w[k] for w in windows]) for k in ("image", "mask", "valid")}
-    return {**batch, "centred": centred, "has_defect": has_defect}
+    return {**batch, "weight": loss_weight(batch, len(synthetic), cfg), "centred": centred, "has_defect": has_defect}
 
 
 class SegSource:
@@ -259,9 +290,16 @@ class SegSource:
         self.cfg = cfg
         self.real_samples = list(real)
         self.synthetic_rows: list[tuple[bytes, bytes]] = []
+        types: list[str] = []
         for path in synthetic:
-            table = pq.read_table(path, columns=["image", "mask"])
-            self.synthetic_rows += zip(table.column("image").to_pylist(), table.column("mask").to_pylist())
+            table = pq.read_table(path)
+            keep = policy_rows(table, cfg.policy)
+            images, masks = table.column("image").to_pylist(), table.column("mask").to_pylist()
+            self.synthetic_rows += [(images[i], masks[i]) for i in keep]
+            names = table.column("defect_type").to_pylist() if "defect_type" in table.column_names else None
+            types += [names[i] for i in keep] if names else [""] * len(keep)
+        self.synthetic_types = types
+        self._by_type = {t: [i for i, x in enumerate(types) if x == t] for t in sorted(set(types))}
         if not self.real_samples and not self.synthetic_rows:
             raise DataError(Path(cfg.data or "<embedded sample>"), "no training samples",
                             "give generated datasets (SegConfig.synthetic) and/or real splits (SegConfig.real_splits)")
@@ -279,10 +317,46 @@ class SegSource:
     def __len__(self) -> int:
         return len(self.real) + len(self.synthetic_rows)
 
-    def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """:func:`mixed_batch` of :func:`synthetic_count` generated rows drawn with replacement and real samples."""
-        n_syn = synthetic_count(batch_size, self.cfg.synthetic_fraction, real=bool(self.real),
-                                synthetic=bool(self.synthetic_rows))
-        rows = torch.randint(len(self.synthetic_rows) or 1, (n_syn,), generator=generator).tolist()
+    def batch(self, batch_size: int, generator: torch.Generator, step: int | None = None) -> dict[str, torch.Tensor]:
+        """:func:`mixed_batch` of :func:`synthetic_count` generated rows drawn with replacement and real samples.
+
+        Rows are drawn uniformly, or with ``cfg.policy.type_shares`` a type by its share, then a row of it.
+        """
+        n_syn = synthetic_count(self.cfg, real=bool(self.real), synthetic=bool(self.synthetic_rows), step=step,
+                                batch_size=batch_size)
+        shares = self.cfg.policy.type_shares
+        if shares:
+            names = [t for t in self._by_type if shares.get(t, 0) > 0]
+            if not names:
+                raise ValueError(f"--policy-type-shares {shares}: no generated rows of those types "
+                                 f"(the datasets hold {sorted(self._by_type)})")
+            p = torch.tensor([shares[t] for t in names], dtype=torch.float64)
+            picks = torch.multinomial(p, n_syn, replacement=True, generator=generator).tolist() if n_syn else []
+            rows = [self._by_type[names[k]][int(torch.randint(len(self._by_type[names[k]]), (),
+                                                                generator=generator))] for k in picks]
+        else:
+            rows = torch.randint(len(self.synthetic_rows) or 1, (n_syn,), generator=generator).tolist()
         synthetic = [row_item(*self.synthetic_rows[i], self.channels) for i in rows]
         return mixed_batch(synthetic, self.real, batch_size, generator, self.cfg)
+
+
+def policy_rows(table, policy) -> list[int]:
+    """Indices of the rows of a generated table that ``policy.generators`` lets in (every row when it is None).
+
+    A type's entry: ``mix`` (any generator), ``none`` (no row), or a generator name (rows of it only);
+    types it does not name: ``mix``. Tables without ``defect_type``/``generator`` columns pass whole.
+    """
+    n = table.num_rows
+    if not policy.generators or "defect_type" not in table.column_names or "generator" not in table.column_names:
+        return list(range(n))
+    choices = ("mix", "none", "dst", "histmatch", "copy")
+    for t, g in policy.generators.items():
+        if g not in choices:
+            raise ValueError(f"--policy-generators {t}={g}: choose one of {', '.join(choices)}")
+    types, gens = table.column("defect_type").to_pylist(), table.column("generator").to_pylist()
+    keep = []
+    for i, (t, g) in enumerate(zip(types, gens)):
+        want = policy.generators.get(t, "mix")
+        if want == "mix" or want == g:
+            keep.append(i)
+    return keep

@@ -28,6 +28,7 @@ resume), ``history.jsonl``, and after :func:`finish` ``val/eval.*`` and ``test/e
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -47,6 +48,8 @@ from dstray.seg.data import SegSource, draw_crop, synthetic_count
 from dstray.seg.encoders import check_weights
 from dstray.seg.freeze import trainable_parameters
 from dstray.seg.evaluate import evaluate, strict_json, write_eval
+
+log = logging.getLogger("dstray")
 
 NUM_CLASSES = 2  # background, defect
 CHECKPOINT = "model.pt"  # the selected model of a run: best weights on eval_split + threshold (what evaluate loads)
@@ -123,8 +126,8 @@ class SegTrainer:
         self.best_state: dict | None = None  # its weights (CPU copies)
 
     def step(self) -> dict[str, float]:
-        batch = self.source.batch(self.cfg.batch_size, self.generator)
-        image, mask, valid = (batch[k].to(self.device, non_blocking=True) for k in ("image", "mask", "valid"))
+        batch = self.source.batch(self.cfg.batch_size, self.generator, step=self.steps)
+        image, mask, valid = (batch[k].to(self.device, non_blocking=True) for k in ("image", "mask", "weight"))
         if self.cfg.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         if self.cfg.arch == "buttonlab":
@@ -293,14 +296,35 @@ def check_inputs(cfg: SegConfig) -> SegConfig:
     if not cfg.synthetic and not cfg.real_splits:
         raise ValueError("no training data: give generated datasets (--synthetic DIR[,DIR]) and/or real splits "
                          "(--real-splits reference,train)")
+    check_policy(cfg)
+    if cfg.synthetic and synthetic_per_batch(cfg) == 0:
+        log.warning("round(--synthetic-fraction %s x --batch-size %d) = 0: the generated datasets are not used",
+                    cfg.synthetic_fraction, cfg.batch_size)
     return replace(cfg, data=storage.absolute(cfg.data),
                    synthetic=[storage.absolute(p) for p in storage.generated_parquet(cfg.synthetic)])
 
 
+def check_policy(cfg: SegConfig) -> None:
+    """The data policy's values, before any work (:class:`dstray.config.DataPolicy`)."""
+    p = cfg.policy
+    if not 0.0 <= p.real_only_last < 1.0:
+        raise ValueError(f"--policy-real-only-last must be in [0, 1); got {p.real_only_last}")
+    if p.synthetic_weight < 0 or p.ignore_band < 0:
+        raise ValueError(f"--policy-synthetic-weight and --policy-ignore-band must be >= 0; got {p.synthetic_weight}, "
+                         f"{p.ignore_band}")
+    for t, share in (p.type_shares or {}).items():
+        if share < 0:
+            raise ValueError(f"--policy-type-shares {t}={share}: shares must be >= 0")
+    choices = ("mix", "none", "dst", "histmatch", "copy")
+    for t, g in (p.generators or {}).items():
+        if g not in choices:
+            raise ValueError(f"--policy-generators {t}={g}: choose one of {', '.join(choices)}")
+
+
 def synthetic_per_batch(cfg: SegConfig) -> int:
-    """How many items of each (per-worker) batch of ``cfg`` are generated samples (:func:`synthetic_count`)."""
-    return synthetic_count(cfg.batch_size, cfg.synthetic_fraction, real=bool(cfg.real_splits),
-                           synthetic=bool(cfg.synthetic))
+    """How many items of each (per-worker) batch of ``cfg`` are generated samples while they are mixed in
+    (:func:`synthetic_count`, the one rule)."""
+    return synthetic_count(cfg, real=bool(cfg.real_splits), synthetic=bool(cfg.synthetic))
 
 
 def eval_samples(cfg: SegConfig, split: str | None = None) -> list:

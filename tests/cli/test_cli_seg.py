@@ -109,11 +109,13 @@ def test_format_eval_table():
     result = {"n_images": 3, "resolution": "native", "threshold": 0.5, "pixel": scores, "macro": scores,
               "per_type": {"crack": {**scores, "images": 2}}, "threshold_source": "given",
               "image": {"defect_images": 2, "detected": 1, "free_images": 1, "false_alarms": 0,
-                        "detection_rate": 0.5, "false_alarm_rate": 0.0, "auroc": 0.75}}
+                        "detection_rate": 0.5, "false_alarm_rate": 0.0, "auroc": 0.75, "score": "top100",
+                        "threshold": 0.25, "auroc_max": 0.5, "fpr_at_95": 1.0}}
     text = format_eval(result)
     assert "all               3    0.5000  0.5000  0.5000  0.3333" in text and "\nmacro " in text
     assert "crack             2" in text and "1/2 defect images detected" in text and "0/1 defect-free" in text
-    assert "AUROC (max pixel probability) 0.750" in text and "threshold 0.500 (given)" in text
+    assert "image level (top100 >= 0.25)" in text and "image AUROC 0.750 (max pixel probability: 0.500)" in text
+    assert "false alarms at 95 % detection 1.000" in text and "threshold 0.500 (given)" in text
 
 
 def test_evaluate_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -131,3 +131,26 @@ def test_rerun_resumes_from_the_last_checkpoint_on_two_workers(trained, syntheti
         train_seg(replace(cfg, lr=0.1), out=str(out))
 
 
+
+
+# --------------------------------------------------------------------------- seeds as parallel Ray tasks
+def test_seeds_run_as_ray_tasks_and_seeds_json_holds_each_seeds_own_scores(ray_cluster, tmp_path):
+    from dstray.distributed.seeds import parse_seeds, train_seeds
+
+    assert parse_seeds("0-2,7") == [0, 1, 2, 7]
+    with pytest.raises(ValueError, match="distinct"):
+        parse_seeds("1,1")
+    cfg = replace(TINY, steps=2, eval_every=2, synthetic=[])
+    summary = train_seeds(cfg, [0, 1], out=str(tmp_path))
+    saved = json.loads((tmp_path / "seeds.json").read_text())
+    assert saved["seeds"] == [0, 1] and saved["test"]["seeds"] == [0, 1]
+    for s in (0, 1):
+        own = json.loads((tmp_path / f"seed-{s}" / "test" / "eval.json").read_text())  # the seed's own run folder
+        assert saved["test"]["per_seed"][str(s)]["f1"] == pytest.approx(own["pixel"]["f1"])
+        assert torch.load(tmp_path / f"seed-{s}" / "model.pt", weights_only=True)["config"]["seed"] == s
+    f1s = [saved["test"]["per_seed"][str(s)]["f1"] for s in (0, 1)]
+    assert saved["test"]["mean"]["f1"] == pytest.approx(sum(f1s) / 2)
+    assert "seed 1" in summary["table"]
+    history = (tmp_path / "seed-0" / "history.jsonl").read_text()
+    train_seeds(cfg, [0, 1], out=str(tmp_path))  # again: the finished seeds are not trained again
+    assert (tmp_path / "seed-0" / "history.jsonl").read_text() == history

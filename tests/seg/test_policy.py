@@ -1,0 +1,107 @@
+"""The data policy (how generated samples enter training): schedule, type/generator choice, loss weight, ignore band."""
+
+import argparse
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from skimage.morphology import dilation, erosion
+
+from dstray.config import DataPolicy, SegConfig
+from dstray.data import encode_png
+from dstray.seg.data import SegSource, label_band, loss_weight, policy_rows, synthetic_count
+from tests.helpers import SMALL_SEG as SMALL
+
+
+def _table(path, types, generators):
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i, (t, gen) in enumerate(zip(types, generators)):
+        image, mask = torch.rand(1, 40, 40, generator=g), torch.zeros(1, 40, 40)
+        mask[:, 10:20, 10:20 + i] = 1.0
+        image[:, 0, 0] = i / 255  # the row's index, readable after decoding (the corner pixel)
+        rows.append({"image": encode_png(image), "mask": encode_png(mask), "defect_type": t, "generator": gen})
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_the_schedule_ends_on_real_images_only():
+    cfg = replace(SMALL, batch_size=8, steps=20, synthetic_fraction=0.5, policy=DataPolicy(real_only_last=0.25))
+    counts = [synthetic_count(cfg, real=True, synthetic=True, step=s) for s in range(20)]
+    assert counts == [4] * 15 + [0] * 5
+    assert synthetic_count(cfg, real=False, synthetic=True, step=19) == 8  # nothing real to fall back on
+    assert synthetic_count(cfg, real=True, synthetic=False, step=0) == 0
+
+
+@pytest.mark.parametrize("width", [0, 1, 3])
+def test_the_ignore_band_is_dilation_minus_erosion(width):
+    rng = np.random.default_rng(width)
+    mask = np.zeros((2, 1, 32, 32), bool)
+    mask[0, 0, 5:20, 8:14] = True
+    mask[1, 0, rng.integers(0, 32, 40), rng.integers(0, 32, 40)] = True
+    mask[1, 0, 0:6, 0:9] = True  # touches the window's edge
+    ours = label_band(torch.from_numpy(mask).float(), width).numpy()
+    for i in range(2):
+        if width == 0:
+            assert not ours[i, 0].any()
+            continue
+        fp = np.ones((2 * width + 1, 2 * width + 1), bool)
+        oracle = dilation(mask[i, 0], fp) & ~erosion(mask[i, 0], fp)
+        assert np.array_equal(ours[i, 0], oracle)
+
+
+def test_loss_weight_weights_and_blanks_only_the_generated_items():
+    batch = {"valid": torch.ones(3, 1, 16, 16), "mask": torch.zeros(3, 1, 16, 16)}
+    batch["mask"][:, :, 4:10, 4:10] = 1.0
+    batch["valid"][2, :, :, 12:] = 0.0
+    cfg = replace(SMALL, policy=DataPolicy(synthetic_weight=0.5, ignore_band=1))
+    w = loss_weight(batch, 2, cfg)
+    band = label_band(batch["mask"], 1)
+    assert torch.equal(w[2], batch["valid"][2])  # real: untouched
+    assert (w[:2][band[:2]] == 0).all() and (w[:2][~band[:2]] == 0.5).all()
+
+
+def test_policy_rows_keep_what_each_type_is_fed(tmp_path):
+    types = ["crack", "crack", "uneven", "uneven", "fray", "fray"]
+    gens = ["dst", "copy", "dst", "histmatch", "copy", "dst"]
+    table = pq.read_table(_table(tmp_path / "a.parquet", types, gens))
+    policy = DataPolicy(generators={"crack": "dst", "uneven": "none"})  # fray unnamed: mix
+    assert policy_rows(table, policy) == [i for i, (t, g) in enumerate(zip(types, gens))
+                                          if (t == "crack" and g == "dst") or t == "fray"]
+    assert policy_rows(table, DataPolicy()) == list(range(6))
+    with pytest.raises(ValueError, match="choose one of"):
+        policy_rows(table, DataPolicy(generators={"crack": "paint"}))
+
+
+def test_type_shares_decide_which_rows_are_drawn(tmp_path):
+    path = _table(tmp_path / "b.parquet", ["crack", "crack", "fray", "fray"], ["dst"] * 4)
+    cfg = replace(SMALL, real_splits=[], synthetic=[str(path)], batch_size=6, augment=False, window=40,
+                  policy=DataPolicy(type_shares={"crack": 1.0, "fray": 0.0}))
+    src = SegSource(cfg, [], cfg.synthetic, channels=1)
+    assert src.synthetic_types == ["crack", "crack", "fray", "fray"]
+    g = torch.Generator().manual_seed(3)
+    areas = set()
+    for _ in range(5):  # the window holds the whole 40 x 40 image: the label's area names the row (100 + 10 i)
+        areas |= {int(a) for a in src.batch(6, g, step=0)["mask"].sum((1, 2, 3))}
+    assert areas == {100, 110}  # rows 0 and 1 (crack) only, both drawn
+    even = replace(cfg, policy=DataPolicy(type_shares={"crack": 1.0, "fray": 1.0}))
+    src = SegSource(even, [], even.synthetic, channels=1)
+    areas = [int(a) for _ in range(20) for a in src.batch(6, g, step=0)["mask"].sum((1, 2, 3))]
+    assert 0.3 < sum(a >= 120 for a in areas) / len(areas) < 0.7  # fray about half the draws
+
+
+def test_the_policy_comes_from_the_command_line_and_is_recorded():
+    from dstray.cli.args import add_config_args, build_config
+
+    p = argparse.ArgumentParser()
+    add_config_args(p, SegConfig)
+    args = p.parse_args(["--policy-generators", "crack=dst,uneven=none", "--policy-type-shares", "crack=2,fray=1",
+                         "--policy-real-only-last", "0.3", "--policy-ignore-band", "2"])
+    cfg = build_config(SegConfig, args)
+    assert cfg.policy == DataPolicy(generators={"crack": "dst", "uneven": "none"},
+                                    type_shares={"crack": 2.0, "fray": 1.0}, real_only_last=0.3, ignore_band=2)
+    from dstray.config import from_dict, to_dict
+    assert from_dict(SegConfig, to_dict(cfg)).policy == cfg.policy
