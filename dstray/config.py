@@ -128,7 +128,8 @@ class DataPolicy:
     edge (noisy synthetic pixels, FreeMask). The synthetic share of a batch is ``SegConfig.synthetic_fraction``.
     """
 
-    generators: dict[str, str] | None = None  # per type: dst | histmatch | copy | mix (any) | none; unnamed: mix
+    generators: dict[str, str] | None = None  # per type: dst | histmatch | copy | mix (any) | none
+    default_generator: str = "mix"  # what feeds the types `generators` does not name (mix = every generator given)
     type_shares: dict[str, float] | None = None  # relative share of the synthetic draws per type; None = by rows
     real_only_last: float = 0.0  # the last share of the steps draws real images only (0 = mixed to the end)
     synthetic_weight: float = 1.0  # loss weight of the pixels of generated windows (real ones: 1)

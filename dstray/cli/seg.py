@@ -108,7 +108,7 @@ def cmd_tune(args) -> int:
     from dstray.distributed.space import parse_space
     from dstray.distributed.tune_seg import tune_seg
 
-    space = parse_space(args.space, defaults=not args.no_default_space)
+    space = parse_space(args.space, defaults=not args.no_default_space, search=args.search)
     result = tune_seg(seg_config(args), out=args.out, space=space, num_samples=args.num_samples,
                       max_concurrent=args.max_concurrent, grace_period=args.grace_period,
                       reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
@@ -174,6 +174,10 @@ def register(sub) -> None:
     add_ray(s, storage=True, max_failures=1, restarts="restarts of a failed trial from its checkpoint")
     s.add_argument("--space", action="append", default=[], metavar="KEY=SPEC", help=SPACE_HELP)
     s.add_argument("--no-default-space", action="store_true", help="search only the --space keys")
+    s.add_argument("--search", default="seg", choices=("seg", "data"),
+                   help="the default space: seg (the segmenter's knobs) or data (the data policy's: synthetic share, "
+                        "generator, real-only last steps, synthetic loss weight, ignore band; give one --synthetic "
+                        "dataset per generator, made once and shared by every trial)")
     s.add_argument("--num-samples", type=int, default=8, help="number of trials")
     s.add_argument("--max-concurrent", type=int, default=2, help="trials running at once (0: as resources allow)")
     s.add_argument("--grace-period", type=int, default=1, help="ASHA: evaluations before a trial may be stopped")

@@ -6,9 +6,9 @@ Importing this module needs no Ray (the CLI reads :data:`SPACE_HELP` for its hel
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
-from dstray.config import SegConfig, field_default, parse_value
+from dstray.config import DataPolicy, SegConfig, field_default, parse_value
 
 # The default search space: name -> spec (the ``--space`` syntax, see parse_space). The values that
 # matter for a rare defect class at native resolution: the defect weight (up to 20), the loss (dice_weight
@@ -23,21 +23,48 @@ DEFAULT_SPACE = {
     "synthetic_fraction": "0.25,0.5,0.75",
     "augment": "true,false",
 }
+# ``dstray tune --search data``: the data policy's knobs (dstray.config.DataPolicy) and the synthetic share,
+# over generated pools made once (one --synthetic dataset per generator) and reused by every trial
+DATA_SPACE = {
+    "synthetic_fraction": "0.125,0.25,0.5",
+    "policy_default_generator": "dst,histmatch,copy,mix",
+    "policy_real_only_last": "0,0.3",
+    "policy_synthetic_weight": "0.3,1",
+    "policy_ignore_band": "0,2",
+}
+SPACES = {"seg": DEFAULT_SPACE, "data": DATA_SPACE}
+POLICY = "policy_"  # a space key policy_X sets SegConfig.policy.X
+
 SPACE_HELP = ("KEY=SPEC, repeatable; KEY a SegConfig field. SPEC: 'a,b,c' = choice; 'lo:hi' = uniform "
               "(randint, inclusive, if both are integers); 'lo:hi,log' = log-uniform; one value = fixed. "
               f"Overrides the defaults {DEFAULT_SPACE}; KEY=default drops a key (its value comes from the config). "
               "Also e.g. backbone=efficientnet_lite0,resnet18 (with --weights random), crop_size=64,128.")
 
 
-def parse_space(entries: list[str] | dict[str, str] | None, *, defaults: bool = True) -> dict[str, str]:
-    """``["lr=1e-4:1e-2,log", ...]`` merged over :data:`DEFAULT_SPACE`: ``{field: spec}`` (validated)."""
-    space = dict(DEFAULT_SPACE) if defaults else {}
+def _known() -> set[str]:
+    return {f.name for f in fields(SegConfig) if f.name != "policy"} | {POLICY + f.name for f in fields(DataPolicy)}
+
+
+def apply_params(cfg: SegConfig, params: dict) -> SegConfig:
+    """``cfg`` with a trial's sampled values: SegConfig fields, and ``policy_X`` keys into ``cfg.policy``."""
+    policy = {k[len(POLICY):]: v for k, v in params.items() if k.startswith(POLICY)}
+    rest = {k: v for k, v in params.items() if not k.startswith(POLICY)}
+    return replace(cfg, **rest, policy=replace(cfg.policy, **policy))
+
+
+def parse_space(entries: list[str] | dict[str, str] | None, *, defaults: bool = True,
+                search: str = "seg") -> dict[str, str]:
+    """``["lr=1e-4:1e-2,log", ...]`` merged over the ``search`` space (:data:`SPACES`): ``{key: spec}`` (validated)."""
+    if search not in SPACES:
+        raise ValueError(f"--search {search!r}: choose one of {', '.join(SPACES)}")
+    space = dict(SPACES[search]) if defaults else {}
     items = entries.items() if isinstance(entries, dict) else [e.partition("=")[::2] for e in entries or []]
-    known = {f.name for f in fields(SegConfig)}
+    known = _known()
     for key, spec in items:
         key, spec = key.strip().replace("-", "_"), spec.strip()
         if key not in known:
-            raise ValueError(f"--space {key}: not a SegConfig field; known: {sorted(known)}")
+            raise ValueError(f"--space {key}: not a SegConfig field (or policy_ + a DataPolicy field); known: "
+                             f"{sorted(known)}")
         if not spec:
             raise ValueError(f"--space {key}=: give a spec (e.g. {key}=a,b or {key}=lo:hi[,log]) or {key}=default")
         if spec == "default":
@@ -51,9 +78,10 @@ def parse_space(entries: list[str] | dict[str, str] | None, *, defaults: bool = 
 
 def _field_value(key: str, text: str):
     """A value of SegConfig field ``key`` parsed from ``text`` (as on the command line)."""
-    f = next(f for f in fields(SegConfig) if f.name == key)
+    cls, name = (DataPolicy, key[len(POLICY):]) if key.startswith(POLICY) else (SegConfig, key)
+    f = next(f for f in fields(cls) if f.name == name)
     try:
-        return parse_value(text.strip(), str(f.type), field_default(SegConfig, key))
+        return parse_value(text.strip(), str(f.type), field_default(cls, name))
     except (ValueError, TypeError) as exc:
         raise ValueError(f"--space {key}: {text!r} is not a valid {f.type} ({exc})") from exc
 
@@ -112,7 +140,7 @@ def check_space(space: dict[str, str], base: SegConfig) -> dict[str, str]:
 def _choices(key: str, space: dict[str, str], base: SegConfig) -> list:
     """The values a key can take in ``space`` (its range ends for a range), else the base config's value."""
     if key not in space:
-        return [getattr(base, key)]
+        return [getattr(base.policy, key[len(POLICY):]) if key.startswith(POLICY) else getattr(base, key)]
     spec = space[key]
     if ":" in spec:
         lo, _, hi = spec.partition(",")[0].partition(":")

@@ -36,7 +36,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from dstray.config import SegConfig, from_dict, save, to_dict
 from dstray.distributed.runtime import die_once_at, init_ray, ray_storage_path, resolve_use_gpu
-from dstray.distributed.space import DEFAULT_SPACE, check_space, parse_space, to_domain
+from dstray.distributed.space import DEFAULT_SPACE, apply_params, check_space, parse_space, to_domain
 from dstray.distributed.train_seg import score_run
 from dstray.report.tables import markdown_table
 from dstray.seg.data import SegSource
@@ -54,7 +54,7 @@ def seg_trial(config: dict, base: dict, fault: dict | None = None) -> None:
 
     ``fault`` (tests): ``{"step": k, "marker": path}``: the first trial to reach step k exits (once).
     """
-    cfg = replace(from_dict(SegConfig, base), **config)
+    cfg = apply_params(from_dict(SegConfig, base), config)
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     trainer = SegTrainer(cfg, SegSource.from_config(cfg), device)
     history: list[dict] = []
@@ -217,7 +217,7 @@ def tune_seg(base: SegConfig, *, out: str, space: dict[str, str] | None = None, 
         f"threshold (best over the trial's evaluations), ASHA on {evaluations} evaluation(s). Only the best trial's "
         f"model is scored on `{base.test_split}` (test_f1, test_macro_f1): selection never saw it.\n\n"
         + markdown_table([{c: r.get(c, "") for c in columns} for r in rows], columns))
-    best_cfg = replace(base, **{k: best[k] for k in space})
+    best_cfg = apply_params(base, {k: best[k] for k in space})
     save(best_cfg, paths["best"])
     _plot(results, rows, paths["png"])
     return TuneSegResult(table_csv=str(paths["csv"]), table_md=str(paths["md"]), best_config=str(paths["best"]),

@@ -46,6 +46,7 @@ from dstray.config import SegConfig
 from dstray.data import (MASK_THRESHOLD, DataError, Sample, decode_png, load_dataset, read_image, read_mask,
                          to_channels)
 
+POLICY_GENERATORS = ("mix", "none", "dst", "histmatch", "copy")  # what a data policy may feed a defect type
 JITTER = 0.2  # brightness and contrast factors drawn in [1 - JITTER, 1 + JITTER]
 CENTRE_JITTER = 8  # a centred window's centre is within window // CENTRE_JITTER px of its defect pixel
 
@@ -344,19 +345,20 @@ def policy_rows(table, policy) -> list[int]:
     """Indices of the rows of a generated table that ``policy.generators`` lets in (every row when it is None).
 
     A type's entry: ``mix`` (any generator), ``none`` (no row), or a generator name (rows of it only);
-    types it does not name: ``mix``. Tables without ``defect_type``/``generator`` columns pass whole.
+    types it does not name: ``policy.default_generator``. Tables without ``defect_type``/``generator`` columns pass whole.
     """
     n = table.num_rows
-    if not policy.generators or "defect_type" not in table.column_names or "generator" not in table.column_names:
+    named = policy.generators or {}
+    if (not named and policy.default_generator == "mix") or "defect_type" not in table.column_names \
+            or "generator" not in table.column_names:
         return list(range(n))
-    choices = ("mix", "none", "dst", "histmatch", "copy")
-    for t, g in policy.generators.items():
-        if g not in choices:
-            raise ValueError(f"--policy-generators {t}={g}: choose one of {', '.join(choices)}")
+    for t, g in [*named.items(), ("(default)", policy.default_generator)]:
+        if g not in POLICY_GENERATORS:
+            raise ValueError(f"--policy-generators {t}={g}: choose one of {', '.join(POLICY_GENERATORS)}")
     types, gens = table.column("defect_type").to_pylist(), table.column("generator").to_pylist()
     keep = []
     for i, (t, g) in enumerate(zip(types, gens)):
-        want = policy.generators.get(t, "mix")
+        want = named.get(t, policy.default_generator)
         if want == "mix" or want == g:
             keep.append(i)
     return keep

@@ -44,7 +44,7 @@ from dstray import storage
 from dstray.config import ARCHS, SegConfig, check_resumable, from_dict, resolve_device, to_dict
 from dstray.data import load_dataset
 from dstray.seg.baselines import build_segmenter
-from dstray.seg.data import SegSource, draw_crop, synthetic_count
+from dstray.seg.data import POLICY_GENERATORS, SegSource, draw_crop, synthetic_count
 from dstray.seg.encoders import check_weights
 from dstray.seg.freeze import trainable_parameters
 from dstray.seg.evaluate import evaluate, strict_json, write_eval
@@ -315,10 +315,10 @@ def check_policy(cfg: SegConfig) -> None:
     for t, share in (p.type_shares or {}).items():
         if share < 0:
             raise ValueError(f"--policy-type-shares {t}={share}: shares must be >= 0")
-    choices = ("mix", "none", "dst", "histmatch", "copy")
-    for t, g in (p.generators or {}).items():
-        if g not in choices:
-            raise ValueError(f"--policy-generators {t}={g}: choose one of {', '.join(choices)}")
+    for t, g in [*(p.generators or {}).items(), ("default", p.default_generator)]:
+        if g not in POLICY_GENERATORS:
+            raise ValueError(f"--policy-generators {t}={g} / --policy-default-generator: choose one of "
+                             f"{', '.join(POLICY_GENERATORS)}")
 
 
 def synthetic_per_batch(cfg: SegConfig) -> int:

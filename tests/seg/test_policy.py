@@ -105,3 +105,22 @@ def test_the_policy_comes_from_the_command_line_and_is_recorded():
                                     type_shares={"crack": 2.0, "fray": 1.0}, real_only_last=0.3, ignore_band=2)
     from dstray.config import from_dict, to_dict
     assert from_dict(SegConfig, to_dict(cfg)).policy == cfg.policy
+
+
+def test_the_data_search_space_sets_the_policy_of_a_trial():
+    pytest.importorskip("ray.tune")
+    from dstray.distributed.space import DATA_SPACE, apply_params, parse_space
+
+    space = parse_space(["policy_ignore_band=1,3"], search="data")
+    assert set(space) == set(DATA_SPACE) and space["policy_ignore_band"] == "1,3"
+    cfg = apply_params(SegConfig(), {"policy_default_generator": "copy", "synthetic_fraction": 0.25,
+                                     "policy_synthetic_weight": 0.3})
+    assert cfg.synthetic_fraction == 0.25 and cfg.policy == DataPolicy(default_generator="copy", synthetic_weight=0.3)
+    with pytest.raises(ValueError, match="not a SegConfig field"):
+        parse_space(["policy_nope=1"], search="data")
+
+
+def test_the_default_generator_feeds_the_types_not_named(tmp_path):
+    types, gens = ["crack", "crack", "fray", "fray"], ["dst", "copy", "dst", "copy"]
+    table = pq.read_table(_table(tmp_path / "c.parquet", types, gens))
+    assert policy_rows(table, DataPolicy(generators={"crack": "mix"}, default_generator="copy")) == [0, 1, 3]
