@@ -134,6 +134,7 @@ class DataPolicy:
     real_only_last: float = 0.0  # the last share of the steps draws real images only (0 = mixed to the end)
     synthetic_weight: float = 1.0  # loss weight of the pixels of generated windows (real ones: 1)
     ignore_band: int = 0  # pixels on either side of a generated label's edge that carry no loss
+    min_visibility: float = 0.0  # drop generated rows whose label contrast < this x the type's reference (dst/visibility)
 
 
 @dataclass

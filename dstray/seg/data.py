@@ -43,6 +43,7 @@ from torch.nn import functional as F
 
 from dstray import storage
 from dstray.config import SegConfig
+from dstray.dst.visibility import is_visible, visibility
 from dstray.data import (MASK_THRESHOLD, DataError, Sample, decode_png, load_dataset, read_image, read_mask,
                          to_channels)
 
@@ -299,6 +300,9 @@ class SegSource:
             self.synthetic_rows += [(images[i], masks[i]) for i in keep]
             names = table.column("defect_type").to_pylist() if "defect_type" in table.column_names else None
             types += [names[i] for i in keep] if names else [""] * len(keep)
+        self.dropped: dict[str, int] = {}  # rows the visibility check left out, per type
+        if cfg.policy.min_visibility > 0 and self.synthetic_rows:
+            self.synthetic_rows, types, self.dropped = visible_rows(self.synthetic_rows, types, cfg)
         self.synthetic_types = types
         self._by_type = {t: [i for i, x in enumerate(types) if x == t] for t in sorted(set(types))}
         if not self.real_samples and not self.synthetic_rows:
@@ -339,6 +343,31 @@ class SegSource:
             rows = torch.randint(len(self.synthetic_rows) or 1, (n_syn,), generator=generator).tolist()
         synthetic = [row_item(*self.synthetic_rows[i], self.channels) for i in rows]
         return mixed_batch(synthetic, self.real, batch_size, generator, self.cfg)
+
+
+def reference_visibility(cfg: SegConfig) -> dict[str, float]:
+    """Per defect type, the mean :func:`dstray.dst.visibility.visibility` of its reference defects (H against M's ring)."""
+    seen: dict[str, list[float]] = {}
+    for s in load_dataset(cfg.data).split("reference"):
+        if s.mask is not None:
+            image = read_image(s.image)
+            seen.setdefault(s.defect_type, []).append(visibility(image, read_mask(s.mask, like=image)))
+    return {t: sum(v) / len(v) for t, v in seen.items()}
+
+
+def visible_rows(rows: list[tuple[bytes, bytes]], types: list[str], cfg: SegConfig):
+    """The rows whose label shows a defect (:func:`dstray.dst.visibility.is_visible` at ``cfg.policy.min_visibility``
+    x the type's reference); returns ``(rows, types, dropped per type)``. A type without a reference keeps its rows."""
+    refs = reference_visibility(cfg)
+    keep_rows, keep_types, dropped = [], [], {}
+    for row, t in zip(rows, types):
+        image, mask = decode_png(row[0]), (decode_png(row[1])[:1] >= (MASK_THRESHOLD - 0.5) / 255).float()
+        if t not in refs or is_visible(image, mask, refs[t], cfg.policy.min_visibility)[0]:
+            keep_rows.append(row)
+            keep_types.append(t)
+        else:
+            dropped[t] = dropped.get(t, 0) + 1
+    return keep_rows, keep_types, dropped
 
 
 def policy_rows(table, policy) -> list[int]:

@@ -124,3 +124,43 @@ def test_the_default_generator_feeds_the_types_not_named(tmp_path):
     types, gens = ["crack", "crack", "fray", "fray"], ["dst", "copy", "dst", "copy"]
     table = pq.read_table(_table(tmp_path / "c.parquet", types, gens))
     assert policy_rows(table, DataPolicy(generators={"crack": "mix"}, default_generator="copy")) == [0, 1, 3]
+
+
+def test_visibility_against_numpy_and_the_invisible_rows_are_dropped(tmp_path):
+    from scipy import ndimage
+
+    from dstray.dst.visibility import is_visible, visibility
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.4, 0.6, (1, 48, 48)).astype(np.float32)
+    mask = np.zeros((1, 48, 48), np.float32)
+    mask[0, 20:28, 15:30] = 1
+    image[0][mask[0] > 0] -= 0.3  # a dark defect
+    inside = mask[0] > 0
+    ring = ndimage.binary_dilation(inside, np.ones((13, 13), bool)) & ~inside  # 6 px, chessboard
+    oracle = abs(image[0][inside].mean() - image[0][ring].mean()) / (image[0][ring].std() + 1 / 255)
+    v = visibility(torch.from_numpy(image), torch.from_numpy(mask))
+    assert v == pytest.approx(oracle, rel=1e-5) and v > 3
+    faint = image.copy()
+    faint[0][inside] += 0.29  # almost the background again
+    assert not is_visible(torch.from_numpy(faint), torch.from_numpy(mask), v, 0.5)[0]
+    assert "label not visible" in is_visible(torch.from_numpy(faint), torch.from_numpy(mask), v, 0.5)[1]
+    everything = np.ones((1, 48, 48), np.float32)
+    assert visibility(torch.from_numpy(image), torch.from_numpy(everything)) == 0.0  # no ring: nothing to see
+
+
+def test_min_visibility_drops_the_rows_whose_label_shows_nothing(tmp_path):
+    # rows 0-1: the corner-marked random image under a 10 x (10+i) label (nothing drawn there); row 2: a dark label
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i, dark in enumerate([False, False, True]):
+        image, mask = 0.5 + 0.05 * torch.rand(1, 40, 40, generator=g), torch.zeros(1, 40, 40)
+        mask[:, 10:20, 10:20 + i] = 1.0
+        if dark:
+            image[mask.bool()] = 0.1
+        rows.append({"image": encode_png(image), "mask": encode_png(mask), "defect_type": "crack", "generator": "dst"})
+    path = tmp_path / "v.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    cfg = replace(SMALL, real_splits=["reference"], synthetic=[str(path)], policy=DataPolicy(min_visibility=0.5))
+    src = SegSource(cfg, [], cfg.synthetic, channels=1)
+    assert src.dropped == {"crack": 2} and len(src.synthetic_rows) == 1
