@@ -19,6 +19,7 @@ import re
 import sys
 
 from dstray.cli import data, dst, run, seg
+from dstray.cli.args import apply_layout
 
 # Errors that mean "bad input" (a file, a path, an option); the message says what to do. DataError,
 # InputProblems and most of dstray's own input errors are ValueErrors; torch's load errors are wrapped
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         _check_outputs(args)
+        apply_layout(args)  # --references-per-type / --reference-order ride on --data
         return args.func(args)
     except Exception as exc:
         message = input_error(exc, model=getattr(args, "model", None))
