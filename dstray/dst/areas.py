@@ -38,8 +38,8 @@ copy-paste baseline pastes it, so pixels and label agree); it consumes the same 
 draws, so for one seed ``sample`` and ``sample_with_image`` give the same L. All randomness
 comes from the given ``torch.Generator`` (CPU): the same generator state gives the same L.
 
-:func:`crop_window` / :func:`cut_window` / :func:`paste_window` serve DST's patch mode:
-TransferNet runs on a square window around L instead of the whole image.
+:func:`crop_window` / :func:`cut_window` / :func:`paste_window` (:mod:`dstray.dst.windows`, re-exported
+here) serve DST's patch mode: TransferNet runs on a square window around L instead of the whole image.
 :func:`area_for_seed` is how every caller turns a per-sample seed into L.
 """
 
@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dstray.config import AreaConfig
+from dstray.dst.windows import bbox, crop_window, cut_window, paste_window  # noqa: F401 (the windows around L)
 
 # sides of a mask, in this order everywhere: top, bottom, left, right
 Sides = tuple[bool, bool, bool, bool]
@@ -76,15 +77,6 @@ def _check_mask(mask: Tensor, what: str) -> Tensor:
     if not bool(m.any()):
         raise ValueError(f"{what} is empty (no pixel set); a target area needs at least one pixel")
     return m
-
-
-def bbox(area: Tensor) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1), end-exclusive, of the set pixels of a (1,H,W) or (H,W) mask."""
-    m = area.reshape(area.shape[-2:]).bool()
-    rows, cols = m.any(1).nonzero()[:, 0], m.any(0).nonzero()[:, 0]
-    if rows.numel() == 0:
-        raise ValueError("the area is empty (no pixel set)")
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
 def _sides(m: Tensor) -> Sides:
@@ -346,51 +338,6 @@ def _span(cut: Tensor, height: int | None, width: int | None, room_h: int, room_
     else:
         size = (max(1, min(room_h, round(h * width / w))), width)
     return F.interpolate(cut[None], size=size, mode="bilinear", align_corners=False)[0]
-
-
-def crop_window(area: Tensor, size: int, context: int = 4) -> tuple[int, int, int, int]:
-    """A square window (top, left, h, w) of side ``size`` containing L, centred on it.
-
-    area (1,H,W). If L's bounding box plus ``context`` pixels on each side does not fit in
-    ``size``, the side grows to the next multiple of 4 that does. The window is then
-    shifted (not shrunk) to stay in the image, as centred on L as the image allows; along
-    a dimension where the image is smaller than the side, it is the whole dimension.
-    """
-    y0, x0, y1, x1 = bbox(area)
-    height, width = area.shape[-2:]
-    need = max(y1 - y0, x1 - x0) + 2 * context
-    if need > size:
-        size = 4 * math.ceil(need / 4)
-    h, w = min(size, height), min(size, width)
-    top = min(max(y0 - (h - (y1 - y0) + 1) // 2, 0), height - h)
-    left = min(max(x0 - (w - (x1 - x0) + 1) // 2, 0), width - w)
-    return top, left, h, w
-
-
-def paste_window(full: Tensor, window: Tensor, box: tuple[int, int, int, int]) -> Tensor:
-    """A copy of ``full`` (...,H,W) with ``window`` (...,h,w) written at box=(top, left, h, w)."""
-    top, left, h, w = box
-    height, width = full.shape[-2:]
-    if window.shape[-2:] != (h, w) or top < 0 or left < 0 or top + h > height or left + w > width:
-        raise ValueError(f"window {tuple(window.shape)} does not fit box {box} in {tuple(full.shape)}")
-    out = full.clone()
-    out[..., top : top + h, left : left + w] = window
-    return out
-
-
-def cut_window(image: Tensor, box: tuple[int, int, int, int], shape: tuple[int, int] | None = None,
-               pad_mode: str = "replicate") -> Tensor:
-    """``image`` (C,H,W) cut to box=(top, left, h, w), padded bottom/right to ``shape`` when smaller.
-
-    ``pad_mode``: ``"replicate"`` for images, ``"zeros"`` for masks.
-    """
-    top, left, h, w = box
-    out = image[:, top:top + h, left:left + w]
-    if shape is not None and (h, w) != tuple(shape):
-        pad = (0, shape[1] - w, 0, shape[0] - h)
-        pad_fn = torch.nn.functional.pad
-        out = pad_fn(out, pad) if pad_mode == "zeros" else pad_fn(out[None], pad, mode=pad_mode)[0]
-    return out
 
 
 def area_for_seed(sampler: AreaSampler, height: int, width: int, seed: int) -> tuple[Tensor, torch.Generator]:

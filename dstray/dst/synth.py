@@ -28,105 +28,22 @@ import io
 import json
 from dataclasses import dataclass, replace
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from dstray import __version__, storage
+from dstray import storage
 from dstray.config import GENERATORS, PATCH_SIZE, AreaConfig, GenerateConfig, field_default, from_dict, to_dict
-from dstray.data import DataError, encode_png, load_dataset, preflight, read_image, read_mask, to_channels
-from dstray.dst.areas import AreaSampler, area_for_seed, bbox
+from dstray.data import DataError, load_dataset, preflight, read_image, read_mask, to_channels
+from dstray.dst.areas import AreaSampler, area_for_seed
 from dstray.dst.histmatch import match_area, ring_mean, sort_reference
+from dstray.dst.plan import plan_samples
+from dstray.dst.rows import (REJECT_SCHEMA, SCHEMA, check_output, parquet_bytes, sample_row,  # noqa: F401
+                             summarize, write_shard_files)  # (SCHEMA ... summarize: re-exported)
 from dstray.dst.stylize import load_dst, stylize_batch
 from dstray.dst.transfer_net import soft_paste
-from dstray.seeds import derive_seed
-
-SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("index", pa.int64()),
-    ("defect_type", pa.string()),
-    ("image", pa.binary()),
-    ("mask", pa.binary()),
-    ("height", pa.int32()),
-    ("width", pa.int32()),
-    ("background_id", pa.string()),
-    ("reference_id", pa.string()),
-    ("generator", pa.string()),
-    ("model_digest", pa.string()),
-    ("seed", pa.int64()),
-    ("bbox", pa.list_(pa.int32())),
-    ("area_px", pa.int64()),
-    ("dstray_version", pa.string()),
-])
-REJECT_SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("index", pa.int64()),
-    ("defect_type", pa.string()),
-    ("background_id", pa.string()),
-    ("reason", pa.string()),
-])
 
 
 # --------------------------------------------------------------------------- one sample
-def plan_samples(
-    *,
-    num_samples: int,
-    seed: int,
-    defect_types: list[str],
-    background_ids: list[str],
-    reference_ids: dict[str, str],
-    type_weights: dict[str, float] | None = None,
-) -> list[dict]:
-    """The exact list of samples to generate, one dict per sample.
-
-    Types are balanced (``num_samples // T`` each, the remainder to the first types in
-    sorted order) or follow ``type_weights`` (largest-remainder rounding, so the counts
-    always add up to ``num_samples``); their order is shuffled with ``seed``. Backgrounds
-    are drawn so that each is used as evenly as possible (a seeded permutation, repeated).
-    """
-    if num_samples <= 0:
-        raise ValueError(f"num_samples must be positive, got {num_samples}")
-    if not defect_types:
-        raise ValueError("no defect types to generate")
-    if not background_ids:
-        raise ValueError("no backgrounds (defect-free images) to generate on")
-    types = sorted(defect_types)
-    if type_weights:
-        unknown = set(type_weights) - set(types)
-        if unknown:
-            raise ValueError(f"type_weights names unknown defect types {sorted(unknown)}; known: {types}")
-        w = np.array([max(float(type_weights.get(t, 0.0)), 0.0) for t in types])
-        if w.sum() <= 0:
-            raise ValueError(f"type_weights must have a positive weight; got {type_weights}")
-        exact = w / w.sum() * num_samples
-        counts = np.floor(exact).astype(int)
-        for k in np.argsort(-(exact - counts), kind="stable")[: num_samples - counts.sum()]:
-            counts[k] += 1
-    else:
-        counts = np.full(len(types), num_samples // len(types))
-        counts[: num_samples % len(types)] += 1
-    rng = np.random.default_rng(seed)
-    type_of = np.repeat(np.arange(len(types)), counts)
-    rng.shuffle(type_of)
-    bgs = sorted(background_ids)
-    reps = -(-num_samples // len(bgs))
-    bg_of = np.concatenate([rng.permutation(len(bgs)) for _ in range(reps)])[:num_samples]
-    return [
-        {
-            "index": i,
-            "sample_id": f"{seed}-{i:08d}",
-            "defect_type": types[type_of[i]],
-            "background_id": bgs[bg_of[i]],
-            "reference_id": reference_ids[types[type_of[i]]],
-            "seed": derive_seed(seed, i),
-        }
-        for i in range(num_samples)
-    ]
-
-
 @dataclass
 class Reference:
     """One real defect: H (C,H,W) float [0,1] and M (1,H,W) {0,1}."""
@@ -417,7 +334,7 @@ def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> t
                     images.append(None)
         for (p, _, area, _), image in zip(ready, images):
             if image is not None:
-                rows.append(_row(ctx, synth, p, image, area))
+                rows.append(sample_row(p, image, area, synth.generator, ctx["digests"].get(p["defect_type"], "")))
         ready.clear()
 
     pixels = 0
@@ -439,60 +356,12 @@ def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> t
     return rows, sorted(rejects, key=lambda r: r["index"])
 
 
-def _row(ctx: dict, synth, p: dict, image: Tensor, area: Tensor) -> dict:
-    """The Parquet row (:data:`SCHEMA`) of plan row ``p``, its image and its area L."""
-    ys, xs = torch.nonzero(area[0], as_tuple=True)
-    return {
-        "sample_id": p["sample_id"], "index": p["index"], "defect_type": p["defect_type"],
-        "image": encode_png(image), "mask": encode_png(area),
-        "height": image.shape[1], "width": image.shape[2],
-        "background_id": p["background_id"], "reference_id": p["reference_id"],
-        "generator": synth.generator, "model_digest": ctx["digests"].get(p["defect_type"], ""),
-        "seed": p["seed"],
-        "bbox": [int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1],
-        "area_px": int(area.sum()), "dstray_version": __version__,
-    }
-
-
 def write_shard(ctx: dict, synth, shard: int, shard_size: int) -> tuple[int, int]:
     """Generate shard ``shard`` and write its files; returns ``(written, rejected)``."""
     out = ctx["cfg"]["out"]
     plan = shard_plan(ctx, shard, shard_size)
     rows, rejects = make_rows(ctx, synth, plan, ctx["cfg"]["batch_size"])
-    name = f"part-{shard:05d}.parquet"
-    storage.write_bytes(storage.join(out, "data", name), parquet_bytes(pa.Table.from_pylist(rows, SCHEMA)))
-    if rejects:
-        storage.write_bytes(storage.join(out, "rejects", name),
-                            parquet_bytes(pa.Table.from_pylist(rejects, REJECT_SCHEMA)))
-    marker = {"shard": shard, "written": len(rows), "rejected": len(rejects), "fingerprint": ctx["fingerprint"]}
-    storage.write_bytes(storage.join(out, "_shards", f"{shard:05d}.json"), json.dumps(marker).encode())
+    write_shard_files(out, shard, rows, rejects, ctx["fingerprint"])
     return len(rows), len(rejects)
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    """``table`` as the bytes of one Parquet file (a shard's file depends on its rows only)."""
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
-
-
-def check_output(cfg: GenerateConfig, fingerprint: str) -> None:
-    """Refuse an output folder that holds another generated dataset; record this one's manifest."""
-    manifest = storage.join(cfg.out, "manifest.json")
-    if storage.exists(manifest):
-        old = json.loads(storage.read_bytes(manifest))
-        if old.get("fingerprint") != fingerprint:
-            raise ValueError(f"{cfg.out} already holds a different generated dataset "
-                             f"(fingerprint {old.get('fingerprint')} != {fingerprint}: other data, models, "
-                             "seed, generator or settings). Choose another --out or delete that folder.")
-    storage.write_bytes(manifest, json.dumps({"fingerprint": fingerprint, "config": to_dict(cfg),
-                                              "dstray_version": __version__}, indent=2).encode())
-
-
-def summarize(out: str) -> dict:
-    """Counts from the shard markers of a generated dataset."""
-    markers = [json.loads(storage.read_bytes(storage.join(out, "_shards", n)))
-               for n in storage.list_names(storage.join(out, "_shards"))]
-    written = sum(m["written"] for m in markers)
-    rejected = sum(m["rejected"] for m in markers)
-    return {"out": out, "written": written, "rejected": rejected, "shards": len(markers)}
