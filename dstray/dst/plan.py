@@ -19,8 +19,15 @@ def plan_samples(
     background_ids: list[str],
     reference_ids: dict[str, str],
     type_weights: dict[str, float] | None = None,
+    defects_per_image: tuple[int, int] = (1, 1),
 ) -> list[dict]:
     """The exact list of samples to generate, one dict per sample.
+
+    With ``defects_per_image=(lo, hi)`` and ``hi > 1`` every row also has ``defect_types`` and
+    ``reference_ids`` (lists): K drawn uniformly in [lo, hi] with
+    ``default_rng(derive_seed(seed, "defects", i))``, the row's ``defect_type`` first, the other K-1
+    types drawn (with replacement) by the type weights (uniform when balanced). Single-defect
+    plans are unchanged by this (the same rows as before the option existed).
 
     Types are balanced (``num_samples // T`` each, the remainder to the first types in
     sorted order) or follow ``type_weights`` (largest-remainder rounding, so the counts
@@ -54,7 +61,7 @@ def plan_samples(
     bgs = sorted(background_ids)
     reps = -(-num_samples // len(bgs))
     bg_of = np.concatenate([rng.permutation(len(bgs)) for _ in range(reps)])[:num_samples]
-    return [
+    rows = [
         {
             "index": i,
             "sample_id": f"{seed}-{i:08d}",
@@ -65,3 +72,28 @@ def plan_samples(
         }
         for i in range(num_samples)
     ]
+    lo, hi = defects_per_image
+    if not 1 <= lo <= hi:
+        raise ValueError(f"defects per image must be 1 <= LO <= HI; got {lo}-{hi}")
+    if hi > 1:
+        p = w / w.sum() if type_weights else np.full(len(types), 1 / len(types))
+        for r in rows:
+            draw = np.random.default_rng(derive_seed(seed, "defects", r["index"]))
+            k = int(draw.integers(lo, hi + 1))
+            more = [types[j] for j in draw.choice(len(types), size=k - 1, p=p)] if k > 1 else []
+            r["defect_types"] = [r["defect_type"], *more]
+            r["reference_ids"] = [reference_ids[t] for t in r["defect_types"]]
+    return rows
+
+
+def parse_defects_per_image(text: str | int) -> tuple[int, int]:
+    """``"2"`` -> (2, 2); ``"1-3"`` -> (1, 3); ValueError saying the accepted forms otherwise."""
+    lo, sep, hi = str(text).strip().partition("-")
+    try:
+        bounds = (int(lo), int(hi) if sep else int(lo))
+    except ValueError:
+        bounds = (0, 0)
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise ValueError(f"--defects-per-image must be a count K >= 1 or a range LO-HI (1 <= LO <= HI, e.g. 1-3); "
+                         f"got {text!r}")
+    return bounds

@@ -36,6 +36,14 @@ SCHEMA = pa.schema([
     ("area_px", pa.int64()),
     ("dstray_version", pa.string()),
 ])
+CLASS_MASK = "class_mask"  # column of multi-defect datasets: PNG, 8-bit L, 0 = background, k = classes[k - 1]
+
+
+def multi_schema(classes: list[str]) -> pa.Schema:
+    """:data:`SCHEMA` plus ``class_mask``, with the class names (value k = ``classes[k - 1]``) in its metadata."""
+    return SCHEMA.append(pa.field(CLASS_MASK, pa.binary())).with_metadata({"dstray.classes": json.dumps(classes)})
+
+
 REJECT_SCHEMA = pa.schema([
     ("sample_id", pa.string()),
     ("index", pa.int64()),
@@ -61,10 +69,31 @@ def sample_row(p: dict, image: Tensor, area: Tensor, generator: str, model_diges
     }
 
 
-def write_shard_files(out: str, shard: int, rows: list[dict], rejects: list[dict], fingerprint: str) -> None:
-    """Shard ``shard``'s files under ``out``: its rows, its rejects (if any), then its marker."""
+def multi_row(p: dict, image: Tensor, areas: list, classes: list[str], generator: str, digests: dict) -> dict:
+    """The row (:func:`multi_schema`) of a sample with several areas ``[(type, L, _), ...]``: ``mask`` is their
+    union, ``class_mask`` holds each area's class (1 + its type's index in ``classes``); ``defect_type``,
+    ``reference_id`` and ``model_digest`` list the areas' values, comma-separated, in the areas' order."""
+    union = torch.zeros_like(areas[0][1])
+    classes_px = torch.zeros_like(areas[0][1])
+    for t, area, _ in areas:
+        union = torch.maximum(union, area)
+        classes_px[area > 0.5] = classes.index(t) + 1
+    types = [t for t, _, _ in areas]
+    row = sample_row(p, image, union, generator, ",".join(digests.get(t, "") for t in types))
+    refs = p.get("reference_ids") or [p["reference_id"]]
+    return row | {"defect_type": ",".join(types), "reference_id": ",".join(refs),
+                  CLASS_MASK: encode_png(classes_px.to(torch.uint8))}
+
+
+def write_shard_files(out: str, shard: int, rows: list[dict], rejects: list[dict], fingerprint: str,
+                      classes: list[str] | None = None) -> None:
+    """Shard ``shard``'s files under ``out``: its rows, its rejects (if any), then its marker.
+
+    ``classes``: a multi-defect dataset's class names (:func:`multi_schema`); None: :data:`SCHEMA`.
+    """
     name = f"part-{shard:05d}.parquet"
-    storage.write_bytes(storage.join(out, "data", name), parquet_bytes(pa.Table.from_pylist(rows, SCHEMA)))
+    schema = multi_schema(classes) if classes else SCHEMA
+    storage.write_bytes(storage.join(out, "data", name), parquet_bytes(pa.Table.from_pylist(rows, schema)))
     if rejects:
         storage.write_bytes(storage.join(out, "rejects", name),
                             parquet_bytes(pa.Table.from_pylist(rejects, REJECT_SCHEMA)))
@@ -79,8 +108,11 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def check_output(cfg: GenerateConfig, fingerprint: str) -> None:
-    """Refuse an output folder that holds another generated dataset; record this one's manifest."""
+def check_output(cfg: GenerateConfig, fingerprint: str, classes: list[str] | None = None) -> None:
+    """Refuse an output folder that holds another generated dataset; record this one's manifest.
+
+    ``classes``: the dataset's defect types in class order (``class_mask`` value k = ``classes[k - 1]``).
+    """
     manifest = storage.join(cfg.out, "manifest.json")
     if storage.exists(manifest):
         old = json.loads(storage.read_bytes(manifest))
@@ -88,8 +120,8 @@ def check_output(cfg: GenerateConfig, fingerprint: str) -> None:
             raise ValueError(f"{cfg.out} already holds a different generated dataset "
                              f"(fingerprint {old.get('fingerprint')} != {fingerprint}: other data, models, "
                              "seed, generator or settings). Choose another --out or delete that folder.")
-    storage.write_bytes(manifest, json.dumps({"fingerprint": fingerprint, "config": to_dict(cfg),
-                                              "dstray_version": __version__}, indent=2).encode())
+    record = {"fingerprint": fingerprint, "config": to_dict(cfg), "dstray_version": __version__}
+    storage.write_bytes(manifest, json.dumps(record | ({"classes": classes} if classes else {}), indent=2).encode())
 
 
 def summarize(out: str) -> dict:
