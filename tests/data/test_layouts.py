@@ -105,3 +105,18 @@ def test_roi_folder_and_manifest_column(tmp_path, sample_dataset):
                                      f"{bgs[1].image.name},,free,background,roi/{bgs[0].image.stem}.png\n")
     ds = load_dataset(root)
     assert ds.samples[0].roi == root / "roi" / (bgs[0].image.stem + ".png")
+
+
+def test_a_bad_background_roi_is_named_by_inspect(tmp_path, sample_dataset):
+    root = tmp_path / "bgs"
+    (root / "roi").mkdir(parents=True)
+    bgs = sample_dataset.backgrounds()[:2]
+    for s in bgs:
+        shutil.copyfile(s.image, root / s.image.name)
+    shutil.copyfile(sample_dataset.references("crack")[0].mask, root / "roi" / (bgs[0].image.stem + ".png"))
+    (root / "roi" / (bgs[1].image.stem + ".png")).write_bytes(b"")
+    found = validate(load_dataset(root))
+    text = "\n".join(str(p) for p in found.problems)
+    assert "region of interest is 596x260 px" in text and "empty" in text, text
+    gen = validate(load_dataset(root), job="generate")
+    assert not gen.problems and any("cannot be read" in w.message for w in gen.warnings)
