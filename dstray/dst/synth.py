@@ -211,6 +211,7 @@ def prepare(cfg: GenerateConfig) -> dict:
         raise ValueError(f"--generator must be one of {GENERATORS}; got {cfg.generator!r}")
     if cfg.num_samples < 1:
         raise ValueError(f"--num-samples must be at least 1; got {cfg.num_samples}")
+    defects = parse_defects_per_image(cfg.defects_per_image)
     # absolute paths: the actors run in other working directories
     cfg = replace(cfg, data=storage.absolute(cfg.data), models=storage.absolute(cfg.models), out=storage.absolute(cfg.out))
     storage.require_folder(cfg.out, "--out")
@@ -229,7 +230,6 @@ def prepare(cfg: GenerateConfig) -> dict:
     # the one input check (dstray inspect runs it too): refuses on what would stop the run, warns of rejects
     preflight(dataset, job="generate", types=types, max_image_pixels=cfg.max_image_pixels, area=cfg.area)
     backgrounds = dataset.backgrounds()
-    defects = parse_defects_per_image(cfg.defects_per_image)
     roi, rois = gather_rois(storage.absolute(cfg.roi), backgrounds)
     drawn = gather_areas(storage.absolute(cfg.areas), backgrounds) if cfg.areas else None
     if drawn is not None:  # only backgrounds with a target-area mask are planned
