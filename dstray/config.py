@@ -115,6 +115,9 @@ class GenerateConfig:
     out: str = "runs/generated"  # output folder (Parquet dataset, rejects table, summary)
     area: AreaConfig = field(default_factory=AreaConfig)
     max_image_pixels: int | None = MAX_IMAGE_PIXELS  # backgrounds over width x height pixels are rejects; none = no limit
+    roi: str | None = None  # region-of-interest mask for every background (resized to each); L lies wholly inside it
+    areas: str | None = None  # folder of target-area masks, one per background by file name: each region is an L as drawn
+    defects_per_image: str = "1"  # defects per sample: K, or a range LO-HI drawn per sample (e.g. 1-3); adds class_mask
 
 
 # --------------------------------------------------------------------------- segmentation

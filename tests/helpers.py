@@ -104,3 +104,35 @@ def histmatch_np(
 def f1_table(counts: dict[str, SegCounts]) -> list[dict]:
     """One row per named set of counts (``{"name": ..., tp, fp, fn, tn, precision, recall, f1, iou}``)."""
     return [{"name": name, **c.scores()} for name, c in counts.items()]
+
+
+# --------------------------------------------------------------------------- an MVTec AD layout from the sample
+def make_mvtec(root, dataset, types=None, n_good_train: int = 12, n_good_test: int = 3):
+    """Write the embedded sample as an MVTec AD category under ``root``; returns the expected counts.
+
+    Every image of each defect type goes to ``test/<type>/NNN.png`` (8-bit PNG) with its mask at
+    ``ground_truth/<type>/NNN_mask.png``; the first ``n_good_train`` backgrounds to ``train/good/``, the
+    next ``n_good_test`` to ``test/good/``. Returns ``{"defects": {type: n}, "train_good": n, "test_good": n}``.
+    """
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(root)
+    types = types or dataset.defect_types
+    counts = {"defects": {}, "train_good": 0, "test_good": 0}
+    for t in types:
+        rows = sorted((s for s in dataset.samples if s.defect_type == t), key=lambda s: s.id)
+        (root / "test" / t).mkdir(parents=True, exist_ok=True)
+        (root / "ground_truth" / t).mkdir(parents=True, exist_ok=True)
+        for i, s in enumerate(rows):
+            Image.open(s.image).save(root / "test" / t / f"{i:03d}.png")
+            Image.open(s.mask).save(root / "ground_truth" / t / f"{i:03d}_mask.png")
+        counts["defects"][t] = len(rows)
+    free = sorted((s for s in dataset.samples if s.defect_type == "free"), key=lambda s: s.id)
+    for folder, part in (("train", free[:n_good_train]), ("test", free[n_good_train:n_good_train + n_good_test])):
+        (root / folder / "good").mkdir(parents=True, exist_ok=True)
+        for i, s in enumerate(part):
+            Image.open(s.image).save(root / folder / "good" / f"{i:03d}.png")
+        counts[f"{folder}_good"] = len(part)
+    return counts

@@ -4,6 +4,7 @@
 - :mod:`.dst`: ``fit-dst``, ``stylize``, ``generate`` (the paper's first half);
 - :mod:`.seg`: ``train-seg``, ``evaluate``, ``tune`` (the second half);
 - :mod:`.run`: ``pipeline``, ``experiment``, ``report``;
+- :mod:`.export`: ``export`` (a generated dataset as PNG files);
 - :mod:`.args`: config <-> argparse and the flags the groups share.
 
 Commands import the Ray layer only when they run, so ``dstray --help`` and ``dstray inspect``
@@ -18,7 +19,8 @@ import pickle
 import re
 import sys
 
-from dstray.cli import data, dst, run, seg
+from dstray.cli import data, dst, export, run, seg
+from dstray.cli.args import apply_layout
 
 # Errors that mean "bad input" (a file, a path, an option); the message says what to do. DataError,
 # InputProblems and most of dstray's own input errors are ValueErrors; torch's load errors are wrapped
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dstray", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (data, dst, seg, run):
+    for group in (data, dst, seg, run, export):
         group.register(sub)
     return p
 
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         _check_outputs(args)
+        apply_layout(args)  # --references-per-type / --reference-order ride on --data
         return args.func(args)
     except Exception as exc:
         message = input_error(exc, model=getattr(args, "model", None))

@@ -100,6 +100,25 @@ def add_max_image_pixels(parser: argparse.ArgumentParser) -> None:
                         f"(default: {MAX_IMAGE_PIXELS})")
 
 
+def add_layout(parser: argparse.ArgumentParser) -> None:
+    """The MVTec AD layout's options; :func:`apply_layout` puts them on ``--data`` (``PATH?references-per-type=K``),
+    so every job and Ray worker that lists the dataset picks the same references."""
+    parser.add_argument("--references-per-type", type=int, default=None, metavar="K",
+                        help="MVTec AD layout: K images of each test/<defect> become references, the rest test "
+                        "(default: 1)")
+    parser.add_argument("--reference-order", choices=("draw", "name"), default=None,
+                        help="MVTec AD layout: the K references are a seeded draw (default) or the first by file name")
+
+
+def apply_layout(args: argparse.Namespace) -> None:
+    """Fold ``--references-per-type`` / ``--reference-order`` into ``args.data`` (see :func:`add_layout`)."""
+    k, order = getattr(args, "references_per_type", None), getattr(args, "reference_order", None)
+    if k is not None or order is not None:
+        from dstray.data.dataset import with_spec
+
+        args.data = with_spec(getattr(args, "data", None), k, order)
+
+
 def add_ray(parser: argparse.ArgumentParser, *, use_gpu: bool = True, storage: bool = False,
             workers: bool = False, max_failures: int | None = None, restarts: str = "") -> None:
     """The Ray options of a command: ``--address`` always; ``--use-gpu``; ``--storage-path``;

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from dstray.cli.args import add_config_args, add_data, add_max_image_pixels, add_ray, build_config
+from dstray.cli.args import add_config_args, add_data, add_layout, add_max_image_pixels, add_ray, build_config
 from dstray.config import PATCH_SIZE, DSTConfig, GenerateConfig
 
 
@@ -91,6 +91,7 @@ def register(sub) -> None:
     add_ray(s, storage=True, workers=True, max_failures=2,
             restarts="worker restarts (from the last checkpoint) per type")
     add_max_image_pixels(s)
+    add_layout(s)
     add_config_args(s, DSTConfig)
     s.set_defaults(func=cmd_fit_dst)
 
@@ -108,6 +109,7 @@ def register(sub) -> None:
     s = sub.add_parser("generate", help="generate a labelled Parquet dataset with Ray Data")
     s.add_argument("--shard-size", type=int, default=32, help="samples per output file (the unit of retry/resume)")
     add_ray(s, use_gpu=False)  # --use-gpu is GenerateConfig.use_gpu
+    add_layout(s)
     add_config_args(s, GenerateConfig)
     s.set_defaults(func=cmd_generate)
 

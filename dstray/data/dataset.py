@@ -59,10 +59,18 @@ SPLITS = ("reference", "background", "train", "val", "test")  # the known split 
 SPLIT_ORDER = SPLITS  # (former name)
 VAL_FRACTION = 1 / 3  # share of each type's test samples carved into ``val`` when a dataset has no val split
 VAL_SEED = 0  # seed of that carve (part of the hash that orders the samples)
-LAYOUTS_HINT = (
-    "give a folder with splits.csv, a CSV manifest (image,mask,defect_type,split), "
-    "a folder with images/ and masks/ subfolders, or a folder of defect-free images"
+LAYOUTS = (  # what --data accepts (README "Your data", docs/your-data.md)
+    "a folder with splits.csv, or a CSV manifest (columns image,mask,defect_type,split[,roi])",
+    "images/<type>/name.ext + masks/<type>/name.png, defect-free images in backgrounds/ (or good/, ok/, free/)",
+    "the MVTec AD layout: CATEGORY/train/good/, CATEGORY/test/<defect>/NNN.png, "
+    "CATEGORY/ground_truth/<defect>/NNN_mask.png",
+    "a folder of defect-free images only (no masks, no label folders)",
 )
+LAYOUTS_HINT = "the layouts --data accepts: " + "; ".join(f"({i}) {t}" for i, t in enumerate(LAYOUTS, 1))
+ROI_FOLDER = "roi"  # per-background regions of interest: ROOT/roi/<background name>.png (beside backgrounds/)
+# names of folders and file-name endings that hold labels, never defect-free images
+LABEL_FOLDERS = ("masks", "mask", "ground_truth", "groundtruth", "gt", "labels", "label", "annotations")
+LABEL_SUFFIXES = ("_mask", "-mask", "_gt", "_label", "_labels")
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,7 @@ class Sample:
     defect_type: str  # lower-case type name, "free" for defect-free
     split: str  # "reference" | "background" | "train" | "val" | "test" (validate reports any other name)
     line: int | None = field(default=None, compare=False)  # manifest line of the row (None for folder layouts)
+    roi: Path | None = field(default=None, compare=False)  # background: where a defect may go (mask), None = anywhere
 
 
 @dataclass
@@ -83,9 +92,10 @@ class DefectDataset:
 
     root: Path  # dataset folder (the manifest's folder)
     samples: list[Sample]
-    layout: str  # "manifest" | "folders" | "images"
+    layout: str  # "manifest" | "folders" | "mvtec" | "images"
     defect_types: list[str]  # sorted, without "free"
     source: Path | None = None  # the manifest CSV (layout "manifest"), else None
+    options: dict = field(default_factory=dict)  # layout options used (mvtec: references_per_type, reference_order)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -146,25 +156,90 @@ def sample_root() -> Path:
     return Path(__file__).resolve().parent.parent / "sample" / "magnetic-tile"
 
 
-def load_dataset(path: str | Path | None = None) -> DefectDataset:
+def load_dataset(path: str | Path | None = None, *, references_per_type: int | None = None,
+                 reference_order: str | None = None) -> DefectDataset:
     """List a dataset (layout detected, see the module docstring); None = the embedded sample.
 
-    Raises DataError only for structural problems (no such path, missing manifest
-    columns, no images); problems of the files themselves are found by ``validate``.
+    ``references_per_type`` / ``reference_order``: the MVTec AD layout's K references per type and how
+    they are chosen (``draw`` | ``name``; :mod:`dstray.data.mvtec`); they may also ride on the path,
+    ``PATH?references-per-type=K&reference-order=name`` (:func:`split_spec`), so every job, Ray workers
+    included, lists the same dataset from the one ``--data`` string.
+
+    Raises DataError for structural problems (no such path, missing manifest columns, no images, a
+    folder that matches no layout or one only in part: never guessed); problems of the files
+    themselves are found by ``validate``.
     """
-    p = Path(path).expanduser() if path is not None else sample_root()
+    p, options = split_spec(path)
+    options = {**options, **{k: v for k, v in (("references_per_type", references_per_type),
+                                                 ("reference_order", reference_order)) if v is not None}}
+    p = Path(p).expanduser() if p is not None else sample_root()
     p = Path(os.path.abspath(p))
     if not p.exists():
         raise DataError(p, "no such file or folder", LAYOUTS_HINT)
     if p.is_file():
         if p.suffix.lower() != ".csv":
             raise DataError(p, "not a CSV manifest", LAYOUTS_HINT)
-        return _load_manifest(p)
-    if (p / MANIFEST_NAME).is_file():
-        return _load_manifest(p / MANIFEST_NAME)
-    if (p / "images").is_dir() and ((p / "masks").is_dir() or _background_folders(p)):
-        return _load_folders(p)
-    return _load_images(p)
+        ds = _load_manifest(p)
+    elif (p / MANIFEST_NAME).is_file():
+        ds = _load_manifest(p / MANIFEST_NAME)
+    else:
+        from dstray.data import mvtec
+
+        partial = mvtec.partial_mvtec(p)
+        if partial:
+            raise DataError(p, f"matches no layout: {partial}", LAYOUTS_HINT)
+        if mvtec.is_mvtec(p):
+            k, order = int(options.get("references_per_type", 1)), options.get("reference_order", "draw")
+            samples = mvtec.mvtec_samples(p, k, order, _image_files,
+                                          lambda f, m, t, sp: Sample(_rel_id(f, p), f, m, _type_name(t), sp))
+            return dataclasses.replace(_dataset(p, samples, "mvtec"),
+                                       options={"references_per_type": k, "reference_order": order})
+        if (p / "images").is_dir() and not (p / "masks").is_dir():
+            types = [d.name for d in sorted((p / "images").iterdir())
+                     if d.is_dir() and d.name.lower() not in BACKGROUND_FOLDERS and _image_files(d)]
+            if types:
+                raise DataError(p, f"matches no layout: images/{types[0]}/ holds defect images but there is no "
+                                   "masks/ folder beside images/ for their labels", LAYOUTS_HINT)
+        if (p / "images").is_dir() and ((p / "masks").is_dir() or _background_folders(p)):
+            ds = _load_folders(p)
+        else:
+            ds = _load_images(p)
+    if options:
+        raise DataError(p, f"--references-per-type / --reference-order apply to the MVTec AD layout only; this "
+                           f"folder has the '{ds.layout}' layout", "leave them out")
+    return ds
+
+
+SPEC_KEYS = {"references-per-type": "references_per_type", "reference-order": "reference_order"}
+
+
+def split_spec(path: str | Path | None) -> tuple[str | Path | None, dict]:
+    """``PATH?references-per-type=K&reference-order=name`` -> (PATH, options); a path without ``?`` as given.
+
+    A ``?`` that is part of an existing file or folder's name is left alone.
+    """
+    if path is None or "?" not in str(path) or Path(str(path)).expanduser().exists():
+        return path, {}
+    base, _, query = str(path).partition("?")
+    options = {}
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key not in SPEC_KEYS or not value:
+            raise DataError(base, f"unknown dataset option {item!r} after '?'",
+                            f"options: {', '.join(k + '=...' for k in SPEC_KEYS)}")
+        options[SPEC_KEYS[key]] = int(value) if key == "references-per-type" and value.isdigit() else value
+    return base, options
+
+
+def with_spec(path: str | None, references_per_type: int | None = None, reference_order: str | None = None) -> str:
+    """``path`` with the MVTec AD options appended (``PATH?references-per-type=K...``); None = the embedded sample."""
+    base, options = split_spec(path)
+    options.update({k: v for k, v in (("references_per_type", references_per_type),
+                                      ("reference_order", reference_order)) if v is not None})
+    if not options:
+        return path
+    names = {v: k for k, v in SPEC_KEYS.items()}
+    return f"{base if base is not None else sample_root()}?" + "&".join(f"{names[k]}={v}" for k, v in options.items())
 
 
 def _background_folders(root: Path) -> list[Path]:
@@ -182,6 +257,10 @@ def carve_val(samples: list[Sample], fraction: float = VAL_FRACTION, seed: int =
 
     Unchanged when a sample is already in ``val`` or none is in ``test``. Stratified by
     defect type; deterministic (a hash of ``seed`` and the sample id orders each type).
+
+    The hash is not :func:`dstray.seeds.derive_seed`, on purpose: ordering by ``derive_seed(seed, "val",
+    id)`` would move 52 of the full Magnetic Tile dataset's 79 ``val`` images (checked), and every
+    number measured on its ``val`` / ``test`` so far would stop being comparable.
     """
     if any(s.split == "val" for s in samples) or not any(s.split == "test" for s in samples):
         return samples
@@ -234,8 +313,10 @@ def _load_manifest(csv_path: Path) -> DefectDataset:
                 )
             image = resolve(row["image"])
             mask = resolve(row["mask"]) if (row["mask"] or "").strip() else None
+            roi = resolve(row["roi"]) if (row.get("roi") or "").strip() else None  # optional column
             defect_type, split = _type_name(row["defect_type"]), row["split"].strip().lower()
-            samples.append(Sample(_rel_id(image, root), image, mask, defect_type, split, line=reader.line_num))
+            samples.append(Sample(_rel_id(image, root), image, mask, defect_type, split, line=reader.line_num,
+                                  roi=roi))
     if not samples:
         raise DataError(csv_path, "manifest has no rows", "add one row per image")
     return _dataset(root, samples, "manifest", source=csv_path)
@@ -273,14 +354,39 @@ def _load_folders(root: Path) -> DefectDataset:
             continue
         defect_type = _type_name(rel.parts[0] if len(rel.parts) > 1 else root.name)
         samples.append(Sample(_rel_id(f, root), f, mask, defect_type, "reference"))
+    rois = _rois(root)
     for folder in _background_folders(root):  # ROOT/backgrounds/ next to images/
-        samples += [Sample(_rel_id(f, root), f, None, FREE, "background") for f in _image_files(folder)]
+        files = _image_files(folder)
+        _refuse_labels(root, files, folder)
+        samples += [Sample(_rel_id(f, root), f, None, FREE, "background", roi=rois.get(f.stem)) for f in files]
     return _dataset(root, samples, "folders")
+
+
+def _rois(root: Path) -> dict[str, Path]:
+    """``ROOT/roi/<name>.png`` by background file stem (``<name>_roi.png`` accepted too)."""
+    out = {}
+    for f in reversed(_image_files(root / ROI_FOLDER)) if (root / ROI_FOLDER).is_dir() else []:
+        out[f.stem[: -len("_roi")] if f.stem.endswith("_roi") else f.stem] = f
+    return out
+
+
+def _refuse_labels(root: Path, files: list[Path], folder: Path) -> None:
+    """DataError when files meant to be defect-free images look like masks or sit in a label folder."""
+    label = [f for f in files if f.stem.lower().endswith(LABEL_SUFFIXES)
+             or any(part.lower() in LABEL_FOLDERS for part in f.relative_to(folder).parts[:-1])]
+    if label:
+        shown = ", ".join(_rel_id(f, root) for f in label[:3]) + (" ..." if len(label) > 3 else "")
+        raise DataError(root, (f"matches no layout: {len(label)} of the {len(files)} files read as "
+                               f"defect-free images look like masks or labels ({shown}); a defect-free image "
+                               "has no mask, and masks go in masks/<type>/ beside images/<type>/"), LAYOUTS_HINT)
 
 
 def _load_images(root: Path) -> DefectDataset:
     files = _image_files(root)
     if not files:
         raise DataError(root, f"no image files found (extensions: {' '.join(IMAGE_EXTENSIONS)})", LAYOUTS_HINT)
-    samples = [Sample(_rel_id(f, root), f, None, FREE, "background") for f in files]
+    rois = _rois(root)
+    files = [f for f in files if ROI_FOLDER not in f.relative_to(root).parts[:1]]
+    _refuse_labels(root, files, root)
+    samples = [Sample(_rel_id(f, root), f, None, FREE, "background", roi=rois.get(f.stem)) for f in files]
     return _dataset(root, samples, "images")

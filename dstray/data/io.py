@@ -190,12 +190,14 @@ def read_image(path: str | Path | BinaryIO, *, name: str | Path | None = None,
     return _to_tensor(_image_array(_open(path, "image", name=name, max_pixels=max_pixels)))
 
 
-def read_mask(path: str | Path, like: torch.Tensor | None = None) -> torch.Tensor:
-    """A mask file as float32 (1, H, W) in {0, 1}: 1 where the 8-bit value is >= MASK_THRESHOLD.
+def read_mask(path: str | Path | BinaryIO, like: torch.Tensor | None = None, *, name: str | None = None) -> torch.Tensor:
+    """A mask file (or its bytes in a file object) as float32 (1, H, W) in {0, 1}: 1 where the 8-bit value is
+    >= MASK_THRESHOLD.
 
-    ``like``: an image tensor (..., H, W); if given, the mask must have its H and W.
+    ``like``: an image tensor (..., H, W); if given, the mask must have its H and W. ``name``: what errors
+    call a file object.
     """
-    im = _open(path, "mask")
+    im = _open(path, "mask", name=name)
     a = _image_array(im)
     if a.ndim == 3:
         if not ((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()):

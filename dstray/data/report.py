@@ -41,6 +41,16 @@ def format_report(ds: DefectDataset, found: Validation | list[Problem]) -> str:
         types = ", ".join(ds.defect_types) or "none"
         lines.append(f"flat images/ folder: one defect type ({types}), named after the dataset folder; "
                      "use images/<type>/ for several types")
+    if ds.layout == "mvtec":
+        k, order = ds.options.get("references_per_type", 1), ds.options.get("reference_order", "draw")
+        n = Counter((s.defect_type == FREE, s.split) for s in ds.samples)
+        lines.append(f"MVTec AD layout: train/good -> background ({n[True, 'background']}); test/good -> test "
+                     f"({n[True, 'test']}) and val ({n[True, 'val']}); test/<defect> -> {k} reference(s) per type "
+                     f"({'a seeded draw' if order == 'draw' else 'the first by file name'}; --references-per-type, "
+                     f"--reference-order), the rest test ({n[False, 'test']}) and val ({n[False, 'val']})")
+    if any(s.roi is not None for s in ds.samples):
+        lines.append(f"regions of interest: {sum(s.roi is not None for s in ds.samples)} background(s) have their own "
+                     "(a defect's area L lies wholly inside it)")
     lines.append("")
 
     counts = Counter((s.defect_type, s.split) for s in ds.samples)
@@ -76,10 +86,14 @@ def format_report(ds: DefectDataset, found: Validation | list[Problem]) -> str:
     return "\n".join(lines)
 
 
-def inspect_main(path: str | Path | None = None, *, max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> int:
-    """``dstray inspect DATA``: load, validate, print the report; 1 if any problem, else 0 (warnings do not count)."""
+def inspect_main(path: str | Path | None = None, *, max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+                 references_per_type: int | None = None, reference_order: str | None = None) -> int:
+    """``dstray inspect DATA``: load, validate, print the report; 1 if any problem, else 0 (warnings do not count).
+
+    ``references_per_type`` / ``reference_order``: the MVTec AD layout's options (:func:`load_dataset`).
+    """
     try:
-        ds = load_dataset(path)
+        ds = load_dataset(path, references_per_type=references_per_type, reference_order=reference_order)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -31,6 +31,8 @@ a defect-free image whose mask marks defect pixels         problem    -         
 images of different channel counts                         warning    warning: converted      warning: converted
 a type with more than one reference                        warning    warning                 warning
 any other image over ``--max-image-pixels``                warning    -                       -
+a background's own region of interest: unreadable,         problem    -                       warning: its samples
+missing, of another size than the background                                                  are rejects
 =========================================================  =========  ======================  ======================
 
 Channel counts: DST works in its reference's channel count; a background of another count is
@@ -154,7 +156,7 @@ def validate(ds: DefectDataset, *, job: str = "inspect", types: Iterable[str] | 
             oversize.append(s)
     if bad_backgrounds:
         out.warnings.append(_grouped(
-            ds, [p.path for p in bad_backgrounds], "background(s) cannot be read",
+            ds, [p.path for p in bad_backgrounds], "background(s) (or their region of interest) cannot be read",
             "generate writes their samples as rejects with the reason; `dstray inspect` lists each file",
             detail=[str(p) for p in bad_backgrounds]))
     big_bgs = [s for s in oversize if s.split == "background"]
@@ -349,6 +351,15 @@ def _check_sample(s: Sample, role: str, job: str, decode: bool, max_pixels: int 
     except DataError as e:
         out.problems.append(e.to_problem())
         out.shape = None
+    if role == "background" and s.roi is not None and job in ("inspect", "generate"):
+        try:  # its region of interest: a mask of the background's size (generate: its samples are rejects)
+            roi_hw = tuple(image_shape(s.roi, "mask")[1:])
+            if out.shape is not None and roi_hw != tuple(out.shape[1:]):
+                out.problems.append(Problem(s.roi, (
+                    f"region of interest is {roi_hw[1]}x{roi_hw[0]} px, its background {s.id} "
+                    f"{out.shape[2]}x{out.shape[1]}; give it the background's size")))
+        except DataError as e:
+            out.problems.append(e.to_problem())
     if role == "background" and job != "inspect":
         return out  # jobs do not read a background's mask
     if s.mask is None:

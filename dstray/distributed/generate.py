@@ -90,7 +90,7 @@ def generate(cfg: GenerateConfig, *, shard_size: int = 32, address: str | None =
     """Run (or finish) a generation; returns the summary (also written to ``out/summary.json``)."""
     ctx = prepare(cfg)
     cfg = from_dict(GenerateConfig, ctx["cfg"])  # with absolute paths
-    check_output(cfg, ctx["fingerprint"])
+    check_output(cfg, ctx["fingerprint"], ctx.get("classes"))
     n_shards = -(-cfg.num_samples // shard_size)
     done = {int(n.split(".")[0]) for n in storage.list_names(storage.join(cfg.out, "_shards"))}
     todo = [k for k in range(n_shards) if k not in done]

@@ -30,16 +30,18 @@ has a real defect's shape, varied by one smooth random warp (:class:`AreaSampler
 6. if L does not fit the room left by the margins it is drawn again smaller, down to
    ``scale_min``; a background that cannot take the shape even at ``scale_min`` raises
    :class:`AreaDoesNotFit` (generation records the sample as a reject, with that message);
-7. with a foreground ``roi``, draws are repeated until L lies inside it, at most
-   ``max_tries`` times, then ValueError.
+7. with a region of interest ``roi`` (a (1,H,W) mask), L is placed within the ROI's bounding box
+   and draws are repeated until L lies wholly inside the ROI, at most ``max_tries`` times, then
+   ValueError saying how large the ROI is (:mod:`dstray.dst.regions`). Without a ROI the draws
+   are the same as before ROIs existed (a seed gives the same L).
 
 ``sample_with_image`` also returns the reference *image* warped by the same transform (the
 copy-paste baseline pastes it, so pixels and label agree); it consumes the same random
 draws, so for one seed ``sample`` and ``sample_with_image`` give the same L. All randomness
 comes from the given ``torch.Generator`` (CPU): the same generator state gives the same L.
 
-:func:`crop_window` / :func:`cut_window` / :func:`paste_window` serve DST's patch mode:
-TransferNet runs on a square window around L instead of the whole image.
+:func:`crop_window` / :func:`cut_window` / :func:`paste_window` (:mod:`dstray.dst.windows`, re-exported
+here) serve DST's patch mode: TransferNet runs on a square window around L instead of the whole image.
 :func:`area_for_seed` is how every caller turns a per-sample seed into L.
 """
 
@@ -53,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dstray.config import AreaConfig
+from dstray.dst.windows import bbox, crop_window, cut_window, paste_window  # noqa: F401 (the windows around L)
 
 # sides of a mask, in this order everywhere: top, bottom, left, right
 Sides = tuple[bool, bool, bool, bool]
@@ -76,15 +79,6 @@ def _check_mask(mask: Tensor, what: str) -> Tensor:
     if not bool(m.any()):
         raise ValueError(f"{what} is empty (no pixel set); a target area needs at least one pixel")
     return m
-
-
-def bbox(area: Tensor) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1), end-exclusive, of the set pixels of a (1,H,W) or (H,W) mask."""
-    m = area.reshape(area.shape[-2:]).bool()
-    rows, cols = m.any(1).nonzero()[:, 0], m.any(0).nonzero()[:, 0]
-    if rows.numel() == 0:
-        raise ValueError("the area is empty (no pixel set)")
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
 def _sides(m: Tensor) -> Sides:
@@ -188,19 +182,23 @@ class AreaSampler:
             if inside.shape != (height, width):
                 raise ValueError(f"roi is {tuple(inside.shape)}, the image {height}x{width}")
         for _ in range(self.max_tries):
-            drawn = self._draw(height, width, g, with_image)
+            drawn = self._draw(height, width, g, with_image, inside)
             if drawn is not None and (inside is None or not bool((drawn[0] & ~inside).any())):
                 area = drawn[0][None].float()
                 return area, (drawn[1] if with_image else None)
         if inside is None:  # every draw vanished (a tiny shape at a small scale)
             raise ValueError(f"no non-empty {self.name} area after {self.max_tries} draws; raise --area-scale-min")
+        y0, x0, y1, x1 = bbox(inside)
         raise ValueError(
-            f"no {self.name} area fitting the roi after {self.max_tries} draws; the roi may be too small for "
-            f"this defect's shape: lower --area-scale-min or pass a larger roi"
+            f"no {self.name} area lies wholly inside the region of interest in {self.max_tries} draws: the roi has "
+            f"{int(inside.sum())} px ({100 * float(inside.float().mean()):.1f} % of the {width}x{height} image, within "
+            f"a {x1 - x0}x{y1 - y0} px box), too small or too thin for this defect's shapes at --area-scale-min "
+            f"{cfg.scale_min:g}; draw a larger roi or lower --area-scale-min"
         )
 
-    def _draw(self, height: int, width: int, g: torch.Generator, with_image: bool):
-        """One (L (height,width) bool, warped image or None), or None when the shape vanished."""
+    def _draw(self, height: int, width: int, g: torch.Generator, with_image: bool, inside: Tensor | None = None):
+        """One (L (height,width) bool, warped image or None), or None when the shape vanished (or, with a
+        ROI ``inside``, cannot be placed within the ROI's bounding box)."""
         cfg = self.cfg
         shape = self.shapes[_randint(g, 0, len(self.shapes) - 1)]
         border = cfg.keep_border_contact and any(shape.sides)
@@ -230,10 +228,10 @@ class AreaSampler:
             h, w = cut.shape[-2:]
             if span_h or span_w:
                 return self._place(_span(cut, height if span_h else None, width if span_w else None, room_h,
-                                         room_w), height, width, sides, g)
+                                         room_w), height, width, sides, g, inside)
             fit = min(room_h / h, room_w / w)
             if fit >= 1:
-                return self._place(cut, height, width, sides, g)
+                return self._place(cut, height, width, sides, g, inside)
             if scale * fit < cfg.scale_min:
                 raise self._does_not_fit(shape, linear, height, width)
             scale = max(cfg.scale_min, scale * fit * 0.97)
@@ -248,15 +246,22 @@ class AreaSampler:
             f"(the reference shape at --area-scale-min {self.cfg.scale_min}, margin {self.cfg.margin} px); "
             "use larger backgrounds or lower --area-scale-min")
 
-    def _place(self, cut: Tensor, height: int, width: int, sides: Sides, g: torch.Generator):
+    def _place(self, cut: Tensor, height: int, width: int, sides: Sides, g: torch.Generator,
+               inside: Tensor | None = None):
         cfg = self.cfg
         area_cut = cut[0] > 0
         if not bool(area_cut.any()):
             return None
         h, w = area_cut.shape
         top, bottom, left, right = sides
-        y = 0 if top else height - h if bottom else _randint(g, cfg.margin, height - cfg.margin - h)
-        x = 0 if left else width - w if right else _randint(g, cfg.margin, width - cfg.margin - w)
+        ys, xs = (cfg.margin, height - cfg.margin - h), (cfg.margin, width - cfg.margin - w)
+        if inside is not None:  # free sides are placed within the ROI's bounding box
+            ry0, rx0, ry1, rx1 = bbox(inside)
+            ys, xs = (max(ys[0], ry0), min(ys[1], ry1 - h)), (max(xs[0], rx0), min(xs[1], rx1 - w))
+            if (ys[0] > ys[1] and not (top or bottom)) or (xs[0] > xs[1] and not (left or right)):
+                return None
+        y = 0 if top else height - h if bottom else _randint(g, *ys)
+        x = 0 if left else width - w if right else _randint(g, *xs)
         area = torch.zeros(height, width, dtype=torch.bool)
         area[y:y + h, x:x + w] = area_cut
         image = None
@@ -348,58 +353,14 @@ def _span(cut: Tensor, height: int | None, width: int | None, room_h: int, room_
     return F.interpolate(cut[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
-def crop_window(area: Tensor, size: int, context: int = 4) -> tuple[int, int, int, int]:
-    """A square window (top, left, h, w) of side ``size`` containing L, centred on it.
-
-    area (1,H,W). If L's bounding box plus ``context`` pixels on each side does not fit in
-    ``size``, the side grows to the next multiple of 4 that does. The window is then
-    shifted (not shrunk) to stay in the image, as centred on L as the image allows; along
-    a dimension where the image is smaller than the side, it is the whole dimension.
-    """
-    y0, x0, y1, x1 = bbox(area)
-    height, width = area.shape[-2:]
-    need = max(y1 - y0, x1 - x0) + 2 * context
-    if need > size:
-        size = 4 * math.ceil(need / 4)
-    h, w = min(size, height), min(size, width)
-    top = min(max(y0 - (h - (y1 - y0) + 1) // 2, 0), height - h)
-    left = min(max(x0 - (w - (x1 - x0) + 1) // 2, 0), width - w)
-    return top, left, h, w
-
-
-def paste_window(full: Tensor, window: Tensor, box: tuple[int, int, int, int]) -> Tensor:
-    """A copy of ``full`` (...,H,W) with ``window`` (...,h,w) written at box=(top, left, h, w)."""
-    top, left, h, w = box
-    height, width = full.shape[-2:]
-    if window.shape[-2:] != (h, w) or top < 0 or left < 0 or top + h > height or left + w > width:
-        raise ValueError(f"window {tuple(window.shape)} does not fit box {box} in {tuple(full.shape)}")
-    out = full.clone()
-    out[..., top : top + h, left : left + w] = window
-    return out
-
-
-def cut_window(image: Tensor, box: tuple[int, int, int, int], shape: tuple[int, int] | None = None,
-               pad_mode: str = "replicate") -> Tensor:
-    """``image`` (C,H,W) cut to box=(top, left, h, w), padded bottom/right to ``shape`` when smaller.
-
-    ``pad_mode``: ``"replicate"`` for images, ``"zeros"`` for masks.
-    """
-    top, left, h, w = box
-    out = image[:, top:top + h, left:left + w]
-    if shape is not None and (h, w) != tuple(shape):
-        pad = (0, shape[1] - w, 0, shape[0] - h)
-        pad_fn = torch.nn.functional.pad
-        out = pad_fn(out, pad) if pad_mode == "zeros" else pad_fn(out[None], pad, mode=pad_mode)[0]
-    return out
-
-
-def area_for_seed(sampler: AreaSampler, height: int, width: int, seed: int) -> tuple[Tensor, torch.Generator]:
+def area_for_seed(sampler: AreaSampler, height: int, width: int, seed: int,
+                  roi: Tensor | None = None) -> tuple[Tensor, torch.Generator]:
     """The area L (1,H,W) of a sample with per-sample ``seed``, and the generator for its later draws.
 
     The one way L is drawn from a seed: generation (the Parquet row whose ``seed`` column is
     ``seed``), ``dstray stylize --seed`` and the report's Figure-3 row all call this, so the same
     seed, sampler (masks + AreaConfig) and image size give the same L. ValueError when the
-    image cannot take an area of this type.
+    image cannot take an area of this type (or none lies inside ``roi``, (1,H,W)).
     """
     generator = torch.Generator().manual_seed(seed)
-    return sampler.sample(height, width, generator), generator
+    return sampler.sample(height, width, generator, roi=roi), generator

@@ -15,9 +15,12 @@ type, the background S, the reference H and a per-sample seed ``derive_seed(seed
 
 For one seed the three draw the same background and the same L.
 
-A run (:func:`prepare`, :func:`build_synthesizer`, :func:`write_shard`) turns shards of the
-plan into Parquet files (:data:`SCHEMA`, :data:`REJECT_SCHEMA`) plus a marker per shard, so a
-shard's file depends on the plan only. The Ray Data actors (:mod:`dstray.distributed.generate`)
+Where a defect may go (a region of interest, the user's own target areas, room beside the other
+defects of a multi-defect sample) is :mod:`dstray.dst.regions`.
+
+A run (:func:`prepare`, :func:`build_synthesizer`, :func:`dstray.dst.shards.write_shard`) turns
+shards of the plan (:mod:`dstray.dst.plan`) into Parquet files (:mod:`dstray.dst.rows`: ``SCHEMA``,
+``REJECT_SCHEMA``) plus a marker per shard, so a shard's file depends on the plan only. The Ray Data actors (:mod:`dstray.distributed.generate`)
 and the benchmark's plain loop call the same functions, so both do the same work.
 """
 
@@ -28,105 +31,24 @@ import io
 import json
 from dataclasses import dataclass, replace
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from dstray import __version__, storage
+from dstray import storage
 from dstray.config import GENERATORS, PATCH_SIZE, AreaConfig, GenerateConfig, field_default, from_dict, to_dict
-from dstray.data import DataError, encode_png, load_dataset, preflight, read_image, read_mask, to_channels
-from dstray.dst.areas import AreaSampler, area_for_seed, bbox
+from dstray.data import DataError, load_dataset, preflight, read_image, read_mask, to_channels
+from dstray.dst.areas import AreaSampler, area_for_seed
 from dstray.dst.histmatch import match_area, ring_mean, sort_reference
+from dstray.dst.plan import parse_defects_per_image, plan_samples
+from dstray.dst.regions import copy_into, free_room, gather_areas, gather_rois
+from dstray.dst.rows import REJECT_SCHEMA, SCHEMA, check_output, parquet_bytes, summarize  # noqa: F401 (re-exported)
+from dstray.dst.shards import CHUNK_PIXELS, make_rows, read_background, shard_plan, write_shard  # noqa: F401 (idem)
 from dstray.dst.stylize import load_dst, stylize_batch
 from dstray.dst.transfer_net import soft_paste
 from dstray.seeds import derive_seed
 
-SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("index", pa.int64()),
-    ("defect_type", pa.string()),
-    ("image", pa.binary()),
-    ("mask", pa.binary()),
-    ("height", pa.int32()),
-    ("width", pa.int32()),
-    ("background_id", pa.string()),
-    ("reference_id", pa.string()),
-    ("generator", pa.string()),
-    ("model_digest", pa.string()),
-    ("seed", pa.int64()),
-    ("bbox", pa.list_(pa.int32())),
-    ("area_px", pa.int64()),
-    ("dstray_version", pa.string()),
-])
-REJECT_SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("index", pa.int64()),
-    ("defect_type", pa.string()),
-    ("background_id", pa.string()),
-    ("reason", pa.string()),
-])
-
 
 # --------------------------------------------------------------------------- one sample
-def plan_samples(
-    *,
-    num_samples: int,
-    seed: int,
-    defect_types: list[str],
-    background_ids: list[str],
-    reference_ids: dict[str, str],
-    type_weights: dict[str, float] | None = None,
-) -> list[dict]:
-    """The exact list of samples to generate, one dict per sample.
-
-    Types are balanced (``num_samples // T`` each, the remainder to the first types in
-    sorted order) or follow ``type_weights`` (largest-remainder rounding, so the counts
-    always add up to ``num_samples``); their order is shuffled with ``seed``. Backgrounds
-    are drawn so that each is used as evenly as possible (a seeded permutation, repeated).
-    """
-    if num_samples <= 0:
-        raise ValueError(f"num_samples must be positive, got {num_samples}")
-    if not defect_types:
-        raise ValueError("no defect types to generate")
-    if not background_ids:
-        raise ValueError("no backgrounds (defect-free images) to generate on")
-    types = sorted(defect_types)
-    if type_weights:
-        unknown = set(type_weights) - set(types)
-        if unknown:
-            raise ValueError(f"type_weights names unknown defect types {sorted(unknown)}; known: {types}")
-        w = np.array([max(float(type_weights.get(t, 0.0)), 0.0) for t in types])
-        if w.sum() <= 0:
-            raise ValueError(f"type_weights must have a positive weight; got {type_weights}")
-        exact = w / w.sum() * num_samples
-        counts = np.floor(exact).astype(int)
-        for k in np.argsort(-(exact - counts), kind="stable")[: num_samples - counts.sum()]:
-            counts[k] += 1
-    else:
-        counts = np.full(len(types), num_samples // len(types))
-        counts[: num_samples % len(types)] += 1
-    rng = np.random.default_rng(seed)
-    type_of = np.repeat(np.arange(len(types)), counts)
-    rng.shuffle(type_of)
-    bgs = sorted(background_ids)
-    reps = -(-num_samples // len(bgs))
-    bg_of = np.concatenate([rng.permutation(len(bgs)) for _ in range(reps)])[:num_samples]
-    return [
-        {
-            "index": i,
-            "sample_id": f"{seed}-{i:08d}",
-            "defect_type": types[type_of[i]],
-            "background_id": bgs[bg_of[i]],
-            "reference_id": reference_ids[types[type_of[i]]],
-            "seed": derive_seed(seed, i),
-        }
-        for i in range(num_samples)
-    ]
-
-
 @dataclass
 class Reference:
     """One real defect: H (C,H,W) float [0,1] and M (1,H,W) {0,1}."""
@@ -180,18 +102,52 @@ class Synthesizer:
             h, m = ref.image[None].float(), ref.mask[None].float()
             self._matching[t] = (sort_reference(h, m), ring_mean(h, m) if first_step == "relative" else None)
 
-    def sample_area(self, defect_type: str, background: torch.Tensor,
-                    seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def sample_area(self, defect_type: str, background: torch.Tensor, seed: int,
+                    roi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The area L (1,H,W) of a sample and, for ``copy``, the reference warped like L (C,H,W), else None.
 
-        Raises ``ValueError`` (:class:`dstray.dst.areas.AreaDoesNotFit`) when the background cannot take an
-        area of this type.
+        ``roi`` (1,H,W): L lies wholly inside it. Raises ``ValueError`` (:class:`dstray.dst.areas.AreaDoesNotFit`)
+        when the background cannot take an area of this type (or none inside the roi).
         """
         _, h, w = background.shape
         sampler = self.samplers[defect_type]
         if self.generator == "copy":
-            return sampler.sample_with_image(h, w, seed)
-        return area_for_seed(sampler, h, w, seed)[0], None
+            return sampler.sample_with_image(h, w, seed, roi=roi)
+        return area_for_seed(sampler, h, w, seed, roi=roi)[0], None
+
+    def sample_areas(self, types: list[str], background: torch.Tensor, seed: int, roi: torch.Tensor | None = None,
+                     drawn: list[torch.Tensor] | None = None) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+        """One area per type in ``types``, none overlapping: ``[(type, L (1,H,W), warped or None), ...]``.
+
+        The first is :meth:`sample_area` with ``seed`` (a single-defect sample's L); defect ``j`` >= 1 uses
+        ``derive_seed(seed, "defect", j)`` and the room the earlier ones leave (:func:`~dstray.dst.regions.free_room`).
+        ``drawn``: the user's target areas of this background (``--areas``), each an L as drawn; the sample takes
+        ``len(types)`` of them, picked with ``seed``. ValueError saying which defect did not fit.
+        """
+        if drawn is not None:
+            if len(drawn) < len(types):
+                raise ValueError(f"its target-area mask has {len(drawn)} region(s); the sample needs {len(types)}")
+            pick = torch.randperm(len(drawn), generator=torch.Generator().manual_seed(seed))[:len(types)].tolist()
+            return [(t, drawn[k], self._copy_pixels(t, drawn[k])) for t, k in zip(types, pick)]
+        out, taken = [], None
+        for j, t in enumerate(types):
+            room = roi if taken is None else free_room(roi, taken)
+            try:
+                area, warped = self.sample_area(t, background, seed if j == 0 else derive_seed(seed, "defect", j), room)
+            except ValueError as exc:
+                if j == 0:
+                    raise
+                raise ValueError(f"defect {j + 1} of {len(types)} ({t}) has no room beside the others: {exc}") from exc
+            out.append((t, area, warped))
+            taken = area if taken is None else torch.maximum(taken, area)
+        return out
+
+    def _copy_pixels(self, defect_type: str, area: torch.Tensor) -> torch.Tensor | None:
+        """For ``copy`` on a drawn L: the reference defect's box resized into L's (:func:`~dstray.dst.regions.copy_into`)."""
+        if self.generator != "copy":
+            return None
+        ref = self.references[defect_type]
+        return copy_into(ref.image, ref.mask, area)
 
     def fill(self, items: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]],
              batch_size: int = 8) -> list[torch.Tensor]:
@@ -255,11 +211,12 @@ def prepare(cfg: GenerateConfig) -> dict:
         raise ValueError(f"--generator must be one of {GENERATORS}; got {cfg.generator!r}")
     if cfg.num_samples < 1:
         raise ValueError(f"--num-samples must be at least 1; got {cfg.num_samples}")
+    defects = parse_defects_per_image(cfg.defects_per_image)
     # absolute paths: the actors run in other working directories
     cfg = replace(cfg, data=storage.absolute(cfg.data), models=storage.absolute(cfg.models), out=storage.absolute(cfg.out))
     storage.require_folder(cfg.out, "--out")
     dataset = load_dataset(cfg.data)
-    types = sorted({s.defect_type for s in dataset.references()})
+    types = classes = sorted({s.defect_type for s in dataset.references()})
     weights = None
     if cfg.type_weights:  # a type with weight 0 or left out is not generated (and needs no model)
         unknown = sorted(set(cfg.type_weights) - set(types))
@@ -273,6 +230,10 @@ def prepare(cfg: GenerateConfig) -> dict:
     # the one input check (dstray inspect runs it too): refuses on what would stop the run, warns of rejects
     preflight(dataset, job="generate", types=types, max_image_pixels=cfg.max_image_pixels, area=cfg.area)
     backgrounds = dataset.backgrounds()
+    roi, rois = gather_rois(storage.absolute(cfg.roi), backgrounds)
+    drawn = gather_areas(storage.absolute(cfg.areas), backgrounds) if cfg.areas else None
+    if drawn is not None:  # only backgrounds with a target-area mask are planned
+        backgrounds = [b for b in backgrounds if b.id in drawn]
 
     references, area_masks, area_images, ref_ids = {}, {}, {}, {}
     for t in types:
@@ -307,7 +268,7 @@ def prepare(cfg: GenerateConfig) -> dict:
 
     plan = plan_samples(num_samples=cfg.num_samples, seed=cfg.seed, defect_types=types,
                         background_ids=[b.id for b in backgrounds], reference_ids=ref_ids,
-                        type_weights=weights)
+                        type_weights=weights, defects_per_image=defects)
     plan_digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "cfg": to_dict(cfg),
@@ -320,12 +281,14 @@ def prepare(cfg: GenerateConfig) -> dict:
         "models": models,
         "digests": digests,
         "fingerprint": _fingerprint(cfg, digests, plan_digest),
+        # where defects go; class_mask values 1..T follow ``classes`` (every type with a reference, sorted)
+        "roi": roi, "rois": rois, "areas": drawn, "classes": classes, "multi": defects[1] > 1,
     }
 
 
 # fields added after datasets were written: they enter the fingerprint only when set away from their
 # default, so a dataset written before they existed is still recognised (and resumed) as the same one
-_LATER_FIELDS = {"max_image_pixels": field_default(GenerateConfig, "max_image_pixels")}
+_LATER_FIELDS = {k: field_default(GenerateConfig, k) for k in ("max_image_pixels", "roi", "areas", "defects_per_image")}
 
 
 def _fingerprint(cfg: GenerateConfig, digests: dict[str, str], plan_digest: str) -> str:
@@ -352,147 +315,3 @@ def build_synthesizer(ctx: dict, device: str = "cpu"):
         refs[t] = Reference(model.reference_id, model.reference_image.cpu(), model.reference_mask.cpu())
     return Synthesizer(cfg.generator, refs, masks, models, cfg.area, cfg.mode, cfg.patch_size, device,
                        area_images=images, first_step=cfg.first_step)
-
-
-def read_background(source: str | bytes, *, name: str | None = None, max_pixels: int | None = None) -> torch.Tensor:
-    """A background (C,H,W) from a path or the bytes of its file (PNG/JPEG ...).
-
-    ``name``: the file's path, for errors about bytes; ``max_pixels``: the size limit (DataError above it).
-    """
-    if isinstance(source, bytes):
-        return read_image(io.BytesIO(source), name=name or "<background bytes>", max_pixels=max_pixels)
-    return read_image(source, max_pixels=max_pixels)
-
-
-def shard_plan(ctx: dict, shard: int, shard_size: int) -> list[dict]:
-    """The plan rows of shard ``shard``: ``shard_size`` consecutive samples."""
-    return ctx["plan"][shard * shard_size:(shard + 1) * shard_size]
-
-
-def _reason(exc: BaseException, background: str) -> str:
-    """A reject's reason: the error's message, naming the background file."""
-    text = str(exc).strip() or type(exc).__name__
-    if not isinstance(exc, (DataError, ValueError, OSError)):  # not an input error: say what kind
-        text = f"{type(exc).__name__}: {text.splitlines()[0]}"
-    return text if background in text else f"background {background}: {text}"
-
-
-# Pixels of decoded backgrounds a shard holds at once: make_rows fills and encodes the samples read so far
-# when their backgrounds add up to this, so an actor's memory follows the chunk, not the shard (~17 bytes a
-# pixel while a sample is in flight: background, area, image). A shard of 32 Magnetic Tile samples (~8 MP)
-# is one chunk, as before.
-CHUNK_PIXELS = 16_000_000
-
-
-def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> tuple[list[dict], list[dict]]:
-    """Generate the samples of ``plan_rows``: ``(rows, rejects)``, rows in plan order.
-
-    A sample whose background cannot be read, is over ``max_image_pixels`` or cannot take
-    the area is a reject with its reason (naming the file), never an error; so is a sample
-    whose fill fails. A background is converted to the channel count of its type's reference
-    (the model's) first (:func:`dstray.data.to_channels`). Samples are filled in chunks of at
-    most :data:`CHUNK_PIXELS` background pixels (each image is the same whatever its batch).
-    """
-    limit = ctx["cfg"].get("max_image_pixels")
-    paths = ctx.get("background_paths") or {}  # id -> path, when ctx["backgrounds"] holds bytes
-    rows, rejects, ready = [], [], []
-
-    def reject(p: dict, exc: BaseException) -> None:
-        source = ctx["backgrounds"].get(p["background_id"])
-        name = paths.get(p["background_id"]) or (source if isinstance(source, str) else p["background_id"])
-        rejects.append({k: p[k] for k in ("sample_id", "index", "defect_type", "background_id")}
-                       | {"reason": _reason(exc, name)})
-
-    def flush() -> None:
-        items = [(p["defect_type"], bg, area, warped) for p, bg, area, warped in ready]
-        try:
-            images = synth.fill(items, batch_size)
-        except Exception:  # one bad sample must not take its batch (or the job) down: fill them one by one
-            images = []
-            for (p, *_), item in zip(ready, items):
-                try:
-                    images.append(synth.fill([item], 1)[0])
-                except Exception as exc:
-                    reject(p, exc)
-                    images.append(None)
-        for (p, _, area, _), image in zip(ready, images):
-            if image is not None:
-                rows.append(_row(ctx, synth, p, image, area))
-        ready.clear()
-
-    pixels = 0
-    for p in plan_rows:
-        try:
-            source = ctx["backgrounds"][p["background_id"]]
-            background = read_background(source, name=paths.get(p["background_id"]), max_pixels=limit)
-            background = to_channels(background, synth.references[p["defect_type"]].image.shape[0])
-            area, warped = synth.sample_area(p["defect_type"], background, p["seed"])
-        except (DataError, ValueError, OSError) as exc:
-            reject(p, exc)
-            continue
-        ready.append((p, background, area, warped))
-        pixels += background.shape[1] * background.shape[2]
-        if pixels >= CHUNK_PIXELS:
-            flush()
-            pixels = 0
-    flush()
-    return rows, sorted(rejects, key=lambda r: r["index"])
-
-
-def _row(ctx: dict, synth, p: dict, image: Tensor, area: Tensor) -> dict:
-    """The Parquet row (:data:`SCHEMA`) of plan row ``p``, its image and its area L."""
-    ys, xs = torch.nonzero(area[0], as_tuple=True)
-    return {
-        "sample_id": p["sample_id"], "index": p["index"], "defect_type": p["defect_type"],
-        "image": encode_png(image), "mask": encode_png(area),
-        "height": image.shape[1], "width": image.shape[2],
-        "background_id": p["background_id"], "reference_id": p["reference_id"],
-        "generator": synth.generator, "model_digest": ctx["digests"].get(p["defect_type"], ""),
-        "seed": p["seed"],
-        "bbox": [int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1],
-        "area_px": int(area.sum()), "dstray_version": __version__,
-    }
-
-
-def write_shard(ctx: dict, synth, shard: int, shard_size: int) -> tuple[int, int]:
-    """Generate shard ``shard`` and write its files; returns ``(written, rejected)``."""
-    out = ctx["cfg"]["out"]
-    plan = shard_plan(ctx, shard, shard_size)
-    rows, rejects = make_rows(ctx, synth, plan, ctx["cfg"]["batch_size"])
-    name = f"part-{shard:05d}.parquet"
-    storage.write_bytes(storage.join(out, "data", name), parquet_bytes(pa.Table.from_pylist(rows, SCHEMA)))
-    if rejects:
-        storage.write_bytes(storage.join(out, "rejects", name),
-                            parquet_bytes(pa.Table.from_pylist(rejects, REJECT_SCHEMA)))
-    marker = {"shard": shard, "written": len(rows), "rejected": len(rejects), "fingerprint": ctx["fingerprint"]}
-    storage.write_bytes(storage.join(out, "_shards", f"{shard:05d}.json"), json.dumps(marker).encode())
-    return len(rows), len(rejects)
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    """``table`` as the bytes of one Parquet file (a shard's file depends on its rows only)."""
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
-
-
-def check_output(cfg: GenerateConfig, fingerprint: str) -> None:
-    """Refuse an output folder that holds another generated dataset; record this one's manifest."""
-    manifest = storage.join(cfg.out, "manifest.json")
-    if storage.exists(manifest):
-        old = json.loads(storage.read_bytes(manifest))
-        if old.get("fingerprint") != fingerprint:
-            raise ValueError(f"{cfg.out} already holds a different generated dataset "
-                             f"(fingerprint {old.get('fingerprint')} != {fingerprint}: other data, models, "
-                             "seed, generator or settings). Choose another --out or delete that folder.")
-    storage.write_bytes(manifest, json.dumps({"fingerprint": fingerprint, "config": to_dict(cfg),
-                                              "dstray_version": __version__}, indent=2).encode())
-
-
-def summarize(out: str) -> dict:
-    """Counts from the shard markers of a generated dataset."""
-    markers = [json.loads(storage.read_bytes(storage.join(out, "_shards", n)))
-               for n in storage.list_names(storage.join(out, "_shards"))]
-    written = sum(m["written"] for m in markers)
-    rejected = sum(m["rejected"] for m in markers)
-    return {"out": out, "written": written, "rejected": rejected, "shards": len(markers)}

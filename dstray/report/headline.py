@@ -84,10 +84,11 @@ def headline_table(head: dict) -> str:
     return table(header, rows).replace("<table>", '<table class="headline">', 1)
 
 
-def pair(image: np.ndarray, mask: np.ndarray, gap: int = 3) -> np.ndarray:
-    """(H,W,3) uint8 image and (H,W) bool mask side by side: the image untouched, the mask white on black."""
+def pair(image: np.ndarray, mask: np.ndarray, gap: int = 3, classes: np.ndarray | None = None) -> np.ndarray:
+    """(H,W,3) uint8 image and (H,W) bool mask side by side: the image untouched, the mask white on black
+    (or, given ``classes`` (H,W,3), the class mask in its class colours)."""
     h = image.shape[0]
-    m = np.repeat((mask.astype(np.uint8) * 255)[:, :, None], 3, axis=2)
+    m = classes if classes is not None else np.repeat((mask.astype(np.uint8) * 255)[:, :, None], 3, axis=2)
     return np.concatenate([image, np.full((h, gap, 3), 255, np.uint8), m], axis=1)
 
 

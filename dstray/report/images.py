@@ -8,6 +8,9 @@ import numpy as np
 
 LABEL_RGB = (255, 0, 0)  # outline colour of masks / areas (red, as the label in the paper's Fig. 7)
 ZOOM_PX = 180  # zoom crops are upscaled (nearest) to about this size
+# colours of class_mask values 1, 2, ... (matplotlib's tab10, readable on grey tiles); 0 (background) is black
+CLASS_RGB = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 
 
 def png(a: np.ndarray) -> bytes:
@@ -53,6 +56,20 @@ def outline(rgb: np.ndarray, mask: np.ndarray, colour=LABEL_RGB, thickness: int 
         ring = binary_dilation(ring, structure=disk(thickness - 1)) & ~mask
     out[ring] = colour
     return out
+
+
+def colour_classes(class_mask) -> np.ndarray:
+    """A class mask (H,W) or (1,H,W) of ints (0 = background, k = class k) -> (H,W,3) uint8: black where 0,
+    ``CLASS_RGB[(k - 1) % 10]`` where k (the legend: :func:`class_legend`)."""
+    a = class_mask.detach().cpu().numpy() if hasattr(class_mask, "detach") else np.asarray(class_mask)
+    a = np.asarray(a).reshape(a.shape[-2:]).astype(np.int64)
+    palette = np.array([(0, 0, 0), *CLASS_RGB], np.uint8)
+    return palette[np.where(a > 0, (a - 1) % len(CLASS_RGB) + 1, 0)]
+
+
+def class_legend(classes: list[str]) -> list[tuple[str, tuple[int, int, int]]]:
+    """(name, colour) of class k = ``classes[k - 1]``, as :func:`colour_classes` paints it."""
+    return [(name, CLASS_RGB[k % len(CLASS_RGB)]) for k, name in enumerate(classes)]
 
 
 def shrink(rgb: np.ndarray, mask: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:

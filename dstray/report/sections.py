@@ -13,7 +13,7 @@ import numpy as np
 from dstray.data import MASK_THRESHOLD, decode_png
 from dstray.report.figure3 import EMBEDDED
 from dstray.report.html import Page, fmt, kv, not_run, read_json, score, table, esc
-from dstray.report.images import outline, rgb, shrink
+from dstray.report.images import class_legend, colour_classes, outline, rgb, shrink
 from dstray.seeds import derive_seed
 
 STAGES = ("fit", "generate", "train", "evaluate")  # the pipeline's stages, in order
@@ -100,6 +100,7 @@ def counts_section(run: Path) -> str:
 def contact_section(page: Page, run: Path, n: int, seed: int) -> str:
     """``n`` random generated samples (seeded), each shown beside its label L (white on black)."""
     import pyarrow.parquet as pq
+    from PIL import Image
 
     from dstray.report.headline import pair
 
@@ -111,7 +112,7 @@ def contact_section(page: Page, run: Path, n: int, seed: int) -> str:
     rng = np.random.default_rng(derive_seed(seed, "report-contact-sheet"))
     chosen = np.sort(rng.choice(total, size=k, replace=False)) if k else np.array([], int)
     starts = np.cumsum([0, *sizes])
-    figures = []
+    figures, legend = [], None
     for fi, f in enumerate(files):
         local = [int(i - starts[fi]) for i in chosen if starts[fi] <= i < starts[fi + 1]]
         if not local:
@@ -120,13 +121,24 @@ def contact_section(page: Page, run: Path, n: int, seed: int) -> str:
             image = rgb(decode_png(row["image"]))
             mask = ((decode_png(row["mask"])[0] * 255).round() >= MASK_THRESHOLD).numpy()
             image, mask = shrink(image, mask, THUMB_MAX)
+            classes = None
+            if row.get("class_mask"):  # several defects: the label in class colours
+                classes = colour_classes((decode_png(row["class_mask"])[0] * 255).round().numpy())
+                classes = np.asarray(Image.fromarray(classes).resize(mask.shape[::-1], Image.Resampling.NEAREST))
+                legend = legend or (pq.read_schema(f).metadata or {}).get(b"dstray.classes")
             caption = f'{row.get("defect_type", "?")} · {row.get("generator", "?")}'
             alt = f'{caption} · {row.get("sample_id", "?")} on {row.get("background_id", "?")}'
-            tag = page.img(f"contact-{len(figures):03d}.png", pair(image, mask), alt)
+            tag = page.img(f"contact-{len(figures):03d}.png", pair(image, mask, classes=classes), alt)
             figures.append(f'<figure>{tag}<figcaption>{esc(caption)}<br>'
                            f'<span class="note">{esc(row.get("sample_id", ""))}</span></figcaption></figure>')
+    key = ""
+    if legend:  # class k = classes[k - 1], in the colours colour_classes paints
+        key = "<p>Label colours: " + ", ".join(
+            f'<span style="color: rgb{c}">&#9632;</span> {esc(name)}' for name, c in class_legend(json.loads(legend))
+        ) + "</p>"
     return "\n".join([f"<h3>Generated samples: {k} of {total} at random (seed {seed}), each beside its label L "
-                      "(white)</h3>", f'<div class="sheet">{"".join(figures)}</div>'])
+                      f"({'in class colours' if legend else 'white'})</h3>", key,
+                      f'<div class="sheet">{"".join(figures)}</div>'])
 
 
 # --------------------------------------------------------------------------- 4. losses
