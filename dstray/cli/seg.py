@@ -122,6 +122,13 @@ def cmd_tune(args) -> int:
     for p in (result.table_csv, result.table_md, result.best_config, result.best_model, result.plot):
         print(f"wrote {p}")
     print(f"train it: dstray train-seg --config {result.best_config} --out OUT")
+    if args.seeds:  # the best config again over seeds: its mean, spread and every seed on test
+        from dstray.distributed.seeds import SUMMARY, parse_seeds, train_seeds
+
+        best = load(SegConfig, result.best_config)
+        summary = train_seeds(best, parse_seeds(args.seeds), out=f"{args.out}/best-seeds", address=args.address)
+        print(summary["table"])
+        print(f"wrote {args.out}/best-seeds/{SUMMARY}")
     return 0
 
 
@@ -186,5 +193,8 @@ def register(sub) -> None:
     s.add_argument("--gpus-per-trial", type=float, default=1.0, help="GPUs per trial when GPUs are used (0.5: two "
                    "trials share one)")
     s.add_argument("--search-seed", type=int, default=0, help="seed of the random search")
+    s.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="then train the best config once per seed (parallel Ray tasks) and score each on test: "
+                        "OUT/best-seeds/seeds.json, mean, std and every seed")
     add_config_args(s, SegConfig)
     s.set_defaults(func=cmd_tune)

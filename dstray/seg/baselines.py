@@ -75,7 +75,7 @@ def build_segmenter(cfg: SegConfig, *, in_channels: int = 3, num_classes: int = 
     encoder stages frozen (:mod:`dstray.seg.freeze`), in NHWC memory format when ``cfg.channels_last``."""
     kwargs = dict(backbone=cfg.backbone, weights=cfg.weights, num_classes=num_classes, in_channels=in_channels)
     if cfg.arch == "buttonlab":
-        model = buttonlab(**kwargs)
+        model = buttonlab(**kwargs, output_stride=cfg.output_stride)
     elif cfg.arch in ARCHS:
         model = smp_segmenter(cfg.arch, **kwargs)
     else:

@@ -148,7 +148,7 @@ def _check_crop(crop, height: int, width: int) -> None:
 
 
 def buttonlab(*, backbone: str = LITE0, weights: str = "imagenet", num_classes: int = 2,
-              in_channels: int = 3) -> Buttonlab:
+              in_channels: int = 3, output_stride: int = 16) -> Buttonlab:
     """Build Buttonlab on ``backbone`` (default EfficientNet-Lite0; the paper's is ResNet-50).
 
     Args:
@@ -157,15 +157,20 @@ def buttonlab(*, backbone: str = LITE0, weights: str = "imagenet", num_classes: 
             (timm/lukemelas Lite0, torchvision ResNet); applied to the backbone and the branch.
         num_classes: output channels of the logits (2: background, defect).
         in_channels: 1 (grayscale, repeated to 3) or 3.
+        output_stride: Lite0 only: 16 (the last stages dilated, as DeepLab v3+) or 32 (not dilated:
+            the last stages run on a quarter of the pixels).
     """
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
     check_backbone(backbone)
     if backbone == LITE0:
-        body = Lite0Taps(weights, output_stride=16)
+        if output_stride not in (16, 32):
+            raise ValueError(f"--output-stride must be 16 or 32; got {output_stride}")
+        body = Lite0Taps(weights, output_stride=output_stride)
         branch = Lite0Stem(weights)
         channels = (body.channels[0], body.channels[1], Lite0Stem.out_channels)
-        return Buttonlab(body, branch, channels, num_classes=num_classes, in_channels=in_channels, stride=16)
+        return Buttonlab(body, branch, channels, num_classes=num_classes, in_channels=in_channels,
+                         stride=output_stride)
     dilate = backbone == "resnet50"  # BasicBlock (resnet18/34) does not support dilation
     net = resnet(backbone, weights, dilate=dilate)
     twin = resnet(backbone, "random")
