@@ -117,6 +117,7 @@ class GenerateConfig:
     max_image_pixels: int | None = MAX_IMAGE_PIXELS  # backgrounds over width x height pixels are rejects; none = no limit
     roi: str | None = None  # region-of-interest mask for every background (resized to each); L lies wholly inside it
     areas: str | None = None  # folder of target-area masks, one per background by file name: each region is an L as drawn
+    dst_strength: list[float] | None = None  # dst: per sample T(y') blended with y' at a strength drawn in [lo, hi]
     defects_per_image: str = "1"  # defects per sample: K, or a range LO-HI drawn per sample (e.g. 1-3); adds class_mask
 
 
@@ -271,6 +272,8 @@ def parse_value(text: str, annotation: str, default: Any) -> Any:
     if "dict" in annotation:
         value = str if "dict[str, str]" in annotation else float
         return {k.strip(): value(v.strip()) for k, v in (item.split("=") for item in text.split(","))}
+    if "list[float]" in annotation:
+        return [float(x) for x in text.split(",") if x]
     if "list" in annotation:
         return [x for x in text.split(",") if x]
     if annotation.startswith("int") or isinstance(default, int):

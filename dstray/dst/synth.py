@@ -72,12 +72,16 @@ class Synthesizer:
         patch_size: window size in patch mode, pixels.
         device: torch device for the networks.
         first_step: ``relative`` | ``absolute``, for ``histmatch`` (``dst`` follows its models).
+        strength: ``dst`` only, ``[lo, hi]``: inside L each sample is ``a T(y') + (1 - a) y'`` with ``a`` drawn
+            uniformly in [lo, hi] from the sample's seed (:func:`strength_of`): DST inserted at varied strengths,
+            so that no single seam marks a defect (Cut, Paste and Learn). None: ``a = 1`` (the paper).
     """
 
     def __init__(self, generator: str, references: dict[str, Reference], area_masks: dict[str, list[torch.Tensor]],
                  models: dict | None = None, area: AreaConfig | None = None, mode: str = "patch",
                  patch_size: int = PATCH_SIZE, device: str | torch.device = "cpu", *,
-                 area_images: dict[str, list[torch.Tensor]] | None = None, first_step: str = "relative"):
+                 area_images: dict[str, list[torch.Tensor]] | None = None, first_step: str = "relative",
+                 strength: list[float] | None = None):
         if generator not in GENERATORS:
             raise ValueError(f"unknown generator {generator!r}; choose one of {GENERATORS}")
         if generator == "dst":
@@ -91,6 +95,9 @@ class Synthesizer:
             raise ValueError(f"mode must be 'patch' or 'whole', got {mode!r}")
         if first_step not in ("relative", "absolute"):
             raise ValueError(f"first_step must be 'relative' or 'absolute'; got {first_step!r}")
+        if strength is not None and not (len(strength) == 2 and 0 <= strength[0] <= strength[1] <= 1):
+            raise ValueError(f"--dst-strength must be LO,HI with 0 <= LO <= HI <= 1; got {strength}")
+        self.strength = strength
         self.generator, self.references, self.models = generator, references, models or {}
         self.mode, self.patch_size, self.device = mode, patch_size, torch.device(device)
         area = area or AreaConfig()
@@ -157,6 +164,8 @@ class Synthesizer:
         when made alone (windows are per image, InstanceNorm is per sample).
         """
         images: list[torch.Tensor | None] = [None] * len(items)
+        seeds = [item[4] if len(item) > 4 else 0 for item in items]
+        items = [item[:4] for item in items]
         if self.generator == "dst":
             by_type: dict[str, list[int]] = {}
             for i, (t, *_rest) in enumerate(items):
@@ -167,8 +176,12 @@ class Synthesizer:
                     out = stylize_batch(self.models[t], [items[i][1].to(self.device) for i in chunk],
                                         [items[i][2].to(self.device) for i in chunk],
                                         mode=self.mode, patch_size=self.patch_size)
-                    for i, image in zip(chunk, out["image"]):
+                    for i, image, matched in zip(chunk, out["image"], out["histmatch"]):
                         images[i] = image.cpu()
+                        if self.strength is not None:  # a T(y') + (1 - a) y' inside L, S outside (bit for bit)
+                            a = strength_of(seeds[i], self.strength)
+                            inside = items[i][2] > 0.5
+                            images[i] = torch.where(inside, a * images[i] + (1 - a) * matched.cpu(), items[i][1])
         for i, (t, background, area, warped) in enumerate(items):
             if self.generator == "copy":
                 images[i] = copy_paste(background, area, warped)
@@ -181,6 +194,12 @@ class Synthesizer:
         """One sample: ``(image (C,H,W) float [0,1], label L (1,H,W) {0,1})``."""
         area, warped = self.sample_area(defect_type, background, seed)
         return self.fill([(defect_type, background, area, warped)])[0], area
+
+
+def strength_of(seed: int, strength: list[float]) -> float:
+    """The DST strength of a sample: uniform in ``[lo, hi]``, drawn from ``derive_seed(seed, "strength")``."""
+    u = float(torch.rand((), generator=torch.Generator().manual_seed(derive_seed(seed, "strength"))))
+    return strength[0] + (strength[1] - strength[0]) * u
 
 
 def copy_paste(background: Tensor, area: Tensor, warped: Tensor, sigma: float = 2.0) -> Tensor:
@@ -288,7 +307,8 @@ def prepare(cfg: GenerateConfig) -> dict:
 
 # fields added after datasets were written: they enter the fingerprint only when set away from their
 # default, so a dataset written before they existed is still recognised (and resumed) as the same one
-_LATER_FIELDS = {k: field_default(GenerateConfig, k) for k in ("max_image_pixels", "roi", "areas", "defects_per_image")}
+_LATER_FIELDS = {k: field_default(GenerateConfig, k) for k in ("max_image_pixels", "roi", "areas", "defects_per_image",
+                                                                "dst_strength")}
 
 
 def _fingerprint(cfg: GenerateConfig, digests: dict[str, str], plan_digest: str) -> str:
@@ -314,4 +334,4 @@ def build_synthesizer(ctx: dict, device: str = "cpu"):
     for t, model in models.items():  # the model's own reference is the one DST matches to
         refs[t] = Reference(model.reference_id, model.reference_image.cpu(), model.reference_mask.cpu())
     return Synthesizer(cfg.generator, refs, masks, models, cfg.area, cfg.mode, cfg.patch_size, device,
-                       area_images=images, first_step=cfg.first_step)
+                       area_images=images, first_step=cfg.first_step, strength=cfg.dst_strength)

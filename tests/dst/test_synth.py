@@ -44,3 +44,38 @@ def test_checkpoints_carry_every_reference_mask_and_old_ones_fall_back(fitted, t
     torch.save(ckpt, tmp_path / "old.pt")
     model = load_dst(tmp_path / "old.pt")
     assert len(model.area_masks) == 1 and torch.equal(model.area_masks[0], model.reference_mask)
+
+
+def test_dst_strength_blends_t_of_y_prime_with_y_prime_inside_l_only(fitted, tmp_path):
+    """--dst-strength 0.25,0.75: inside L a T(y') + (1 - a) y' with the sample's a; outside L the background, bit for bit."""
+    from dstray.dst.stylize import stylize_batch
+    from dstray.dst.synth import strength_of
+    from dstray.seeds import derive_seed
+
+    path, _ = fitted
+    (tmp_path / "models" / "blowhole").mkdir(parents=True)
+    shutil.copy(path, tmp_path / "models" / "blowhole" / "model.pt")
+    cfg = GenerateConfig(models=str(tmp_path / "models"), generator="dst", num_samples=3, seed=2,
+                         type_weights={"blowhole": 1.0}, out=str(tmp_path / "gen"), dst_strength=[0.25, 0.75])
+    ctx = prepare(cfg)
+    synth = build_synthesizer(ctx)
+    model = synth.models["blowhole"]
+    strengths = set()
+    for p in ctx["plan"]:
+        background = torch.from_numpy(ctx["backgrounds"][p["background_id"]]) if not isinstance(
+            ctx["backgrounds"][p["background_id"]], str) else None
+        if background is None:
+            from dstray.data import read_image
+            background = read_image(ctx["backgrounds"][p["background_id"]])
+        area, _ = synth.sample_area("blowhole", background, p["seed"])
+        seed = derive_seed(p["seed"], "defect", 0)
+        image = synth.fill([("blowhole", background, area, None, seed)])[0]
+        ref = stylize_batch(model, [background], [area], mode=cfg.mode, patch_size=cfg.patch_size)
+        a = strength_of(seed, cfg.dst_strength)
+        strengths.add(round(a, 6))
+        assert 0.25 <= a <= 0.75
+        inside = area[0] > 0.5
+        expected = a * ref["image"][0] + (1 - a) * ref["histmatch"][0]
+        torch.testing.assert_close(image[:, inside], expected.clamp(0, 1)[:, inside])
+        assert torch.equal(image[:, ~inside], background[:, ~inside])
+    assert len(strengths) == 3  # each sample its own strength
