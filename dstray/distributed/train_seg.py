@@ -326,9 +326,13 @@ def train_seg(cfg: SegConfig, *, out: str, num_workers: int = 1, use_gpu: str = 
         steps = int(torch.load(d / STATE, map_location="cpu", weights_only=True)["steps"])
         for name_in_ckpt in (CHECKPOINT, STATE, HISTORY):
             storage.write_bytes(storage.join(out, name_in_ckpt), (d / name_in_ckpt).read_bytes())
-    if threads_per_worker:  # the driver scores on its CPU with the workers' thread count
+    threads = torch.get_num_threads()
+    if threads_per_worker:  # the driver scores on its CPU with the workers' thread count, then gives its own back
         torch.set_num_threads(threads_per_worker)
-    scores = score_run(out)  # the selected model, once on val and test
+    try:
+        scores = score_run(out)  # the selected model, once on val and test
+    finally:
+        torch.set_num_threads(threads)
     history = read_history(storage.join(out, HISTORY))
     return TrainSegResult(model=storage.join(out, CHECKPOINT), history=storage.join(out, HISTORY), steps=steps,
                           metrics=history[-1] if history else {}, val=scores["val"], test=scores["test"],
