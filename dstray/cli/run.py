@@ -52,7 +52,8 @@ def register(sub) -> None:
     s = sub.add_parser("pipeline", help="fit DST for every type -> generate -> train -> evaluate -> report")
     s.add_argument("--preset", default="demo", choices=PIPELINE_PRESETS,
                    help="stage sizes: smoke (seconds, for tests), demo (the first run: the sample in under 10 min "
-                   "on 2 cores), cpu (larger, ~20 min on the sample), paper (GPU cluster)")
+                   "on 2 cores), cpu (every stage at its cpu size: the DSTConfig and SegConfig defaults), "
+                   "paper (GPU cluster)")
     add_data(s)
     s.add_argument("--out", default="runs/pipeline", help="run folder; re-running reuses finished stages")
     s.add_argument("--generator", default=None, choices=GENERATORS)
