@@ -1,17 +1,22 @@
-"""Every size preset in one place: segmentation's, the pipeline's and the experiments' ``smoke``, ``cpu``, ``paper``.
+"""Every size preset in one place: DST's, segmentation's, the pipeline's and the experiments'.
 
-- ``smoke``: seconds per stage; for tests and for checking an installation (the segmenter is
-  Buttonlab on EfficientNet-Lite0 with its ImageNet weights, 64 px windows, 4 steps).
-- ``demo`` (pipeline only, the default of ``dstray pipeline``): the first run on the embedded
-  sample, sized to finish in under 10 minutes on 2 CPU cores: DST fits of 60 steps (4 held-out
-  backgrounds), 160 generated samples, and twice the segmenter (Buttonlab on ImageNet
-  EfficientNet-Lite0, 192 px windows, 100 steps, evaluated on ``val`` every 50): once on the
-  references + the generated samples, once on the references alone.
-- ``cpu``: what a user with 2 CPU cores should start from. Segmentation: the ``SegConfig``
-  defaults (Buttonlab on ImageNet EfficientNet-Lite0, 256 px windows at native resolution,
-  batch 8, 300 steps, CE weight 3 + soft Dice, evaluated on ``val`` every 100; about 15 minutes
-  on 2 cores, README "Segmentation"). The pipeline on the embedded sample in about 20 minutes; experiments on the
-  full Magnetic Tile data a few hours.
+One name means one size of a stage wherever it is used: ``fit-dst --preset cpu``, the ``cpu``
+pipeline and the ``cpu`` experiments fit the same DST (:func:`dst_preset`); ``train-seg --preset
+cpu``, the ``cpu`` pipeline and the ``cpu`` experiments train the same segmenter (:func:`seg_preset`).
+
+- ``smoke``: seconds per stage; for tests and for checking an installation (DST: 6 steps of one
+  32-px window; the segmenter is Buttonlab on EfficientNet-Lite0 with its ImageNet weights, 64 px
+  windows, 4 steps).
+- ``demo`` (DST and the pipeline; the default of ``dstray pipeline``): the first run on the
+  embedded sample, sized to finish in about 10 minutes on 2 CPU cores: DST fits of 60 steps (4
+  held-out backgrounds, 64 px windows), 160 generated samples, and twice the segmenter (Buttonlab
+  on ImageNet EfficientNet-Lite0, 192 px windows, 100 steps, evaluated on ``val`` every 50): once
+  on the references + the generated samples, once on the references alone.
+- ``cpu``: what a user with 2 CPU cores should start from: the ``DSTConfig`` and ``SegConfig``
+  defaults. DST: 96 px windows, batch 4, 16 held-out backgrounds, early stopping between 100 and
+  400 steps (about 3-5 minutes a type on Magnetic Tile, docs/dst.md). Segmentation: Buttonlab on
+  ImageNet EfficientNet-Lite0, 256 px windows at native resolution, batch 8, 300 steps, CE weight
+  3 + soft Dice, evaluated on ``val`` every 100 (about 15 minutes on 2 cores, docs/segmentation.md).
 - ``paper``: the paper's settings (§4) for GPU clusters: whole-image DST with 10 epochs over
   the backgrounds, 2167 generated samples, Buttonlab ResNet-50 (ImageNet), 120 epochs of batch 8
   at lr 2e-3; the loss, windows and selection on ``val`` are dstray's (the paper's plain
@@ -24,16 +29,29 @@ import dataclasses
 
 from dstray.config import DSTConfig, GenerateConfig, PipelineConfig, SegConfig
 
-PRESETS = ("smoke", "cpu", "paper")  # segmentation, pipeline and experiment presets
+PRESETS = ("smoke", "cpu", "paper")  # segmentation and experiment presets
 PIPELINE_PRESETS = ("smoke", "demo", "cpu", "paper")  # the pipeline's (``demo``: its default, the first run)
+DST_PRESETS = PIPELINE_PRESETS  # DST's: one per pipeline size
 
 # paper §4, shared by the pipeline and the experiments
 PAPER_SAMPLES = 2167  # generated samples
 
 
-def _paper_dst() -> DSTConfig:
-    return DSTConfig(steps=600, batch_size=4, patch_size=None, whole_size=256,  # 10 epochs x 238 bgs / 4
-                     loss_weights="imagenet", checkpoint_every=100)
+def dst_preset(name: str, **overrides) -> DSTConfig:
+    """The DST fit settings of preset ``name`` (``cpu`` = the ``DSTConfig`` defaults), with ``overrides``."""
+    if name == "smoke":
+        cfg = DSTConfig(steps=6, batch_size=1, patch_size=32, checkpoint_every=6, log_every=2)
+    elif name == "demo":
+        cfg = DSTConfig(steps=60, min_steps=60, heldout=4, heldout_every=20, warmup_steps=20, batch_size=4,
+                        patch_size=64, checkpoint_every=20, log_every=10)
+    elif name == "cpu":
+        cfg = DSTConfig()
+    elif name == "paper":
+        cfg = DSTConfig(steps=600, batch_size=4, patch_size=None, whole_size=256,  # 10 epochs x 238 bgs / 4
+                        loss_weights="imagenet", checkpoint_every=100)
+    else:
+        raise _unknown(name, DST_PRESETS)
+    return dataclasses.replace(cfg, **overrides)
 
 
 def _paper_seg() -> SegConfig:
@@ -68,27 +86,26 @@ def pipeline_preset(name: str, **overrides) -> PipelineConfig:
     if name == "smoke":
         cfg = PipelineConfig(
             preset=name, num_samples=10,
-            dst=DSTConfig(steps=6, batch_size=1, patch_size=32, checkpoint_every=6, log_every=2),
+            dst=dst_preset(name),
             generate=GenerateConfig(patch_size=48, num_actors=1),
             seg=seg_preset(name, real_splits=refs),
         )
     elif name == "demo":
         cfg = PipelineConfig(
             preset=name, num_samples=160,
-            dst=DSTConfig(steps=60, min_steps=60, heldout=4, heldout_every=20, warmup_steps=20, batch_size=4,
-                          patch_size=64, checkpoint_every=20, log_every=10),
+            dst=dst_preset(name),
             generate=GenerateConfig(patch_size=64),
             seg=seg_preset("cpu", window=192, steps=100, eval_every=50, real_splits=refs),
         )
     elif name == "cpu":
         cfg = PipelineConfig(
             preset=name, num_samples=200,
-            dst=DSTConfig(steps=60, batch_size=4, patch_size=64, checkpoint_every=20, log_every=10),
+            dst=dst_preset(name),
             generate=GenerateConfig(patch_size=64),
             seg=seg_preset(name, real_splits=refs),
         )
     elif name == "paper":
-        cfg = PipelineConfig(preset=name, num_samples=PAPER_SAMPLES, dst=_paper_dst(),
+        cfg = PipelineConfig(preset=name, num_samples=PAPER_SAMPLES, dst=dst_preset(name),
                              generate=GenerateConfig(mode="whole", batch_size=16), seg=seg_preset(name))
     else:
         raise _unknown(name, PIPELINE_PRESETS)
@@ -109,14 +126,12 @@ class ExperimentPreset:
 def experiment_preset(name: str) -> ExperimentPreset:
     """``smoke`` (tests), ``cpu`` (a few hours per experiment on 2 cores), ``paper`` (GPUs, §4 settings).
 
-    Every segmentation run uses the segmentation preset of the same name (:func:`seg_preset`).
+    Every DST fit and segmentation run uses the preset of the same name (:func:`dst_preset`, :func:`seg_preset`).
     """
     if name == "smoke":
-        return ExperimentPreset(name, DSTConfig(steps=4, batch_size=1, patch_size=32, checkpoint_every=4), 10,
-                                seg_preset(name), (0, 2))
+        return ExperimentPreset(name, dst_preset(name), 10, seg_preset(name), (0, 2))
     if name == "cpu":
-        return ExperimentPreset(name, DSTConfig(steps=100, batch_size=4, patch_size=64, checkpoint_every=50), 300,
-                                seg_preset(name), (0, 25, 50, None))
+        return ExperimentPreset(name, dst_preset(name), 300, seg_preset(name), (0, 25, 50, None))
     if name == "paper":
-        return ExperimentPreset(name, _paper_dst(), PAPER_SAMPLES, seg_preset(name), (0, 25, 50, None))
+        return ExperimentPreset(name, dst_preset(name), PAPER_SAMPLES, seg_preset(name), (0, 25, 50, None))
     raise _unknown(name)

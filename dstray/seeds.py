@@ -2,9 +2,10 @@
 
 Every random stream of dstray that is not the run's own seed comes from here, keyed by
 what it is for, so that streams never collide and do not depend on which other streams
-a run has: a generated sample's seed (``derive_seed(seed, index)``), the background order
-of a DST fit per pass (``derive_seed(seed, "dst-backgrounds", epoch)``), a Ray Train
-worker's batch stream, the report's choices. The value is stable across machines, Python
+a run has: the seed of each stage of a run (:func:`stage_seeds`), a generated sample's seed
+(``derive_seed(seed, index)``), the background order of a DST fit per pass
+(``derive_seed(seed, "dst-backgrounds", epoch)``), a Ray Train worker's batch stream, the
+report's choices, the realism score's subsamplings. The value is stable across machines, Python
 versions and processes (sha256, not ``hash``).
 """
 
@@ -23,3 +24,13 @@ def derive_seed(seed: int, *keys: object) -> int:
     """
     text = "dstray:" + ":".join(str(k) for k in (seed, *keys))
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & SEED_MASK
+
+
+STAGES = ("dst", "generate", "seg", "report")  # the stages of a run (pipeline, experiments), each seeded from the run's
+
+
+def stage_seeds(seed: int) -> dict[str, int]:
+    """The seed of every stage of a run whose seed is ``seed``: ``derive_seed(seed, stage)`` for each of
+    :data:`STAGES`. The run's seed is their one owner (``dstray pipeline --seed``, ``dstray experiment
+    --seed``); the seeds inside a run's sub-configs are replaced by these."""
+    return {stage: derive_seed(seed, stage) for stage in STAGES}

@@ -1,6 +1,33 @@
 """Shared pytest fixtures."""
 
+import warnings
+
 import pytest
+
+# Tests whose code under test is known to leave the driver's torch thread count changed; the guard below
+# restores it and warns instead of failing. dstray.distributed.train_seg.train_seg sets the driver's threads
+# to --threads-per-worker before scoring and does not restore them (issue 19; its owner's fix pending).
+THREAD_LEAKS_KNOWN: tuple[str, ...] = ()
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_unchanged(request):
+    """Fail a test that leaves ``torch.get_num_threads()`` changed (and restore it), so that no test's
+    result depends on the tests that ran before it. A test that needs another count sets it in a
+    fixture or block that restores it (``tests.helpers.torch_threads``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    if after != before:
+        torch.set_num_threads(before)
+        message = (f"{request.node.nodeid} left torch.get_num_threads() at {after} (it was {before}); restore it "
+                   "in the test (tests.helpers.torch_threads), or in the library code that changed it")
+        if request.node.nodeid.startswith(THREAD_LEAKS_KNOWN):
+            warnings.warn(message, stacklevel=1)
+        else:
+            pytest.fail(message)
 
 
 # --------------------------------------------------------------------------- data fixtures (dstray.data)

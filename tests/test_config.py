@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from dstray.config import DSTConfig, PipelineConfig, SegConfig, changed_fields, check_resumable, parse_value, to_dict
-from dstray.presets import PRESETS, experiment_preset, pipeline_preset, seg_preset
+from dstray.presets import PRESETS, dst_preset, experiment_preset, pipeline_preset, seg_preset
 
 
 def test_resume_check_lets_only_the_free_fields_change(tmp_path):
@@ -32,12 +32,12 @@ def test_presets_build_and_the_paper_sizes_are_shared(name):
     assert pipeline.preset == name and pipeline.out == "x" and experiment.name == name
     # one segmentation preset per name (the pipeline adds the references to its generated samples)
     assert dataclasses.replace(pipeline.seg, real_splits=[]) == experiment.seg == seg_preset(name)
-    if name == "paper":  # the paper's DST and segmentation sizes are defined once
-        assert pipeline.dst == experiment.dst
+    assert pipeline.dst == experiment.dst == dst_preset(name)  # one DST size per name: "cpu DST" means one thing
+    if name == "paper":  # the paper's sizes are defined once
         assert pipeline.num_samples == experiment.num_samples == 2167
         assert (pipeline.seg.backbone, pipeline.seg.lr, pipeline.seg.batch_size) == ("resnet50", 2e-3, 8)
     if name == "cpu":
-        assert experiment.seg == SegConfig()  # the defaults are the cpu preset
+        assert experiment.seg == SegConfig() and experiment.dst == DSTConfig()  # the defaults are the cpu preset
     with pytest.raises(ValueError, match="unknown preset"):
         pipeline_preset("huge")
 
@@ -48,5 +48,8 @@ def test_the_demo_preset_is_the_pipelines_default_and_small():
     assert PipelineConfig().preset == "demo" and demo.baseline
     assert (demo.dst.steps, demo.dst.heldout, demo.num_samples) == (60, 4, 160)
     assert (demo.seg.window, demo.seg.steps, demo.seg.eval_every, demo.seg.real_splits) == (192, 100, 50, ["reference"])
+    assert demo.dst == dst_preset("demo")
     with pytest.raises(ValueError, match="unknown preset"):
-        seg_preset("demo")  # a pipeline preset only
+        seg_preset("demo")  # a pipeline (and DST) preset only
+    with pytest.raises(ValueError, match="unknown preset 'huge'; choose one of smoke, demo, cpu, paper"):
+        dst_preset("huge")

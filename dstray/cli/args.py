@@ -15,7 +15,7 @@ import inspect
 import re
 from typing import Any
 
-from dstray.config import AreaConfig, DataPolicy, field_default, load, parse_value
+from dstray.config import AreaConfig, DataPolicy, field_default, parse_value
 
 NESTED = {"area": (AreaConfig, "area-"), "policy": (DataPolicy, "policy-")}  # nested configs: their options' prefix
 
@@ -76,12 +76,6 @@ def build_config(cls: type, args: argparse.Namespace, base: Any | None = None, *
             changes[f.name] = getattr(args, f.name)
     changes.update({k: v for k, v in fixed.items() if v is not None})
     return dataclasses.replace(cfg, **changes)
-
-
-def config_from_args(cls: type, args: argparse.Namespace):
-    """A config: ``--config FILE`` (or the defaults), then the options given on the command line."""
-    base = load(cls, args.config) if getattr(args, "config", None) else None
-    return build_config(cls, args, base=base)
 
 
 # --------------------------------------------------------------------------- shared flags, declared once

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from dstray.cli.args import add_config_args, add_data, add_layout, add_max_image_pixels, add_ray, build_config
 from dstray.config import PATCH_SIZE, DSTConfig, GenerateConfig
+from dstray.presets import DST_PRESETS, dst_preset
 
 
 def cmd_fit_dst(args) -> int:
-    cfg = build_config(DSTConfig, args)
+    cfg = build_config(DSTConfig, args, base=dst_preset(args.preset))
     if args.all or args.types:
         if cfg.defect_type is not None:
             raise ValueError("--defect-type fits one type in this process; --all / --types fit several with Ray "
@@ -31,12 +32,14 @@ def cmd_fit_dst(args) -> int:
     cfg = dataclasses.replace(cfg, defect_type=resolve_defect_type(dataset, cfg.defect_type))  # None: the only type
     found = preflight(dataset, job="fit-dst", types=[cfg.defect_type], reference_id=cfg.reference_id,
                       max_image_pixels=args.max_image_pixels, area=cfg.area)
-    out, made = Path(args.out), not Path(args.out).exists()
-    try:
-        path = fit_dst(cfg, dataset.without(found.skip), out)
+    out = Path(args.out)
+    made = [d for d in (out, out / cfg.defect_type) if not d.exists()]
+    try:  # the layout of --all and of `generate --models`: OUT/<type>/model.pt
+        path = fit_dst(cfg, dataset.without(found.skip), out / cfg.defect_type)
     except BaseException:
-        if made and out.is_dir() and not any(out.iterdir()):  # leave no empty output folder behind
-            out.rmdir()
+        for d in reversed(made):  # leave no empty output folder behind
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         raise
     print(f"wrote {path}")
     return 0
@@ -85,7 +88,11 @@ def register(sub) -> None:
                        description="Fit one defect type in this process (--defect-type; may be left out when the "
                        "dataset has one type), or several concurrently with Ray Train (--all / --types).")
     add_data(s)
-    s.add_argument("--out", required=True, help="output folder (one type: model.pt here; --all: <type>/model.pt)")
+    s.add_argument("--out", required=True, help="models folder: OUT/<type>/model.pt (one type or --all), what "
+                   "`generate --models OUT` reads")
+    s.add_argument("--preset", default="cpu", choices=DST_PRESETS,
+                   help="size preset the options start from: smoke (seconds), demo (60 steps, the pipeline's "
+                   "first run), cpu (the DSTConfig defaults), paper (whole images, GPUs) (default: cpu)")
     s.add_argument("--all", action="store_true", help="fit every defect type concurrently with Ray Train")
     s.add_argument("--types", default=None, help="comma-separated types to fit with Ray Train (default with --all: all)")
     add_ray(s, storage=True, workers=True, max_failures=2,

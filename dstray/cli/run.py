@@ -34,9 +34,17 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from dstray.report import write_report
+    import json
+    from pathlib import Path
 
-    print(f"wrote {write_report(args.run, out_dir=args.out, seed=args.seed)}")
+    from dstray.report import write_report
+    from dstray.seeds import stage_seeds
+
+    seed = args.seed
+    if seed is None:  # the run's own seed, as the pipeline drew its report
+        saved = Path(args.run, "pipeline.json")
+        seed = (json.loads(saved.read_text()).get("config") or {}).get("seed", 0) if saved.exists() else 0
+    print(f"wrote {write_report(args.run, out_dir=args.out, seed=stage_seeds(seed)['report'])}")
     return 0
 
 
@@ -44,14 +52,16 @@ def register(sub) -> None:
     s = sub.add_parser("pipeline", help="fit DST for every type -> generate -> train -> evaluate -> report")
     s.add_argument("--preset", default="demo", choices=PIPELINE_PRESETS,
                    help="stage sizes: smoke (seconds, for tests), demo (the first run: the sample in under 10 min "
-                   "on 2 cores), cpu (larger, ~20 min on the sample), paper (GPU cluster)")
+                   "on 2 cores), cpu (every stage at its cpu size: the DSTConfig and SegConfig defaults), "
+                   "paper (GPU cluster)")
     add_data(s)
     s.add_argument("--out", default="runs/pipeline", help="run folder; re-running reuses finished stages")
     s.add_argument("--generator", default=None, choices=GENERATORS)
     s.add_argument("--num-samples", type=int, default=None, help="generated samples (preset's by default)")
     s.add_argument("--dst-steps", type=int, default=None, help="DST steps per type (preset's by default)")
     s.add_argument("--seg-steps", type=int, default=None, help="segmenter steps (preset's by default)")
-    s.add_argument("--seed", type=int, default=0, help="seeds the DST fits, the generation and the segmenter")
+    s.add_argument("--seed", type=int, default=0, help="the run's seed: every stage's seed (DST fits, generation, "
+                   "segmenter, report) is derived from it")
     s.add_argument("--no-baseline", action="store_true",
                    help="skip the second segmenter run (same config on the real splits alone, no generated samples)")
     add_ray(s)
@@ -65,12 +75,14 @@ def register(sub) -> None:
     add_data(s)
     s.add_argument("--out", default="runs/experiments", help="run folder shared by both experiments")
     s.add_argument("--preset", default="cpu", choices=PRESETS)
-    s.add_argument("--seed", type=int, default=0, help="seeds the generation and the segmenters")
+    s.add_argument("--seed", type=int, default=0, help="the run's seed: the DST fits', the generation's and the "
+                   "segmenters' seeds are derived from it")
     add_ray(s)
     s.set_defaults(func=cmd_experiment)
 
     s = sub.add_parser("report", help="write the HTML report of a pipeline run folder")
     s.add_argument("run", help="the run folder (what `dstray pipeline --out` wrote)")
     s.add_argument("--out", default=None, help="where index.html and its PNGs go (default: RUN/report)")
-    s.add_argument("--seed", type=int, default=0, help="seeds the Figure-3 backgrounds and areas, and the contact sheet")
+    s.add_argument("--seed", type=int, default=None, help="the run's seed, which seeds the Figure-3 backgrounds and "
+                   "areas and the contact sheet (default: the seed the run was made with, as its pipeline drew it)")
     s.set_defaults(func=cmd_report)

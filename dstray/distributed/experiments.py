@@ -33,6 +33,7 @@ from dstray.distributed.generate import generate
 from dstray.distributed.runtime import init_ray, resolve_use_gpu
 from dstray.presets import ExperimentPreset, experiment_preset
 from dstray.report.tables import markdown_table
+from dstray.seeds import stage_seeds
 from dstray.seg.train import train_local
 from dstray.storage import absolute
 
@@ -40,8 +41,12 @@ log = logging.getLogger("dstray")
 
 
 def _prepare_generated(data: str | None, run: Path, p: ExperimentPreset, generators, use_gpu: str, seed: int):
+    """The DST models (when ``dst`` is among ``generators``) and each generator's samples; the stages seeded
+    from the experiment's ``seed`` (:func:`dstray.seeds.stage_seeds`). Returns {generator: data folder}."""
+    seeds = stage_seeds(seed)
     if "dst" in generators:
-        outcomes = fit_all(p.dst, data=data, out=str(run / "models"), use_gpu=use_gpu)
+        outcomes = fit_all(dataclasses.replace(p.dst, seed=seeds["dst"]), data=data, out=str(run / "models"),
+                           use_gpu=use_gpu)
         print(format_table(outcomes), flush=True)
         failed = [o.defect_type for o in outcomes if o.status == "failed"]
         if failed:
@@ -50,7 +55,8 @@ def _prepare_generated(data: str | None, run: Path, p: ExperimentPreset, generat
     for g in generators:
         out = run / f"gen-{g}"
         gen = GenerateConfig(data=data, models=str(run / "models") if g == "dst" else None, generator=g,
-                             num_samples=p.num_samples, seed=seed, out=str(out), use_gpu=use_gpu, area=p.dst.area)
+                             num_samples=p.num_samples, seed=seeds["generate"], out=str(out), use_gpu=use_gpu,
+                             area=p.dst.area)
         summary = generate(gen)
         log.info("generated %s: %s", g, summary)
         paths[g] = str(out / "data")
@@ -119,7 +125,7 @@ def table1(*, data: str | None, out: str, preset: str = "cpu", use_gpu: str = "a
     generated = _prepare_generated(data, run, p, GENERATORS, use_gpu, seed)
     runs = {}
     for arch in ARCHS:
-        base = dataclasses.replace(p.seg, arch=arch, data=data, seed=seed)
+        base = dataclasses.replace(p.seg, arch=arch, data=data, seed=stage_seeds(seed)["seg"])
         runs[f"{arch}-only-real"] = dataclasses.replace(base, real_splits=["reference"], augment=True)
         for g in GENERATORS:
             runs[f"{arch}-{g}"] = dataclasses.replace(base, synthetic=[generated[g]], augment=True)
@@ -130,7 +136,8 @@ def table1(*, data: str | None, out: str, preset: str = "cpu", use_gpu: str = "a
         for g in ("only-real", *GENERATORS):
             row[g] = results[f"{arch}-{g}"]["pixel"]["f1"]
         rows.append(row)
-    settings = {"preset": preset, "data": data or "embedded sample", "seed": seed, "dst": to_dict(p.dst),
+    settings = {"preset": preset, "data": data or "embedded sample", "seed": seed, "seeds": stage_seeds(seed),
+                "dst": to_dict(p.dst),
                 "num_samples": p.num_samples, "seg": to_dict(p.seg), "seconds": round(time.perf_counter() - t0),
                 "runs": {k: {"f1": v["pixel"]["f1"], "precision": v["pixel"]["precision"],
                              "recall": v["pixel"]["recall"], "macro_f1": (v.get("macro") or {}).get("f1"),
@@ -151,14 +158,15 @@ def fig6(*, data: str | None, out: str, preset: str = "cpu", use_gpu: str = "aut
     for k in p.real_counts:
         k = n_train if k is None else min(k, n_train)
         counts.append(k)
-        base = dataclasses.replace(p.seg, arch="buttonlab", data=data, seed=seed, augment=True,
+        base = dataclasses.replace(p.seg, arch="buttonlab", data=data, seed=stage_seeds(seed)["seg"], augment=True,
                                    real_splits=["reference", "train"], real_limit=n_refs + k)
         runs[f"B-real{k}"] = base
         runs[f"C-real{k}"] = dataclasses.replace(base, synthetic=[generated["dst"]])
     results = _run_all(runs, run, use_gpu)
     rows = [{"real_train_added": k, "B_real_only": results[f"B-real{k}"]["pixel"]["f1"],
              "C_real_plus_dst": results[f"C-real{k}"]["pixel"]["f1"]} for k in dict.fromkeys(counts)]
-    settings = {"preset": preset, "data": data or "embedded sample", "seed": seed, "dst": to_dict(p.dst),
+    settings = {"preset": preset, "data": data or "embedded sample", "seed": seed, "seeds": stage_seeds(seed),
+                "dst": to_dict(p.dst),
                 "num_samples": p.num_samples, "seg": to_dict(p.seg), "references": n_refs,
                 "seconds": round(time.perf_counter() - t0),
                 "runs": {k: {"f1": v["pixel"]["f1"], "macro_f1": (v.get("macro") or {}).get("f1"),

@@ -48,6 +48,7 @@ from dstray.distributed.train_seg import train_seg
 from dstray.dst.fit import fitted_types
 from dstray.report import write_report
 from dstray.report.headline import format_headline, labels, read_headline
+from dstray.seeds import stage_seeds
 from dstray.seg.train import evaluate_checkpoint, read_history
 from dstray.storage import absolute
 
@@ -124,18 +125,37 @@ def _seg_plan(n_runs: int) -> tuple[bool, int]:
     return together, max(1, (os.cpu_count() or 2) // (n_runs if together else 1))
 
 
+def stage_configs(cfg: PipelineConfig) -> dict:
+    """The config of every stage of the run ``cfg`` (absolute ``data`` and ``out``), seeded from the run's seed.
+
+    The run's seed is the one owner: every stage's seed is :func:`dstray.seeds.stage_seeds` of
+    ``cfg.seed`` (the seeds inside ``cfg.dst``, ``cfg.generate`` and ``cfg.seg`` are not read).
+    Returns ``{"dst": DSTConfig, "generate": GenerateConfig, "seg": {folder: SegConfig}, "report": seed}``;
+    ``seg`` holds ``seg`` (real splits + generated samples) and, with ``cfg.baseline``, ``seg-ref``
+    (the same config on the real splits alone: references if none).
+    """
+    run, seeds = Path(cfg.out), stage_seeds(cfg.seed)
+    dst = dataclasses.replace(cfg.dst, seed=seeds["dst"])
+    generate = dataclasses.replace(cfg.generate, data=cfg.data, models=str(run / "models"), generator=cfg.generator,
+                                   num_samples=cfg.num_samples, out=str(run / "generated"), use_gpu=cfg.use_gpu,
+                                   area=cfg.dst.area, seed=seeds["generate"])
+    seg = {"seg": dataclasses.replace(cfg.seg, data=cfg.data, synthetic=[str(run / "generated" / "data")],
+                                      seed=seeds["seg"])}
+    if cfg.baseline:
+        seg["seg-ref"] = dataclasses.replace(cfg.seg, data=cfg.data, synthetic=[], seed=seeds["seg"],
+                                             real_splits=cfg.seg.real_splits or ["reference"])
+    return {"dst": dst, "generate": generate, "seg": seg, "report": seeds["report"]}
+
+
 def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
     """Run (or finish) every stage; returns ``pipeline.json``'s content.
 
-    ``cfg.seed`` seeds every stage: it replaces the seeds of ``cfg.dst``, ``cfg.generate`` and ``cfg.seg``.
+    ``cfg.seed`` is the run's seed; every stage's is derived from it (:func:`stage_configs`).
     The terminal gets a few lines per stage (also in ``RUN/summary.txt``); Ray's output goes to
     ``RUN/logs/ray.log`` (:class:`dstray.distributed.console.Console`).
     """
     run = Path(cfg.out).resolve()
-    cfg = dataclasses.replace(cfg, data=absolute(cfg.data), out=str(run),  # Ray workers run elsewhere
-                              dst=dataclasses.replace(cfg.dst, seed=cfg.seed),
-                              generate=dataclasses.replace(cfg.generate, seed=cfg.seed),
-                              seg=dataclasses.replace(cfg.seg, seed=cfg.seed))
+    cfg = dataclasses.replace(cfg, data=absolute(cfg.data), out=str(run))  # Ray workers run elsewhere
     # fail fast, before any Ray work or folder: the input check of fit-dst (generate's is a subset)
     dataset = load_dataset(cfg.data)
     problems = validate(dataset, job="fit-dst", max_image_pixels=cfg.generate.max_image_pixels, area=cfg.dst.area)
@@ -143,138 +163,158 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
         raise InputProblems("pipeline", dataset.root, problems.problems)
     run.mkdir(parents=True, exist_ok=True)
     with Console(run / "logs" / "ray.log", run / "summary.txt") as console:
-        return _run(cfg, run, dataset, console, address)
+        started_ray = not ray.is_initialized()
+        init_ray(address)
+        try:
+            return _Run(cfg, run, fitted_types(dataset), console, address).all_stages()
+        finally:
+            if started_ray:  # the runtime this pipeline started: stopped while its output still goes to the log
+                ray.shutdown()
 
 
-def _run(cfg: PipelineConfig, run: Path, dataset, console: Console, address: str | None) -> dict:
-    say = console.say
-    types = fitted_types(dataset)
-    info = {"config": to_dict(cfg), "defect_types": types, "data": cfg.data or "embedded sample",
-            "versions": {"dstray": dstray.__version__, "torch": torch.__version__, "ray": ray.__version__,
-                         "python": platform.python_version()},
-            "stages": {}}
+N_STAGES = 5
 
-    def record(name: str, seconds: float, state: str, **extra) -> None:
-        info["stages"][name] = {"seconds": round(seconds, 2), "reused": state == "done", **extra}
-        (run / "pipeline.json").write_text(json.dumps(info, indent=2, default=str))
 
-    say(f"dstray pipeline, {cfg.preset} preset, on {cfg.data or 'the embedded sample'}: {len(types)} defect "
-        f"types ({', '.join(types)}) -> {run}")
-    say(f"Ray's worker logs and progress go to {run / 'logs' / 'ray.log'}")
-    started_ray = not ray.is_initialized()
-    init_ray(address)
-    with_baseline = cfg.baseline
-    n_stages = 5
+class _Run:
+    """One pipeline run: one method per stage, each recording its timing in ``pipeline.json``."""
 
-    # [1] DST for every defect type, concurrently (Ray Train); fit_all skips finished types.
-    t0 = time.perf_counter()
-    say(f"[1/{n_stages}] fit DST per type: {cfg.dst.steps} steps each, {cfg.dst.heldout} held-out backgrounds "
-        f"(Ray Train) ...")
-    outcomes = fit_all(cfg.dst, data=cfg.data, out=str(run / "models"), use_gpu=cfg.use_gpu,
-                       max_image_pixels=cfg.generate.max_image_pixels)
-    for o in outcomes:
-        say(_fit_line(o) if o.status != "failed" else f"  {o.defect_type:<9} FAILED: {o.error}")
-    failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        raise RuntimeError("DST fit failed for " + ", ".join(f"{o.defect_type} ({o.error})" for o in failed)
-                           + f"; the Ray Train logs are in {run / 'logs' / 'ray.log'}")
-    seconds = time.perf_counter() - t0
-    say(f"  fit: {len(outcomes)} types in {seconds:.0f} s")
-    record("fit", seconds, "done" if all(o.status == "skipped" for o in outcomes) else "new",
-           types=[o.defect_type for o in outcomes])
+    def __init__(self, cfg: PipelineConfig, run: Path, types: list[str], console: Console, address: str | None):
+        self.cfg, self.run, self.types, self.say, self.address = cfg, run, types, console.say, address
+        self.stages = stage_configs(cfg)
+        ran = dataclasses.replace(cfg, dst=self.stages["dst"], generate=self.stages["generate"],
+                                  seg=self.stages["seg"]["seg"])  # the configs as run: the stages' own seeds
+        self.info = {"config": to_dict(ran), "seeds": stage_seeds(cfg.seed), "defect_types": types,
+                     "data": cfg.data or "embedded sample",
+                     "versions": {"dstray": dstray.__version__, "torch": torch.__version__, "ray": ray.__version__,
+                                  "python": platform.python_version()},
+                     "stages": {}}
 
-    # [2] Generate the synthetic training set (Ray Data).
-    t0 = time.perf_counter()
-    say(f"[2/{n_stages}] generate {cfg.num_samples} samples with {cfg.generator} (Ray Data) ...")
-    digests = {o.defect_type: hashlib.sha256((run / "models" / o.defect_type / "model.pt").read_bytes()).hexdigest()
-               for o in outcomes}
-    gen_cfg = dataclasses.replace(cfg.generate, data=cfg.data, models=str(run / "models"), generator=cfg.generator,
-                                  num_samples=cfg.num_samples, out=str(run / "generated"), use_gpu=cfg.use_gpu,
-                                  area=cfg.dst.area)
-    stage = _Stage(run, "generated", _key(to_dict(gen_cfg), digests))
-    state = stage.begin()
-    summary = generate(gen_cfg, address=address)
-    stage.finish(summary=summary)
-    seconds = time.perf_counter() - t0
-    rate = f"{summary['rows_per_s']:.1f} rows/s" if summary.get("rows_per_s") else "reused"
-    say(f"  generate: {summary['written']} rows written, {summary['rejected']} rejected, {rate}; {seconds:.0f} s")
-    record("generate", seconds, state, summary=summary)
+    def record(self, name: str, seconds: float, state: str, **extra) -> None:
+        self.info["stages"][name] = {"seconds": round(seconds, 2), "reused": state == "done", **extra}
+        (self.run / "pipeline.json").write_text(json.dumps(self.info, indent=2, default=str))
 
-    # [3] The segmenter on the real splits + the generated samples, and (baseline) on the real splits alone:
-    #     the same config, two Ray Train runs at once.
-    t0 = time.perf_counter()
-    seg_cfg = dataclasses.replace(cfg.seg, data=cfg.data, synthetic=[str(run / "generated" / "data")])
-    runs = {"seg": (seg_cfg, "train-seg")}
-    if with_baseline:
-        base_cfg = dataclasses.replace(cfg.seg, data=cfg.data, synthetic=[],
-                                       real_splits=cfg.seg.real_splits or ["reference"])
-        runs["seg-ref"] = (base_cfg, "train-seg-ref")
-    names = labels({"config": info["config"]})
-    label = {"seg": names["generated"], "seg-ref": names["baseline"]}
-    together, threads = _seg_plan(len(runs))
-    say(f"[3/{n_stages}] segmentation: {seg_cfg.arch}/{seg_cfg.backbone}, {seg_cfg.window} px windows, "
-        f"{seg_cfg.steps} steps, val every {seg_cfg.eval_every}; {len(runs)} run(s), "
-        f"{'at once' if together else 'one after the other'} (Ray Train) ...")
-    stages = {folder: _Stage(run, folder, _key(to_dict(c), stage.key if folder == "seg" else ""))
-              for folder, (c, _) in runs.items()}
-    states = {folder: st.begin() for folder, st in stages.items()}
-    took: dict[str, float | None] = {folder: None for folder in runs}
-    pending = {}
-    for folder, (c, name) in runs.items():
-        if states[folder] != "done":
-            pending[_train_seg_task.remote(to_dict(c), str(stages[folder].dir), name, cfg.use_gpu, 1.0,
-                                           threads)] = folder
-            if not together:
-                took[folder] = ray.get(next(reversed(pending)))
-    for ref, folder in pending.items():
-        took[folder] = ray.get(ref)
-    for folder in runs:
-        stages[folder].finish()
-        say(_seg_line(label[folder], stages[folder].dir, took[folder]))
-    seconds = time.perf_counter() - t0
-    say(f"  segmentation: {seconds:.0f} s")
-    record("train", seconds, "done" if all(s == "done" for s in states.values()) else "new",
-           runs={f: label[f] for f in runs})
+    def all_stages(self) -> dict:
+        cfg, run = self.cfg, self.run
+        self.say(f"dstray pipeline, {cfg.preset} preset, on {cfg.data or 'the embedded sample'}: {len(self.types)} "
+                 f"defect types ({', '.join(self.types)}) -> {run}")
+        self.say(f"Ray's worker logs and progress go to {run / 'logs' / 'ray.log'}")
+        digests = self.fit()
+        generated_key = self.generate(digests)
+        folders = self.train(generated_key)
+        head = self.evaluate(folders)
+        html = self.report()
+        total = sum(st["seconds"] for st in self.info["stages"].values())
+        self.say("")
+        self.say("stage timings: " + ", ".join(f"{n} {st['seconds']:.0f} s" + (" (reused)" if st["reused"] else "")
+                                               for n, st in self.info["stages"].items()) + f"; total {total:.0f} s")
+        for line in format_headline(head):
+            self.say(line)
+        self.say(f"report: {html}")
+        return self.info
 
-    # [4] Evaluate on the real test split (selection used val only), at the threshold chosen on val.
-    t0 = time.perf_counter()
-    test_split = seg_cfg.test_split or "test"
-    say(f"[4/{n_stages}] evaluate on the real {test_split} split ...")
-    eval_states = []
-    for folder, out in (("seg", "eval"), ("seg-ref", "eval-ref")):
-        if folder not in runs:
-            continue
-        ckpt = stages[folder].dir / "model.pt"
-        eval_stage = _Stage(run, out, _key(hashlib.sha256(ckpt.read_bytes()).hexdigest(), test_split))
-        eval_states.append(eval_stage.begin())
-        if eval_states[-1] != "done":
-            evaluate_checkpoint(ckpt, out=eval_stage.dir, split=test_split, device="cpu")
-        eval_stage.finish()
-    head = read_headline(run, info)
-    info["headline"] = head
-    seconds = time.perf_counter() - t0
-    main = head["rows"][0]
-    say(f"  evaluation: {head['n_images']} images, pixel F1 {main['f1']:.3f} ({main['label']}); {seconds:.0f} s")
-    record("evaluate", seconds, "done" if all(s == "done" for s in eval_states) else "new",
-           f1=main["f1"], macro_f1=main["macro_f1"])
+    def fit(self) -> dict[str, str]:
+        """[1] DST for every defect type, concurrently (Ray Train); fit_all skips finished types.
+        Returns the sha256 of each type's model."""
+        t0, dst = time.perf_counter(), self.stages["dst"]
+        self.say(f"[1/{N_STAGES}] fit DST per type: {dst.steps} steps each, {dst.heldout} held-out backgrounds "
+                 f"(Ray Train) ...")
+        outcomes = fit_all(dst, data=self.cfg.data, out=str(self.run / "models"), use_gpu=self.cfg.use_gpu,
+                           max_image_pixels=self.cfg.generate.max_image_pixels)
+        for o in outcomes:
+            self.say(_fit_line(o) if o.status != "failed" else f"  {o.defect_type:<9} FAILED: {o.error}")
+        failed = [o for o in outcomes if o.status == "failed"]
+        if failed:
+            raise RuntimeError("DST fit failed for " + ", ".join(f"{o.defect_type} ({o.error})" for o in failed)
+                               + f"; the Ray Train logs are in {self.run / 'logs' / 'ray.log'}")
+        seconds = time.perf_counter() - t0
+        self.say(f"  fit: {len(outcomes)} types in {seconds:.0f} s")
+        self.record("fit", seconds, "done" if all(o.status == "skipped" for o in outcomes) else "new",
+                    types=[o.defect_type for o in outcomes])
+        return {o.defect_type: hashlib.sha256((self.run / "models" / o.defect_type / "model.pt").read_bytes())
+                .hexdigest() for o in outcomes}
 
-    # [5] The visual report.
-    t0 = time.perf_counter()
-    say(f"[5/{n_stages}] report ...")
-    html = run / "report" / "index.html"
-    record("report", 0.0, "new", path=str(html))  # before writing: the report shows it
-    write_report(run)
-    record("report", time.perf_counter() - t0, "new", path=str(html))
-    say(f"  report: {time.perf_counter() - t0:.0f} s")
+    def generate(self, digests: dict[str, str]) -> str:
+        """[2] The synthetic training set (Ray Data). Returns the stage's key (the segmenter's depends on it)."""
+        t0, gen_cfg = time.perf_counter(), self.stages["generate"]
+        self.say(f"[2/{N_STAGES}] generate {gen_cfg.num_samples} samples with {gen_cfg.generator} (Ray Data) ...")
+        stage = _Stage(self.run, "generated", _key(to_dict(gen_cfg), digests))
+        state = stage.begin()
+        summary = generate(gen_cfg, address=self.address)
+        stage.finish(summary=summary)
+        seconds = time.perf_counter() - t0
+        rate = f"{summary['rows_per_s']:.1f} rows/s" if summary.get("rows_per_s") else "reused"
+        self.say(f"  generate: {summary['written']} rows written, {summary['rejected']} rejected, {rate}; "
+                 f"{seconds:.0f} s")
+        self.record("generate", seconds, state, summary=summary)
+        return stage.key
 
-    stages_s = info["stages"]
-    total = sum(st["seconds"] for st in stages_s.values())
-    say("")
-    say("stage timings: " + ", ".join(f"{n} {st['seconds']:.0f} s" + (" (reused)" if st["reused"] else "")
-                                      for n, st in stages_s.items()) + f"; total {total:.0f} s")
-    for line in format_headline(head):
-        say(line)
-    say(f"report: {html}")
-    if started_ray:  # the runtime this pipeline started: stopped while its output still goes to the log
-        ray.shutdown()
-    return info
+    def train(self, generated_key: str) -> dict[str, Path]:
+        """[3] The segmenter on the real splits + the generated samples and (baseline) on the real splits
+        alone: the same config, two Ray Train runs (at once when the cluster has room). Returns their folders."""
+        t0, runs = time.perf_counter(), self.stages["seg"]
+        names = labels({"config": self.info["config"]})
+        label = {"seg": names["generated"], "seg-ref": names["baseline"]}
+        together, threads = _seg_plan(len(runs))
+        seg_cfg = runs["seg"]
+        self.say(f"[3/{N_STAGES}] segmentation: {seg_cfg.arch}/{seg_cfg.backbone}, {seg_cfg.window} px windows, "
+                 f"{seg_cfg.steps} steps, val every {seg_cfg.eval_every}; {len(runs)} run(s), "
+                 f"{'at once' if together else 'one after the other'} (Ray Train) ...")
+        stages = {folder: _Stage(self.run, folder, _key(to_dict(c), generated_key if folder == "seg" else ""))
+                  for folder, c in runs.items()}
+        states = {folder: st.begin() for folder, st in stages.items()}
+        took: dict[str, float | None] = {folder: None for folder in runs}
+        pending = {}
+        for folder, c in runs.items():
+            if states[folder] != "done":
+                name = "train-" + folder
+                pending[_train_seg_task.remote(to_dict(c), str(stages[folder].dir), name, self.cfg.use_gpu, 1.0,
+                                               threads)] = folder
+                if not together:
+                    took[folder] = ray.get(next(reversed(pending)))
+        for ref, folder in pending.items():
+            took[folder] = ray.get(ref)
+        for folder in runs:
+            stages[folder].finish()
+            self.say(_seg_line(label[folder], stages[folder].dir, took[folder]))
+        seconds = time.perf_counter() - t0
+        self.say(f"  segmentation: {seconds:.0f} s")
+        self.record("train", seconds, "done" if all(s == "done" for s in states.values()) else "new",
+                    runs={f: label[f] for f in runs})
+        return {folder: st.dir for folder, st in stages.items()}
+
+    def evaluate(self, folders: dict[str, Path]) -> dict:
+        """[4] Each segmenter on the real test split (selection used val only), at its threshold chosen on val.
+        Returns the headline (:func:`dstray.report.headline.read_headline`)."""
+        t0 = time.perf_counter()
+        test_split = self.stages["seg"]["seg"].test_split or "test"
+        self.say(f"[4/{N_STAGES}] evaluate on the real {test_split} split ...")
+        states = []
+        for folder, out in (("seg", "eval"), ("seg-ref", "eval-ref")):
+            if folder not in folders:
+                continue
+            ckpt = folders[folder] / "model.pt"
+            stage = _Stage(self.run, out, _key(hashlib.sha256(ckpt.read_bytes()).hexdigest(), test_split))
+            states.append(stage.begin())
+            if states[-1] != "done":
+                evaluate_checkpoint(ckpt, out=stage.dir, split=test_split, device="cpu")
+            stage.finish()
+        head = read_headline(self.run, self.info)
+        self.info["headline"] = head
+        seconds = time.perf_counter() - t0
+        main = head["rows"][0]
+        self.say(f"  evaluation: {head['n_images']} images, pixel F1 {main['f1']:.3f} ({main['label']}); "
+                 f"{seconds:.0f} s")
+        self.record("evaluate", seconds, "done" if all(s == "done" for s in states) else "new",
+                    f1=main["f1"], macro_f1=main["macro_f1"])
+        return head
+
+    def report(self) -> Path:
+        """[5] The visual report, drawn with the report stage's seed (derived from the run's)."""
+        t0 = time.perf_counter()
+        self.say(f"[5/{N_STAGES}] report ...")
+        html = self.run / "report" / "index.html"
+        self.record("report", 0.0, "new", path=str(html))  # before writing: the report shows it
+        write_report(self.run, seed=self.stages["report"])
+        self.record("report", time.perf_counter() - t0, "new", path=str(html))
+        self.say(f"  report: {time.perf_counter() - t0:.0f} s")
+        return html

@@ -7,17 +7,10 @@ Algorithm 2, per background S and area L:
 2. ŷ = S[L'] + TransferNet(y')[L]      -- identity at init, soft fusion (:mod:`dstray.dst.transfer_net`);
 3. losses φ(ŷ[L], y'[L], S[L], H[M])   -- eq. 3-6 (:mod:`dstray.dst.losses`), Adam step (paper §4: lr 1e-3).
 
-Never worse than its input, and how long. ``heldout`` backgrounds (a seeded choice) are kept
-out of the fit. Every ``heldout_every`` steps (and at step 0, TransferNet being the identity
-there) the total loss of DST is measured on fixed batches drawn from them
-(:meth:`DSTFitter.check_heldout`), beside the loss of y' itself (ŷ = y', what histmatch alone
-gives); the weights with the lowest held-out loss so far are kept, and they are the fitted
-model. The fit stops when that best loss has not improved by ``plateau_tol`` (relative) for
-``plateau_patience`` steps (never before ``min_steps``, never after ``steps``): early stopping on
-backgrounds the fit never saw. With too few backgrounds to hold some out (fewer than
-4 x ``heldout``) the smoothed training loss (an exponential moving average, weight 0.05 a
-step) plays that role and the last weights are kept. The loss terms are normalised at the start
-of the fit (:meth:`dstray.dst.losses.DSTLoss.calibrate`, on ``calibration_batches`` seeded batches).
+Never worse than its input, and how long: held-out backgrounds, the held-out check, the
+warm-up and the stopping rule are :mod:`dstray.dst.schedule`. The loss terms are normalised at
+the start of the fit (:meth:`dstray.dst.losses.DSTLoss.calibrate`, on ``calibration_batches``
+seeded batches).
 
 Two ways to present a background to the network:
 
@@ -45,7 +38,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -60,15 +52,14 @@ from dstray.data import DefectDataset, read_image, read_mask, to_channels
 from dstray.dst.areas import AreaSampler, crop_window, cut_window
 from dstray.dst.histmatch import SortedReference, match_area, ring_mean, sort_reference
 from dstray.dst.losses import DSTLoss
-from dstray.dst.stylize import CHECKPOINT_FORMAT
+from dstray.dst.schedule import HELDOUT_BATCHES, HeldoutCheck, final_terms, hold_out, plateaued, warmup_lr
+from dstray.dst.stylize import CHECKPOINT_FORMAT, save_checkpoint
 from dstray.dst.transfer_net import TransferNet
 from dstray.seeds import derive_seed
 
 log = logging.getLogger("dstray")
 
 TERMS = ("content", "style", "hist", "tv", "total")  # the loss terms of a step, as logged and checkpointed
-PLATEAU_EMA = 0.05  # weight of the newest step in the smoothed loss of the plateau rule
-HELDOUT_BATCHES = 4  # batches drawn from the held-out backgrounds for the final check
 
 
 def fitted_types(dataset: DefectDataset) -> list[str]:
@@ -122,7 +113,7 @@ class DSTFitter:
         backgrounds = dataset.backgrounds()
         if not backgrounds:
             raise ValueError(f"dataset {dataset.root} has no background (defect-free) images to fit on")
-        self.heldout, self.backgrounds = _hold_out(backgrounds, cfg.heldout, cfg.seed)
+        self.heldout, self.backgrounds = hold_out(backgrounds, cfg.heldout, cfg.seed)
         self.area_masks = [read_mask(r.mask) for r in refs if r.mask is not None]  # every M of the type
         self.sampler = AreaSampler(self.area_masks, cfg.area, name=cfg.defect_type)
         self._cache: dict[str, Tensor] = {}
@@ -144,9 +135,7 @@ class DSTFitter:
         self.step_count = 0
         self.draws = 0  # backgrounds drawn so far (position in the seeded visiting order)
         self.history: list[dict[str, float]] = []
-        self.heldout_losses: dict[str, float] = {}  # {"dst", "yprime", "step"} of the best weights so far
-        self.heldout_history: list[dict[str, float]] = []  # every held-out check: {"step", "dst", "yprime"}
-        self._best_state: dict[str, Tensor] | None = None
+        self.heldout_check = HeldoutCheck(lambda: self._fixed_batches(self.heldout, HELDOUT_BATCHES, "dst-heldout"))
         self._perm: tuple[int, Tensor] | None = None
         self.loss.calibrate(self._fixed_batches(self.backgrounds, cfg.calibration_batches, "dst-calibrate"))
 
@@ -242,64 +231,43 @@ class DSTFitter:
         terms = self.loss(out, y_match, s, area)
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
-        for group in self.optimizer.param_groups:  # linear warm-up (a function of the step: resumes exactly)
-            group["lr"] = self.cfg.lr * min(1.0, (self.step_count + 1) / max(1, self.cfg.warmup_steps))
+        for group in self.optimizer.param_groups:
+            group["lr"] = warmup_lr(self.cfg, self.step_count)
         self.optimizer.step()
         self.step_count += 1
         record = {k: float(v.detach()) for k, v in terms.items()}
         self.history.append({"step": self.step_count, **record})
         return record
 
+    @property
+    def heldout_losses(self) -> dict[str, float]:
+        """{"step", "dst", "yprime"} of the best held-out check so far ({} before any)."""
+        return self.heldout_check.best
+
+    @property
+    def heldout_history(self) -> list[dict[str, float]]:
+        """Every held-out check: {"step", "dst", "yprime"}."""
+        return self.heldout_check.history
+
     def plateaued(self) -> bool:
-        """True when the fit stopped improving (see the module docstring)."""
-        cfg = self.cfg
-        if cfg.plateau_patience <= 0 or self.step_count < cfg.min_steps:
-            return False
-        if self.heldout:  # early stopping: the best held-out loss is older than the patience
-            if not self.heldout_history:
-                return False
-            best = min(h["dst"] for h in self.heldout_history)
-            for h in self.heldout_history:  # the first check that came within tol of the best
-                if h["dst"] <= best * (1 + cfg.plateau_tol):
-                    return self.step_count - h["step"] >= cfg.plateau_patience
-        if len(self.history) < cfg.plateau_patience + 1:
-            return False
-        ema, smoothed = None, []
-        for h in self.history:
-            ema = h["total"] if ema is None else (1 - PLATEAU_EMA) * ema + PLATEAU_EMA * h["total"]
-            smoothed.append(ema)
-        before, now = smoothed[-1 - cfg.plateau_patience], smoothed[-1]
-        return before - now < cfg.plateau_tol * abs(before)
+        """True when the fit stopped improving (:func:`dstray.dst.schedule.plateaued`)."""
+        return plateaued(self.cfg, self.step_count, self.history, self.heldout_history, bool(self.heldout))
 
     def done(self) -> bool:
         return self.step_count >= self.cfg.steps or self.plateaued()
 
-    @torch.no_grad()
     def check_heldout(self) -> dict[str, float]:
         """Mean total loss on fixed batches from the held-out backgrounds: of DST now (``dst``) and of y'
-        itself (``yprime``: ŷ = y', the first step alone). Recorded in :attr:`heldout_history`; when DST is
-        the best so far its weights are kept (:attr:`heldout_losses`, :meth:`use_best`). {} without held-out
-        backgrounds."""
+        itself (``yprime``: ŷ = y', the first step alone); the weights kept when they are the best so far
+        (:class:`dstray.dst.schedule.HeldoutCheck`, :meth:`use_best`). {} without held-out backgrounds."""
         if not self.heldout:
             return {}
-        if not hasattr(self, "_heldout_batches"):
-            self._heldout_batches = self._fixed_batches(self.heldout, HELDOUT_BATCHES, "dst-heldout")
-        batches = self._heldout_batches
-        self.net.eval()
-        dst = sum(float(self.loss(self.net(y, s, a), y, s, a)["total"]) for y, s, a in batches) / len(batches)
-        yprime = sum(float(self.loss(y, y, s, a)["total"]) for y, s, a in batches) / len(batches)
-        self.net.train()
-        row = {"step": self.step_count, "dst": round(dst, 5), "yprime": round(yprime, 5)}
-        self.heldout_history.append(row)
-        if not self.heldout_losses or dst < self.heldout_losses["dst"]:
-            self.heldout_losses = dict(row)
-            self._best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-        return dict(row)
+        return self.heldout_check(self.net, self.loss, self.step_count)
 
     def use_best(self) -> None:
         """Load the weights of the best held-out check into the network (a no-op without held-out backgrounds)."""
-        if self._best_state is not None:
-            self.net.load_state_dict(self._best_state)
+        if self.heldout_check.best_state is not None:
+            self.net.load_state_dict(self.heldout_check.best_state)
 
     def state_dict(self) -> dict:
         """Everything to resume exactly: net, optimiser, step, draws, area RNG, loss history."""
@@ -311,9 +279,7 @@ class DSTFitter:
             "generator": self.generator.get_state(),
             "history": [dict(h) for h in self.history],
             "loss_norm": dict(self.loss.norm),
-            "heldout_losses": dict(self.heldout_losses),
-            "heldout_history": [dict(h) for h in self.heldout_history],
-            "best_state": self._best_state,
+            **self.heldout_check.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -324,9 +290,7 @@ class DSTFitter:
         self.generator.set_state(state["generator"].cpu())
         self.history = [dict(h) for h in state["history"]]
         self.loss.norm = dict(state.get("loss_norm", self.loss.norm))
-        self.heldout_losses = dict(state.get("heldout_losses", {}))
-        self.heldout_history = [dict(h) for h in state.get("heldout_history", [])]
-        self._best_state = state.get("best_state")
+        self.heldout_check.load_state_dict(state)
 
     def checkpoint(self) -> dict:
         """The model checkpoint (see :meth:`save`), plain tensors/containers only."""
@@ -349,20 +313,8 @@ class DSTFitter:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the model checkpoint, loadable with ``torch.load(path, weights_only=True)``.
-
-        Keys: state_dict, config (plain dict), reference {id, image (C,H,W), mask (1,H,W)},
-        defect_type, steps, in_channels, dstray_version, losses (history), area_masks (every
-        reference mask M of the type, (1,H,W) each: the shapes L is drawn from, so that
-        ``dstray stylize --seed`` draws L as generation does). Written to a temporary file
-        first, then renamed.
-        """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.checkpoint(), tmp)
-        os.replace(tmp, path)
-        return path
+        """Write :meth:`checkpoint` to ``path`` (:func:`dstray.dst.stylize.save_checkpoint`: atomic)."""
+        return save_checkpoint(self.checkpoint(), path)
 
 
 def write_losses_csv(history: list[dict[str, float]], location: str | Path) -> str:
@@ -378,17 +330,17 @@ def write_losses_csv(history: list[dict[str, float]], location: str | Path) -> s
     return str(location)
 
 
-
 def fit_loop(fitter: DSTFitter, *, on_log: Callable[[int, dict[str, float]], None] | None = None,
              on_checkpoint: Callable[[int, dict[str, float]], None] | None = None,
              on_step: Callable[[int], None] | None = None) -> None:
     """The one DST fitting loop: step ``fitter`` until it is done (step cap or plateau), from wherever it stands.
 
-    Held-out checks at step 0 and every ``cfg.heldout_every`` steps. After step k:
+    Held-out checks at step 0, every ``cfg.heldout_every`` steps and at the last step (so the last
+    weights are judged too). After step k:
     ``on_checkpoint(k, terms)`` when k is a multiple of ``cfg.checkpoint_every``, otherwise
     ``on_log(k, terms)`` when k is a multiple of ``cfg.log_every``; then ``on_step(k)``. When the
     fit is done the best held-out weights are loaded (:meth:`DSTFitter.use_best`) and
-    ``on_checkpoint`` gets the final terms (:func:`final_terms`). A fitter restored with
+    ``on_checkpoint`` gets the final terms (:func:`dstray.dst.schedule.final_terms`). A fitter restored with
     :meth:`DSTFitter.load_state_dict` continues where it was saved; one restored after it was done
     only repeats the final checkpoint.
     """
@@ -409,16 +361,11 @@ def fit_loop(fitter: DSTFitter, *, on_log: Callable[[int, dict[str, float]], Non
             on_log(step, terms)
         if on_step is not None:
             on_step(step)
+    if fitter.heldout_history and fitter.heldout_history[-1]["step"] != fitter.step_count:
+        fitter.check_heldout()  # the last weights, when the fit ended between two checks
     fitter.use_best()
     if on_checkpoint is not None and fitter.history:
-        on_checkpoint(fitter.step_count, final_terms(fitter))
-
-
-def final_terms(fitter: DSTFitter) -> dict[str, float]:
-    """The last step's loss terms plus the best held-out check (``heldout_dst``, ``heldout_yprime``,
-    ``heldout_step``: the step of the weights kept)."""
-    last = {k: v for k, v in fitter.history[-1].items() if k != "step"}
-    return {**last, **{f"heldout_{k}": v for k, v in fitter.heldout_losses.items()}}
+        on_checkpoint(fitter.step_count, final_terms(fitter.history, fitter.heldout_losses))
 
 
 def fit_dst(cfg: DSTConfig, dataset: DefectDataset, out_dir: str | Path,
@@ -448,14 +395,3 @@ def fit_dst(cfg: DSTConfig, dataset: DefectDataset, out_dir: str | Path,
 
     fit_loop(fitter, on_log=log_terms, on_checkpoint=checkpoint)
     return out / "model.pt"
-
-
-def _hold_out(backgrounds: list, n: int, seed: int) -> tuple[list, list]:
-    """(held out, the rest): ``n`` backgrounds chosen with ``seed`` (none when fewer than 4n are given)."""
-    if n <= 0 or len(backgrounds) < 4 * n:
-        return [], list(backgrounds)
-    g = torch.Generator().manual_seed(derive_seed(seed, "dst-heldout-choice"))
-    order = torch.randperm(len(backgrounds), generator=g).tolist()
-    held = set(order[:n])
-    return ([b for i, b in enumerate(backgrounds) if i in held],
-            [b for i, b in enumerate(backgrounds) if i not in held])

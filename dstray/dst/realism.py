@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dstray.seeds import derive_seed
+
 CROP_SCALE = 1.5  # crop side / the label's bounding-box side
 CROP_MIN = 48  # px: smallest crop side (tiny defects keep some surroundings)
 CROP_SIZE = 96  # px: crops are resized to this square before the features
@@ -120,7 +122,7 @@ def c2st(generated: np.ndarray, real: np.ndarray, *, repeats: int = REPEATS, see
     n = min(len(generated), len(real))
     if n < 3:
         return float("nan")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(derive_seed(seed, "realism-c2st"))
     scores = []
     for _ in range(repeats):
         x = np.concatenate([generated[rng.choice(len(generated), n, replace=False)],
@@ -170,11 +172,11 @@ def floor(features: dict[str, np.ndarray], *, repeats: int = REPEATS, seed: int 
     for t, f in features.items():
         kids, accs = [], []
         for r in range(repeats):
-            order = np.random.default_rng([seed, r]).permutation(len(f))
+            order = np.random.default_rng(derive_seed(seed, "realism-floor", r)).permutation(len(f))
             a, b = f[order[: len(f) // 2]], f[order[len(f) // 2:]]
             if len(a) >= 2 and len(b) >= 2:
                 kids.append(kid(a, b))
-                accs.append(c2st(a, b, repeats=1, seed=seed + r))
+                accs.append(c2st(a, b, repeats=1, seed=derive_seed(seed, "realism-floor-c2st", r)))
         out[t] = {"kid": float(np.mean(kids)) if kids else float("nan"),
                   "c2st": float(np.nanmean(accs)) if kids and not all(np.isnan(accs)) else float("nan")}
     return out

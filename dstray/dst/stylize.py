@@ -10,6 +10,7 @@ pixels outside L are always exactly those of S. :func:`stylize_file` is ``dstray
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,23 @@ class DSTModel:
 
 
 REFIT = "re-fit it with `dstray fit-dst --defect-type TYPE --out DIR` (or `fit-dst --all --out MODELS`)"
+
+
+def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
+    """Write a DST checkpoint (:meth:`dstray.dst.fit.DSTFitter.checkpoint`), loadable with
+    ``torch.load(path, weights_only=True)``; to a temporary file first, then renamed.
+
+    Keys: state_dict, config (plain dict), reference {id, image (C,H,W), mask (1,H,W)},
+    defect_type, steps, in_channels, dstray_version, format, losses (history), area_masks (every
+    reference mask M of the type, (1,H,W) each: the shapes L is drawn from, so that
+    ``dstray stylize --seed`` draws L as generation does), the held-out check.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def load_dst(path: str | Path | BinaryIO, device: str | torch.device = "cpu", *, name: str | Path | None = None,

@@ -121,13 +121,13 @@ def test_flat_own_data_fits_its_one_type_with_the_first_or_the_chosen_reference(
         shutil.copyfile(s.image, root / "backgrounds" / s.image.name)
     fast = ["--steps", "1", "--batch-size", "1", "--patch-size", "32"]
     code, _ = run(capsys, "fit-dst", "--data", root, *fast, "--out", tmp_path / "m1")
-    ckpt = torch.load(tmp_path / "m1" / "model.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "m1" / "road" / "model.pt", weights_only=True)
     assert code == 0 and ckpt["defect_type"] == "road"
     assert ckpt["reference"]["id"] == f"images/{cracks[0].image.name}"  # the first by id
     assert len(ckpt["area_masks"]) == len(cracks)  # every reference mask is a shape of L
     chosen = f"images/{cracks[2].image.name}"
     code, _ = run(capsys, "fit-dst", "--data", root, "--reference-id", chosen, *fast, "--out", tmp_path / "m2")
-    assert code == 0 and torch.load(tmp_path / "m2" / "model.pt", weights_only=True)["reference"]["id"] == chosen
+    assert code == 0 and torch.load(tmp_path / "m2" / "road" / "model.pt", weights_only=True)["reference"]["id"] == chosen
     code, err = run(capsys, "fit-dst", "--data", root, "--reference-id", "images/nope.jpg", *fast,
                     "--out", tmp_path / "m3")
     assert code == 2 and "--reference-id images/nope.jpg is not an image id" in err

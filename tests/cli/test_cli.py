@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import torch
 
 from dstray.cli import build_parser, main
 from dstray.cli.args import build_config
 from dstray.config import DSTConfig, GenerateConfig
+from dstray.dst.synth import _model_path
 
 
 def test_inspect_clean_sample_and_damaged_copy(tmp_path, capsys):
@@ -39,11 +41,11 @@ def test_fit_one_type_then_stylize(tmp_path):
     from dstray.data import load_dataset, read_image
 
     assert main(["fit-dst", "--defect-type", "crack", "--steps", "2", "--batch-size", "1", "--patch-size", "32",
-                 "--out", str(tmp_path / "crack")]) == 0
-    ckpt = torch.load(tmp_path / "crack" / "model.pt", weights_only=True)
+                 "--out", str(tmp_path / "models")]) == 0
+    ckpt = torch.load(tmp_path / "models" / "crack" / "model.pt", weights_only=True)  # the layout of --all
     assert ckpt["defect_type"] == "crack" and ckpt["steps"] == 2
     bg = load_dataset(None).backgrounds()[0].image
-    assert main(["stylize", "--model", str(tmp_path / "crack" / "model.pt"), "--image", str(bg),
+    assert main(["stylize", "--model", str(tmp_path / "models" / "crack" / "model.pt"), "--image", str(bg),
                  "--out", str(tmp_path / "out")]) == 0
     for name in ("stylized", "histmatch", "mask", "figure3"):
         assert (tmp_path / "out" / f"{name}.png").exists()
@@ -83,8 +85,24 @@ def test_fit_dst_without_defect_type_fits_a_single_type_dataset(tmp_path):
         writer.writerows({k: (str(sample_root() / v) if k in ("image", "mask") and v else v) for k, v in r.items()}
                          for r in keep)
     assert main(["fit-dst", "--data", str(manifest), "--steps", "1", "--batch-size", "1", "--patch-size", "32",
-                 "--out", str(tmp_path / "out")]) == 0
-    assert torch.load(tmp_path / "out" / "model.pt", weights_only=True)["defect_type"] == "crack"
+                 "--out", str(tmp_path / "models")]) == 0
+    # one models layout: fit-dst of one type, fit-dst --all and generate --models all use MODELS/<type>/model.pt
+    written = tmp_path / "models" / "crack" / "model.pt"
+    assert torch.load(written, weights_only=True)["defect_type"] == "crack"
+    assert Path(_model_path(str(tmp_path / "models"), "crack")) == written  # where generate looks
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["crack"]
+
+
+def test_fit_dst_presets_are_the_shared_dst_sizes():
+    from dstray.presets import dst_preset
+
+    p = build_parser()
+    for name in ("smoke", "demo", "cpu", "paper"):
+        args = p.parse_args(["fit-dst", "--out", "x", "--preset", name])
+        assert build_config(DSTConfig, args, base=dst_preset(args.preset)) == dst_preset(name)
+    args = p.parse_args(["fit-dst", "--out", "x", "--preset", "demo", "--steps", "7"])
+    assert build_config(DSTConfig, args, base=dst_preset(args.preset)) == dst_preset("demo", steps=7)
+    assert p.parse_args(["fit-dst", "--out", "x"]).preset == "cpu"  # the DSTConfig defaults
 
 
 def test_run_subcommands_parse():

@@ -5,7 +5,7 @@ import torch
 
 from dstray.data import load_dataset
 from dstray.dst.fit import fit_dst
-from tests.helpers import FAST_DST
+from tests.helpers import FAST_DST, torch_threads
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,5 +27,6 @@ def fitted(dataset, tmp_path_factory):
     """A blowhole model fitted with FAST_DST (30 steps), and the (step, terms) pairs it logged."""
     out = tmp_path_factory.mktemp("dst")
     logged = []
-    path = fit_dst(FAST_DST, dataset, out, on_log=lambda step, terms: logged.append((step, terms)))
+    with torch_threads(1):  # a session fixture is set up before `one_thread`: without this, at the process's count
+        path = fit_dst(FAST_DST, dataset, out, on_log=lambda step, terms: logged.append((step, terms)))
     return path, logged

@@ -9,6 +9,7 @@ import torch
 
 from dstray.dst.areas import area_for_seed
 from dstray.dst.fit import DSTFitter, fit_loop
+from dstray.dst.schedule import plateaued
 from dstray.dst.stylize import load_dst
 from tests.helpers import FAST_DST as FAST
 
@@ -26,30 +27,28 @@ def test_fit_lowers_the_heldout_loss_below_y_prime_and_writes_files(fitted, data
 
 
 def test_plateau_rule():
-    fitter = DSTFitter.__new__(DSTFitter)
-    fitter.cfg = dataclasses.replace(FAST, steps=1000, min_steps=50, plateau_patience=40, plateau_tol=0.01)
+    cfg = dataclasses.replace(FAST, steps=1000, min_steps=50, plateau_patience=40, plateau_tol=0.01)
     # with held-out backgrounds: early stopping on the best held-out loss
-    fitter.heldout = ["a background"]
-    fitter.step_count, fitter.heldout_history = 120, [{"step": k, "dst": 3.0 - 0.01 * k} for k in range(0, 121, 20)]
-    assert not fitter.plateaued()  # still improving
-    fitter.heldout_history = [{"step": k, "dst": 2.0 if k >= 60 else 3.0} for k in range(0, 121, 20)]
-    assert fitter.plateaued()  # the best (2.0) was first reached at step 60: 60 steps >= patience 40
-    fitter.step_count = 99
-    assert not fitter.plateaued()  # 39 steps
-    fitter.step_count = 100
-    assert fitter.plateaued()
+    improving = [{"step": k, "dst": 3.0 - 0.01 * k} for k in range(0, 121, 20)]
+    assert not plateaued(cfg, 120, [], improving, heldout=True)  # still improving
+    flat = [{"step": k, "dst": 2.0 if k >= 60 else 3.0} for k in range(0, 121, 20)]
+    assert plateaued(cfg, 120, [], flat, heldout=True)  # the best (2.0) was first reached at step 60: 60 >= 40
+    assert not plateaued(cfg, 99, [], flat, heldout=True)  # 39 steps
+    assert plateaued(cfg, 100, [], flat, heldout=True)
     # without held-out backgrounds: the smoothed training loss
-    fitter.heldout = []
     falling = [{"step": i + 1, "total": 10.0 * 0.98 ** i} for i in range(200)]
-    fitter.step_count, fitter.history = 200, falling
-    assert not fitter.plateaued()
-    fitter.history = falling[:60] + [{"step": 61 + i, "total": falling[59]["total"]} for i in range(200)]
-    fitter.step_count = 260
-    assert fitter.plateaued()
-    fitter.step_count = 40  # before min_steps: never
-    assert not fitter.plateaued()
-    fitter.cfg, fitter.step_count = dataclasses.replace(fitter.cfg, plateau_patience=0), 260  # off: to the cap
-    assert not fitter.plateaued()
+    assert not plateaued(cfg, 200, falling, [], heldout=False)
+    stalled = falling[:60] + [{"step": 61 + i, "total": falling[59]["total"]} for i in range(200)]
+    assert plateaued(cfg, 260, stalled, [], heldout=False)
+    assert not plateaued(cfg, 40, stalled, [], heldout=False)  # before min_steps: never
+    assert not plateaued(dataclasses.replace(cfg, plateau_patience=0), 260, stalled, [], heldout=False)  # off
+
+
+def test_the_last_weights_are_checked_when_the_fit_ends_between_two_checks(dataset):
+    cfg = dataclasses.replace(FAST, steps=6, heldout_every=4, checkpoint_every=100, calibration_batches=1)
+    fitter = DSTFitter(cfg, dataset)
+    fit_loop(fitter)
+    assert [h["step"] for h in fitter.heldout_history] == [0, 4, 6]
 
 
 def test_rgb_backgrounds_with_a_grey_reference_keep_their_hue(dataset, tmp_path):
