@@ -5,8 +5,7 @@ import warnings
 import pytest
 
 # Tests whose code under test is known to leave the driver's torch thread count changed; the guard below
-# restores it and warns instead of failing. dstray.distributed.train_seg.train_seg sets the driver's threads
-# to --threads-per-worker before scoring and does not restore them (issue 19; its owner's fix pending).
+# restores it and warns instead of failing. None now (train_seg's driver gives its count back after scoring).
 THREAD_LEAKS_KNOWN: tuple[str, ...] = ()
 
 
