@@ -295,6 +295,7 @@ class PipelineConfig:
     num_samples: int = 200  # generated samples (paper: 2167)
     use_gpu: str = "auto"  # "auto" | "true" | "false" for every Ray stage
     seed: int = 0  # the run's seed; every stage's seed is derived from it (dstray.seeds.stage_seeds)
+    seeds: list[int] | None = None  # the segmenter stage once per seed (parallel Ray tasks): mean, std, every seed
     dst: DSTConfig = field(default_factory=DSTConfig)  # per-type DST fit (defect_type is set per type)
     seg: SegConfig = field(default_factory=SegConfig)  # segmenter training; synthetic/data filled in by the pipeline
     baseline: bool = True  # also train the same segmenter on its real splits alone (references if none), no synthetic

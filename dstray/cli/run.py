@@ -21,6 +21,10 @@ def cmd_pipeline(args) -> int:
         cfg = dataclasses.replace(cfg, dst=dataclasses.replace(cfg.dst, steps=args.dst_steps))
     if args.seg_steps is not None:
         cfg = dataclasses.replace(cfg, seg=dataclasses.replace(cfg.seg, steps=args.seg_steps))
+    if args.seeds:
+        from dstray.distributed.seeds import parse_seeds
+
+        cfg = dataclasses.replace(cfg, seeds=parse_seeds(args.seeds))
     run_pipeline(cfg, address=args.address)
     return 0
 
@@ -65,6 +69,9 @@ def register(sub) -> None:
     s.add_argument("--no-baseline", action="store_true",
                    help="skip the second segmenter run (same config on the real splits alone, no generated samples)")
     add_ray(s)
+    s.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="train each segmenter once per seed (e.g. 0,1,2), as parallel Ray tasks, and print mean, std "
+                        "and every seed of both (DST fits and generation run once, seeded by --seed)")
     s.set_defaults(func=cmd_pipeline)
 
     s = sub.add_parser("experiment", help="the paper's Table 1 or Figure 6 on a real dataset, on Ray",

@@ -43,6 +43,7 @@ from dstray.data import InputProblems, load_dataset, validate
 from dstray.distributed.console import Console
 from dstray.distributed.fit import FitOutcome, fit_all
 from dstray.distributed.generate import generate
+from dstray.distributed.seeds import train_seeds
 from dstray.distributed.runtime import init_ray
 from dstray.distributed.train_seg import train_seg
 from dstray.dst.fit import fitted_types
@@ -254,6 +255,8 @@ class _Run:
         t0, runs = time.perf_counter(), self.stages["seg"]
         names = labels({"config": self.info["config"]})
         label = {"seg": names["generated"], "seg-ref": names["baseline"]}
+        if self.cfg.seeds:
+            return self.train_seeds(generated_key, label)
         together, threads = _seg_plan(len(runs))
         seg_cfg = runs["seg"]
         self.say(f"[3/{N_STAGES}] segmentation: {seg_cfg.arch}/{seg_cfg.backbone}, {seg_cfg.window} px windows, "
@@ -281,6 +284,29 @@ class _Run:
         self.record("train", seconds, "done" if all(s == "done" for s in states.values()) else "new",
                     runs={f: label[f] for f in runs})
         return {folder: st.dir for folder, st in stages.items()}
+
+    def train_seeds(self, generated_key: str, label: dict[str, str]) -> dict[str, Path]:
+        """[3] with ``--seeds``: each segmenter config once per seed (:func:`dstray.distributed.seeds.train_seeds`,
+        parallel Ray tasks, each run in ``seg[-ref]/seed-<s>/``); both tables (mean, std, every seed) on the
+        terminal and in ``pipeline.json``. The evaluation and the report then show the first seed's models."""
+        t0, runs, seeds = time.perf_counter(), self.stages["seg"], list(self.cfg.seeds)
+        self.say(f"[3/{N_STAGES}] segmentation over seeds {','.join(map(str, seeds))}: {len(runs)} config(s) x "
+                 f"{len(seeds)} seeds as parallel Ray tasks ...")
+        folders, summaries = {}, {}
+        for folder, c in runs.items():
+            stage = _Stage(self.run, folder, _key(to_dict(c), generated_key if folder == "seg" else "", seeds))
+            stage.begin()
+            summary = train_seeds(c, seeds, out=str(stage.dir), address=self.address)
+            stage.finish()
+            summaries[label[folder]] = {k: summary[k] for k in ("test", "val", "threads")}
+            self.say(f"  {label[folder]}:")
+            for line in summary["table"].splitlines():
+                self.say("    " + line)
+            folders[folder] = stage.dir / f"seed-{seeds[0]}"
+        seconds = time.perf_counter() - t0
+        self.say(f"  segmentation: {seconds:.0f} s")
+        self.record("train", seconds, "new", runs={f: label[f] for f in runs}, seeds=seeds, over_seeds=summaries)
+        return folders
 
     def evaluate(self, folders: dict[str, Path]) -> dict:
         """[4] Each segmenter on the real test split (selection used val only), at its threshold chosen on val.

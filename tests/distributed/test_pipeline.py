@@ -60,3 +60,17 @@ def test_smoke_pipeline_writes_report_with_every_type_and_the_evaluation(ray_clu
     # A re-run reuses every finished stage.
     again = run_pipeline(cfg)
     assert all(again["stages"][s]["reused"] for s in ("fit", "generate", "train", "evaluate")), again["stages"]
+
+    # --seeds: the segmenters once per seed, each row's mean and every seed; DST fits and generation reused.
+    import dataclasses
+    import json
+
+    over = run_pipeline(dataclasses.replace(cfg, seeds=[0, 1]))
+    assert over["stages"]["fit"]["reused"] and over["stages"]["generate"]["reused"]
+    rows = over["stages"]["train"]["over_seeds"]
+    assert set(rows) == {"references + 10 generated", "references only"}
+    for folder in ("seg", "seg-ref"):
+        saved = json.loads((tmp_path / "run" / folder / "seeds.json").read_text())
+        assert saved["seeds"] == [0, 1] and set(saved["test"]["per_seed"]) == {"0", "1"}
+        own = json.loads((tmp_path / "run" / folder / "seed-1" / "test" / "eval.json").read_text())
+        assert saved["test"]["per_seed"]["1"]["f1"] == own["pixel"]["f1"]
