@@ -34,6 +34,7 @@ limited to the first N (Figure 6).
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -303,6 +304,9 @@ class SegSource:
         self.dropped: dict[str, int] = {}  # rows the visibility check left out, per type
         if cfg.policy.min_visibility > 0 and self.synthetic_rows:
             self.synthetic_rows, types, self.dropped = visible_rows(self.synthetic_rows, types, cfg)
+            logging.getLogger("dstray").info("visibility check (--policy-min-visibility %s): %d generated rows left "
+                                             "out %s, %d kept", cfg.policy.min_visibility,
+                                             sum(self.dropped.values()), self.dropped, len(self.synthetic_rows))
         self.synthetic_types = types
         self._by_type = {t: [i for i, x in enumerate(types) if x == t] for t in sorted(set(types))}
         if not self.real_samples and not self.synthetic_rows:
