@@ -144,4 +144,4 @@ def test_a_checkpoint_evaluate_cannot_read_is_a_clear_error(tmp_path):
 
 def test_the_cpu_preset_is_the_fast_one():
     cfg = SegConfig()
-    assert (cfg.freeze_stages, cfg.channels_last, cfg.ema) == (-1, True, 0.98)
+    assert (cfg.freeze_stages, cfg.output_stride, cfg.channels_last, cfg.ema, cfg.eval_every) == (5, 32, True, 0.98, 300)
