@@ -172,7 +172,8 @@ class SegConfig:
     eval_every: int = 300  # steps between evaluations on eval_split (and checkpoints); = steps: the end only
     threshold: float | None = None  # defect probability threshold; None = chosen on eval_split by pixel F1
     output_stride: int = 32  # Buttonlab on Lite0: 16 (last stages dilated, DeepLab v3+) | 32 (not dilated, cheaper)
-    freeze_stages: int = 5  # first N encoder stages frozen with their ImageNet weights and BN statistics (-1 = all)
+    freeze_stages: int = 5  # first N encoder stages kept at their pretrained weights and BN statistics (Lite0 has 8,
+    #                         ResNets 5; -1 = all; not applied with weights "random")
     channels_last: bool = True  # NHWC memory format for the network and its inputs (faster convolutions on CPU)
     ema: float = 0.98  # decay of an exponential moving average of the weights, evaluated and saved instead (0 = off)
     seed: int = 0  # seeds init, batch draws, windows, crops and augmentation

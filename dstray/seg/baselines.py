@@ -72,7 +72,8 @@ def smp_segmenter(arch: str, *, backbone: str = LITE0, weights: str = "imagenet"
 
 def build_segmenter(cfg: SegConfig, *, in_channels: int = 3, num_classes: int = 2) -> nn.Module:
     """The network named by ``cfg.arch`` with ``cfg.backbone`` and ``cfg.weights``, its first ``cfg.freeze_stages``
-    encoder stages frozen (:mod:`dstray.seg.freeze`), in NHWC memory format when ``cfg.channels_last``."""
+    encoder stages frozen (:mod:`dstray.seg.freeze`; not with ``weights="random"``: frozen random features are
+    noise), in NHWC memory format when ``cfg.channels_last``."""
     kwargs = dict(backbone=cfg.backbone, weights=cfg.weights, num_classes=num_classes, in_channels=in_channels)
     if cfg.arch == "buttonlab":
         model = buttonlab(**kwargs, output_stride=cfg.output_stride)
@@ -80,5 +81,6 @@ def build_segmenter(cfg: SegConfig, *, in_channels: int = 3, num_classes: int = 
         model = smp_segmenter(cfg.arch, **kwargs)
     else:
         raise ValueError(f"unknown segmenter arch {cfg.arch!r}; choose one of {ARCHS}")
-    freeze_stages(model, cfg.freeze_stages)
+    if cfg.weights != "random":  # frozen random features would only be noise: --weights random trains everything
+        freeze_stages(model, cfg.freeze_stages)
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model

@@ -46,7 +46,7 @@ from dstray.data import load_dataset
 from dstray.seg.baselines import build_segmenter
 from dstray.seg.data import POLICY_GENERATORS, SegSource, draw_crop, synthetic_count
 from dstray.seg.encoders import check_weights
-from dstray.seg.freeze import trainable_parameters
+from dstray.seg.freeze import freeze_stages, trainable_parameters
 from dstray.seg.evaluate import evaluate, strict_json, write_eval
 
 log = logging.getLogger("dstray")
@@ -220,6 +220,8 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tupl
         cfg = from_dict(SegConfig, ckpt["config"])
         model = build_segmenter(replace(cfg, weights="random"), in_channels=ckpt["in_channels"],
                                 num_classes=ckpt["num_classes"])
+        if cfg.weights != "random":  # built as it was trained: its frozen stages (FrozenBatchNorm) too
+            freeze_stages(model, cfg.freeze_stages)
         model.load_state_dict(ckpt["state_dict"])
         threshold = float(ckpt["threshold"])
     except Exception as exc:  # truncated, foreign, from another dstray version, not a torch file ...

@@ -17,7 +17,7 @@ from dstray.seg.seeds import format_table, summarise
 from dstray.seg.train import SegTrainer, load_segmenter
 from tests.helpers import SMALL_SEG as SMALL
 
-LITE0 = replace(SMALL, backbone="efficientnet_lite0", weights="random", ema=0.0, channels_last=False)
+LITE0 = replace(SMALL, backbone="efficientnet_lite0", weights="imagenet", ema=0.0, channels_last=False)
 
 
 def _frozen_names(model, n):
@@ -49,12 +49,15 @@ def test_freeze_stages_freezes_exactly_the_first_stages_and_they_do_not_move(n):
 
 
 def test_freeze_all_covers_the_smp_encoders_and_checks_its_range():
-    unet = build_segmenter(replace(SMALL, arch="unet", backbone="resnet18", freeze_stages=-1))
+    unet = build_segmenter(replace(SMALL, arch="unet", backbone="efficientnet_lite0", weights="imagenet",
+                                   freeze_stages=-1))
     enc = {n for n, p in unet.named_parameters() if n.startswith("model.encoder.")}
     assert enc and all(not p.requires_grad for n, p in unet.named_parameters() if n in enc)
     assert any(p.requires_grad for n, p in unet.named_parameters() if n.startswith("model.decoder."))
     with pytest.raises(ValueError, match="freeze-stages must be in"):
-        build_segmenter(replace(SMALL, freeze_stages=9))
+        build_segmenter(replace(LITE0, freeze_stages=9))
+    random = build_segmenter(replace(SMALL, freeze_stages=-1))  # random weights: nothing frozen
+    assert all(p.requires_grad for p in random.parameters())
 
 
 def test_a_frozen_channels_last_ema_model_saves_and_loads_to_the_same_outputs(tmp_path):
