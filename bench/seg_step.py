@@ -11,7 +11,8 @@ preset, full fine-tuning). Per variant: wall and CPU seconds per optimiser step 
     python bench/seg_step.py --data ../shared/data/magnetic-tile --threads 1 \\
         --variants today,freeze=3,freeze=5,freeze=-1,channels_last,freeze=-1+channels_last,compile
 
-Variant syntax: ``name`` or ``key=value`` joined by ``+``; ``today`` = no override,
+Variant syntax: ``name`` or ``key=value`` joined by ``+``; ``today`` = the pre-issue-15 preset, ``default`` = the
+cpu preset as it is now (frozen stem + 4 blocks, output stride 32, channels_last, EMA),
 ``freeze=N`` = ``freeze_stages=N``, ``channels_last``, ``compile`` (``torch.compile`` of the
 network, compile time excluded; warm-up steps include it), ``ema=D``, any other SegConfig field
 as ``field=value``. Threads: on a shared machine two OpenMP threads can be slower than one;
@@ -37,13 +38,16 @@ from dstray.seg.data import SegSource
 from dstray.seg.evaluate import evaluate
 from dstray.seg.train import SegTrainer, check_inputs
 
-TODAY = {"freeze_stages": 0, "channels_last": False, "ema": 0.0}  # the cpu preset before issue 15
+TODAY = {"freeze_stages": 0, "output_stride": 16, "channels_last": False, "ema": 0.0,
+         "eval_every": 100}  # the cpu preset before issue 15
 
 
 def parse_variant(text: str) -> tuple[dict, bool]:
     """``"freeze=-1+channels_last"`` -> ({"freeze_stages": -1, "channels_last": True}, compile?)."""
     fields = {f.name: f for f in dataclasses.fields(SegConfig)}
     over, compile_it = dict(TODAY), False
+    if text == "default":  # the cpu preset as it is now
+        return {}, False
     for part in filter(None, text.split("+")):
         key, _, value = part.partition("=")
         key = {"freeze": "freeze_stages"}.get(key, key)
@@ -83,7 +87,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None)
     p.add_argument("--arch", default="buttonlab")
-    p.add_argument("--variants", default="today,freeze=3,freeze=5,freeze=-1,channels_last,freeze=-1+channels_last")
+    p.add_argument("--variants", default="today,channels_last,channels_last+freeze=3,channels_last+output_stride=32,"
+                   "freeze=-1+channels_last,default")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=8, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=2)
@@ -96,17 +101,18 @@ def main() -> None:
     base = seg_preset("cpu", arch=args.arch, data=args.data, real_splits=["reference", "train"], device="cpu")
     val = load_dataset(args.data).split(base.eval_split)
     steps = args.steps_per_run or base.steps
-    every = args.eval_every or base.eval_every
     first = None
     for text in args.variants.split(","):
         over, compile_it = parse_variant(text)
         r = time_variant(base, over, compile_it, args, val)
         first = first or r
+        every = args.eval_every or over.get("eval_every", base.eval_every)
         evals = math.ceil(steps / every) + 2  # the evaluations on val, then val and test once more (test ~ 2x val)
         run_s = steps * r["s_per_step"] + (evals * r["val_eval_s"] if args.eval else 0)
         print(json.dumps({"variant": text, "arch": args.arch, "threads": args.threads,
                           "s_per_step": round(r["s_per_step"], 3), "cpu_s_per_step": round(r["cpu_s_per_step"], 3),
                           "speedup": round(first["s_per_step"] / r["s_per_step"], 2),
+                          "cpu_speedup": round(first["cpu_s_per_step"] / r["cpu_s_per_step"], 2),
                           "val_eval_s": round(r["val_eval_s"], 1),
                           "run_minutes": round(run_s / 60, 1) if args.eval else None,
                           "loadavg": round(os.getloadavg()[0], 2)}), flush=True)
