@@ -79,10 +79,12 @@ def _record(cell: Cell, p: ExperimentPreset, data_name: str, result: dict) -> di
 
 def run_experiment(experiment: str, *, data: str | None, out: str, seeds: list[int], preset: str = "cpu",
                    results: str | None = None, cells: list[str] | None = None, use_gpu: str = "auto",
-                   address: str | None = None) -> list[dict]:
+                   address: str | None = None, _die_after: int | None = None) -> list[dict]:
     """Run the missing cells of ``experiment``; returns the lines appended by this call (in finishing order).
 
     ``cells``: fnmatch patterns of cell names to run (``buttonlab-*``, ``*-s0``); None = every cell.
+    ``_die_after`` (test hook): this process dies (``os._exit``) once it has appended that many lines,
+    as a killed driver would, its other cells still running.
     """
     p, data, run = experiment_preset(preset), absolute(data), Path(out).resolve()
     name = dataset_name(data)
@@ -117,6 +119,8 @@ def run_experiment(experiment: str, *, data: str | None, out: str, seeds: list[i
         record = _record(cell, p, name, ray.get(ready[0]))
         append_line(path, record)  # the cell is finished only now
         written.append(record)
+        if _die_after is not None and len(written) >= _die_after:
+            os._exit(1)
         print(f"  {cell.name}: test F1 {record['test']['pixel']['f1']:.4f}, val F1 {record['val_f1']:.4f} "
               f"({record['seconds'] / 60:.1f} min)", flush=True)
     return written
