@@ -34,7 +34,7 @@ from dstray.presets import ExperimentPreset, chosen_policy
 log = logging.getLogger("dstray")
 
 EXPERIMENTS = ("table1", "fig6", "samples")
-TABLE1_DATA = ("refs", "copy", "histmatch", "dst", "policy")  # Table 1's columns: references only, + each generator, + policy
+TABLE1_DATA = ("refs", "copy", "histmatch", "dst", "policy")  # Table 1's columns: references only, + each, + policy
 DST_FREE = ("device", "log_every", "checkpoint_every")  # DST fields that do not change a fit: not in the digest
 SAMPLE_NAME = "sample"  # results name of the embedded sample (results/sample/)
 

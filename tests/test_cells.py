@@ -56,7 +56,8 @@ def test_the_grids_of_table1_fig6_and_samples(tmp_path):
 def test_policy_generators_and_the_digest(tmp_path, monkeypatch):
     types = ["crack", "fray"]
     assert policy_generators(DataPolicy(), types) == list(GENERATORS)
-    assert policy_generators(DataPolicy(generators={"crack": "dst"}, default_generator="copy"), types) == ["copy", "dst"]
+    one = DataPolicy(generators={"crack": "dst"}, default_generator="copy")
+    assert policy_generators(one, types) == ["copy", "dst"]
     assert policy_generators(DataPolicy(generators={"crack": "dst", "fray": "none"}), types) == ["dst"]
     p = experiment_preset("smoke")
     a = plan("table1", p, data=None, run=tmp_path / "a", seeds=[0])

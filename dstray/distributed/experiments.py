@@ -112,16 +112,27 @@ def run_experiment(experiment: str, *, data: str | None, out: str, seeds: list[i
     pending = {task.remote(to_dict(replace(c.seg, device="cuda" if gpu else "cpu")),
                            str(run / "cells" / experiment / c.name), threads): c for c in todo}
     log.info("%d cell(s), %d thread(s) each, %d CPU(s) in the cluster", len(todo), threads, cpus)
-    written = []
+    written, failed = [], {}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         cell = pending.pop(ready[0])
-        record = _record(cell, p, name, ray.get(ready[0]))
+        try:
+            result = ray.get(ready[0])
+        except Exception as exc:  # one failed cell does not lose the others: they finish and are written
+            failed[cell.name] = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            log.error("cell %s failed: %s", cell.name, failed[cell.name])
+            continue
+        record = _record(cell, p, name, result)
         append_line(path, record)  # the cell is finished only now
         written.append(record)
         if _die_after is not None and len(written) >= _die_after:
             os._exit(1)
         print(f"  {cell.name}: test F1 {record['test']['pixel']['f1']:.4f}, val F1 {record['val_f1']:.4f} "
               f"({record['seconds'] / 60:.1f} min)", flush=True)
+    if failed:
+        which = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        raise RuntimeError(f"{len(failed)} of {len(todo)} cell(s) failed ({which}); "
+                           f"the others are in {path}. Fix the cause and run the same command again: only the "
+                           "missing cells run")
     return written
 

@@ -111,10 +111,11 @@ def _claims(stats: dict[str, dict]) -> list[str]:
         return ma > mb, f"{ma:.3f} vs {mb:.3f}" + (" (within one std)" if abs(ma - mb) <= spread else "")
 
     claims = [(f"{what} beats {other}", [(ARCH_NAMES[a], f"{a}-{d}", f"{a}-{o}") for a in ARCH_NAMES])
-              for what, d, other, o in (("DST", "dst", "references only", "refs"), ("DST", "dst", "histmatch", "histmatch"),
-                                        ("DST", "dst", "copy-paste", "copy"))]
+              for what, d, other, o in (("DST", "dst", "references only", "refs"),
+                                        ("DST", "dst", "histmatch", "histmatch"), ("DST", "dst", "copy-paste", "copy"))]
     claims += [(f"Buttonlab beats {ARCH_NAMES[o]} with the same data",
-                [(DATA_NAMES[d], f"buttonlab-{d}", f"{o}-{d}") for d in TABLE1_DATA]) for o in ("deeplabv3plus", "unet")]
+                [(DATA_NAMES[d], f"buttonlab-{d}", f"{o}-{d}") for d in TABLE1_DATA])
+               for o in ("deeplabv3plus", "unet")]
     lines = []
     for claim, pairs in claims:
         found = [(where, *cmp(stats[x], stats[y])) for where, x, y in pairs if x in stats and y in stats]

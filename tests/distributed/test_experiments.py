@@ -26,8 +26,8 @@ def test_a_killed_experiment_finishes_only_the_missing_cells_and_the_report_rend
     path = results / "table1.jsonl"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     first_run = (f"from dstray.distributed.experiments import run_experiment; run_experiment('table1', data=None, "
-                 f"out={str(run)!r}, seeds=[0, 1], preset='smoke', results={str(results)!r}, cells={CELLS.split(',')!r}, "
-                 f"address={ray_cluster.address!r}, _die_after=1)")
+                 f"out={str(run)!r}, seeds=[0, 1], preset='smoke', results={str(results)!r}, "
+                 f"cells={CELLS.split(',')!r}, address={ray_cluster.address!r}, _die_after=1)")
     proc = subprocess.run([sys.executable, "-c", first_run], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]  # died after its first finished cell, the others in flight

@@ -16,7 +16,8 @@ def line(experiment, arch, data, seed, f1, *, k=None, samples=None, digest="d", 
               "per_type": {"crack": {"f1": f1}}, "image": {"auroc": 0.9, "fpr_at_95": 0.3}}
     return {"experiment": experiment, "cell": f"{group}-s{seed}", "group": group, "arch": arch, "data": data,
             "seed": seed, "k": k, "samples": samples, "preset": "cpu", "test": scores, "val": scores, "val_f1": f1,
-            "seconds": seconds, "threads": 1, "settings": {"digest": digest}, "finished_at": f"2026-12-03T10:0{seed}:00Z",
+            "seconds": seconds, "threads": 1, "settings": {"digest": digest},
+            "finished_at": f"2026-12-03T10:0{seed}:00Z",
             "machine": {"os": "Linux", "cpus": 2, "loadavg_start": [1.0, 2.0, 3.0], "loadavg_end": [2.0, 2.0, 2.0]}}
 
 
