@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from dstray.config import DSTConfig, GenerateConfig, PipelineConfig, SegConfig
+from dstray.config import DataPolicy, DSTConfig, GenerateConfig, PipelineConfig, SegConfig
 
 PRESETS = ("smoke", "cpu", "paper")  # segmentation and experiment presets
 PIPELINE_PRESETS = ("smoke", "demo", "cpu", "paper")  # the pipeline's (``demo``: its default, the first run)
@@ -112,26 +112,36 @@ def pipeline_preset(name: str, **overrides) -> PipelineConfig:
     return dataclasses.replace(cfg, **overrides)
 
 
+def chosen_policy() -> DataPolicy:
+    """The data policy of the experiments' "+ policy" cells, Figure 6's "with generated" and the samples
+    experiment; set here, in one place (today the ``DataPolicy`` defaults: every generator mixed)."""
+    return DataPolicy()
+
+
 @dataclasses.dataclass
 class ExperimentPreset:
-    """Sizes of the paper's experiments (``dstray experiment table1|fig6``)."""
+    """Sizes of the paper's experiments (``dstray experiment table1|fig6|samples``)."""
 
     name: str
     dst: DSTConfig  # DST fit per type
-    num_samples: int  # generated samples per generator (paper: 2167)
+    num_samples: int  # generated samples per generator pool (paper: 2167)
     seg: SegConfig  # every segmentation run (arch, data and limits set per run)
-    real_counts: tuple[int | None, ...]  # fig6: real train samples added (None = all)
+    real_counts: tuple[int | None, ...]  # fig6: real train samples added to the references (None = all)
+    sample_counts: tuple[int, ...] = (100, 300, 1000)  # samples: generated samples per generator pool
 
 
 def experiment_preset(name: str) -> ExperimentPreset:
     """``smoke`` (tests), ``cpu`` (a few hours per experiment on 2 cores), ``paper`` (GPUs, §4 settings).
 
     Every DST fit and segmentation run uses the preset of the same name (:func:`dst_preset`, :func:`seg_preset`).
+    Figure 6 adds 0, 10, 25 and all (77 on Magnetic Tile) real ``train`` images to the references.
     """
     if name == "smoke":
-        return ExperimentPreset(name, dst_preset(name), 10, seg_preset(name), (0, 2))
+        return ExperimentPreset(name, dst_preset(name), 10,
+                                seg_preset(name), (0, 2), (4, 10))
     if name == "cpu":
-        return ExperimentPreset(name, dst_preset(name), 300, seg_preset(name), (0, 25, 50, None))
+        return ExperimentPreset(name, dst_preset(name), 300,
+                                seg_preset(name), (0, 10, 25, None))
     if name == "paper":
-        return ExperimentPreset(name, dst_preset(name), PAPER_SAMPLES, seg_preset(name), (0, 25, 50, None))
+        return ExperimentPreset(name, dst_preset(name), PAPER_SAMPLES, seg_preset(name), (0, 10, 25, None))
     raise _unknown(name)

@@ -1,4 +1,4 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/experiment.py table1|fig6 [options]`.
+"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/experiment.py table1|fig6|samples|report [options]`.
 
 Same options as `dstray experiment` (run it with --help).
 """

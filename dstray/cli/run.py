@@ -1,4 +1,4 @@
-"""Whole runs on the command line: ``pipeline``, ``experiment table1|fig6``, ``report RUN``."""
+"""Whole runs on the command line: ``pipeline``, ``experiment table1|fig6|samples|report``, ``report RUN``."""
 
 from __future__ import annotations
 
@@ -30,10 +30,21 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from dstray.distributed import experiments
+    if args.experiment == "report":
+        from dstray.report.results import write_results_reports
 
-    run = getattr(experiments, args.experiment)
-    run(data=args.data, out=args.out, preset=args.preset, use_gpu=args.use_gpu, seed=args.seed, address=args.address)
+        for path in write_results_reports(args.results, data=args.data):
+            print(f"wrote {path}")
+        return 0
+    from dstray.cells import results_dir
+    from dstray.distributed.experiments import run_experiment
+    from dstray.distributed.seeds import parse_seeds
+
+    cells = [c for c in args.cells.split(",") if c] if args.cells else None
+    run_experiment(args.experiment, data=args.data, out=args.out, seeds=parse_seeds(args.seeds), preset=args.preset,
+                   results=args.results, cells=cells, use_gpu=args.use_gpu, address=args.address)
+    print(f"results: {results_dir(args.data, args.results) / (args.experiment + '.jsonl')}; "
+          f"`dstray experiment report` writes its README.md")
     return 0
 
 
@@ -74,16 +85,24 @@ def register(sub) -> None:
                         "and every seed of both (DST fits and generation run once, seeded by --seed)")
     s.set_defaults(func=cmd_pipeline)
 
-    s = sub.add_parser("experiment", help="the paper's Table 1 or Figure 6 on a real dataset, on Ray",
-                       description="table1: generators x segmenters, pixel F1 on the real test split (paper "
-                       "Table 1). fig6: Buttonlab vs real train samples added, without/with DST samples (paper "
-                       "Fig. 6). Both share one run folder and resume where they stopped.")
-    s.add_argument("experiment", choices=["table1", "fig6"])
+    s = sub.add_parser("experiment", help="the paper's Table 1, Figure 6 and a samples sweep, cell by cell on Ray; "
+                       "their report", description="table1: {buttonlab, deeplabv3plus, unet} x {references only, "
+                       "+ copy, + histmatch, + dst, + the data policy}. fig6: Buttonlab with k real train images added "
+                       "to the references, without (B) and with (C) generated samples. samples: Buttonlab with the "
+                       "policy's pools at each size. A cell (arch x data x seed) is one segmenter run; finished cells "
+                       "are one line each in RESULTS/<experiment>.jsonl and are not run again. report: "
+                       "RESULTS/README.md with tables and plots from those files (docs/experiments.md).")
+    s.add_argument("experiment", choices=["table1", "fig6", "samples", "report"])
     add_data(s)
-    s.add_argument("--out", default="runs/experiments", help="run folder shared by both experiments")
+    s.add_argument("--out", default="runs/experiments",
+                   help="run folder (DST models, generated pools, cell checkpoints) shared by the experiments")
+    s.add_argument("--results", default=None, help="results folder (default: results/<dataset folder name>, "
+                   "results/sample for the embedded sample; report: every results/* folder)")
+    s.add_argument("--seeds", default="0,1,2", help="seeds of every cell: seed the DST fits, the generation and the "
+                   "segmenter (e.g. 0,1,2 or 0-4; default 0,1,2)")
     s.add_argument("--preset", default="cpu", choices=PRESETS)
-    s.add_argument("--seed", type=int, default=0, help="the run's seed: the DST fits', the generation's and the "
-                   "segmenters' seeds are derived from it")
+    s.add_argument("--cells", default=None, help="run only the cells whose name matches one of these comma-separated "
+                   "patterns (e.g. 'buttonlab-*', '*-s0'; names: docs/experiments.md)")
     add_ray(s)
     s.set_defaults(func=cmd_experiment)
 

@@ -112,6 +112,10 @@ def test_run_subcommands_parse():
     assert p.parse_args(["pipeline"]).preset == "demo"  # the README's first command
     args = p.parse_args(["experiment", "fig6", "--preset", "smoke", "--data", "d"])
     assert (args.experiment, args.preset, args.data, args.out) == ("fig6", "smoke", "d", "runs/experiments")
+    assert (args.seeds, args.results, args.cells) == ("0,1,2", None, None)  # 3 seeds per cell, results/<dataset>/
+    args = p.parse_args(["experiment", "samples", "--seeds", "0-4", "--results", "r", "--cells", "*-s0"])
+    assert (args.experiment, args.seeds, args.results, args.cells) == ("samples", "0-4", "r", "*-s0")
+    assert p.parse_args(["experiment", "report"]).experiment == "report"
     args = p.parse_args(["report", "runs/x", "--out", "o"])
     assert (args.run, args.out) == ("runs/x", "o")
 

@@ -1,0 +1,86 @@
+"""The experiments' cells (the grid, seeds of every stage, shared pools) and their results files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dstray.cells import (append_line, dataset_name, finished, generate_config, plan, policy_generators, read_lines,
+                          settings)
+from dstray.config import ARCHS, GENERATORS, DataPolicy
+from dstray.data import load_dataset
+from dstray.presets import experiment_preset
+
+
+@pytest.mark.parametrize("experiment", ["table1", "fig6", "samples"])
+def test_the_seed_reaches_every_stage_of_each_cell(experiment, tmp_path):
+    p = experiment_preset("smoke")
+    for cell in plan(experiment, p, data=None, run=tmp_path, seeds=[3, 8]):
+        assert cell.seg.seed == cell.seed and cell.name.endswith(f"-s{cell.seed}")
+        for pool in cell.pools:
+            gen = generate_config(pool, p, data=None, run=tmp_path)
+            assert gen.seed == cell.seed and gen.out == str(tmp_path / "gen" / pool.name)
+            assert cell.seg.synthetic.count(f"{gen.out}/data") == 1
+            if pool.generator == "dst":  # DST pools read the models fitted with the same seed
+                assert gen.models == str(tmp_path / "models" / f"seed-{cell.seed}")
+                assert settings(cell, p, "x")["dst"]["seed"] == cell.seed
+
+
+def test_the_grids_of_table1_fig6_and_samples(tmp_path):
+    p, seeds = experiment_preset("cpu"), [0, 1, 2]
+    data = load_dataset(None)
+    table1 = plan("table1", p, data=None, run=tmp_path, seeds=seeds)
+    assert len(table1) == len({c.name for c in table1}) == len(ARCHS) * 5 * len(seeds)
+    assert {(c.arch, c.data) for c in table1} == {(a, d) for a in ARCHS for d in ("refs", *GENERATORS, "policy")}
+    for c in table1:
+        assert c.seg.real_splits == ["reference"] and c.seg.real_limit is None
+        assert [x.generator for x in c.pools] == {"refs": [], "policy": list(GENERATORS)}.get(c.data, [c.data])
+        assert all(x.size == p.num_samples for x in c.pools)
+    # one pool per (generator, seed, size), shared: 3 generators x 3 seeds for all 45 cells
+    assert len({x for c in table1 for x in c.pools}) == len(GENERATORS) * len(seeds)
+
+    fig6 = plan("fig6", p, data=None, run=tmp_path, seeds=[0])
+    n_refs, n_train = len(data.references()), len(data.split("train"))
+    ks = sorted(dict.fromkeys(min(k, n_train) if k is not None else n_train for k in p.real_counts))
+    assert sorted(c.k for c in fig6 if c.data == "B") == sorted(c.k for c in fig6 if c.data == "C") == ks
+    for c in fig6:
+        assert c.seg.real_limit == n_refs + c.k and c.seg.real_splits == ["reference", "train"]
+        assert bool(c.pools) == (c.data == "C")
+
+    samples = plan("samples", p, data=None, run=tmp_path, seeds=[0])
+    assert sorted(c.samples for c in samples) == sorted(p.sample_counts)
+    assert all({x.size for x in c.pools} == {c.samples} for c in samples)
+
+
+def test_policy_generators_and_the_digest(tmp_path, monkeypatch):
+    types = ["crack", "fray"]
+    assert policy_generators(DataPolicy(), types) == list(GENERATORS)
+    one = DataPolicy(generators={"crack": "dst"}, default_generator="copy")
+    assert policy_generators(one, types) == ["copy", "dst"]
+    assert policy_generators(DataPolicy(generators={"crack": "dst", "fray": "none"}), types) == ["dst"]
+    p = experiment_preset("smoke")
+    a = plan("table1", p, data=None, run=tmp_path / "a", seeds=[0])
+    b = plan("table1", p, data=None, run=tmp_path / "b", seeds=[0])
+    digests = [settings(c, p, "sample")["digest"] for c in a]
+    assert digests == [settings(c, p, "sample")["digest"] for c in b]  # the run folder is not a setting
+    assert len(set(digests)) == len(digests)
+    monkeypatch.setattr("dstray.cells.chosen_policy", lambda: DataPolicy(synthetic_weight=0.5))
+    c = plan("table1", p, data=None, run=tmp_path / "a", seeds=[0])
+    changed = [x.name for x, y in zip(a, c) if settings(x, p, "s")["digest"] != settings(y, p, "s")["digest"]]
+    assert changed == [x.name for x in a if x.data == "policy"]  # another policy: only its cells run again
+    assert dataset_name(None) == "sample"
+
+
+def test_results_lines_survive_a_writer_killed_midway(tmp_path, caplog):
+    path = tmp_path / "r" / "t.jsonl"
+    append_line(path, {"cell": "a-s0", "settings": {"digest": "1"}, "f1": float("nan")})
+    with open(path, "a") as f:
+        f.write('{"cell": "b-s0", "sett')  # a line cut short by a kill
+    append_line(path, {"cell": "c-s0", "settings": {"digest": "2"}})
+    text = path.read_text()
+    assert text.count("\n") == 3 and text.endswith('"2"}}\n')
+    assert json.loads(text.splitlines()[0])["f1"] is None  # strict JSON: NaN -> null
+    assert [r["cell"] for r in read_lines(path)] == ["a-s0", "c-s0"] and "line 2 is not JSON" in caplog.text
+    assert finished(path) == {("a-s0", "1"), ("c-s0", "2")}
+    assert read_lines(tmp_path / "missing.jsonl") == [] and finished(tmp_path / "missing.jsonl") == set()
