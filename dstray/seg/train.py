@@ -225,8 +225,8 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tupl
         model.load_state_dict(ckpt["state_dict"])
         threshold = float(ckpt["threshold"])
     except Exception as exc:  # truncated, foreign, from another dstray version, not a torch file ...
-        raise ValueError(f"{path}: not a segmenter checkpoint dstray can read ({type(exc).__name__}: {exc}); give "
-                         "the model.pt written by `dstray train-seg` (or re-train it with this version)") from exc
+        raise ValueError(f"{path}: corrupt or not a dstray segmenter checkpoint ({type(exc).__name__}); give the "
+                         "model.pt written by `dstray train-seg` (or re-train it with this version)") from exc
     return model.to(resolve_device(device)).eval(), cfg, threshold
 
 

@@ -138,7 +138,7 @@ def test_seed_summary_against_numpy_and_the_table_shows_every_seed():
 def test_a_checkpoint_evaluate_cannot_read_is_a_clear_error(tmp_path):
     odd = tmp_path / "model.pt"
     torch.save({"state_dict": {}, "threshold": 0.5}, odd)  # no config: a foreign or older file
-    with pytest.raises(ValueError, match="not a segmenter checkpoint dstray can read.*train-seg"):
+    with pytest.raises(ValueError, match="corrupt or not a dstray segmenter checkpoint.*train-seg"):
         load_segmenter(odd)
     odd.write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match=str(odd)):
