@@ -28,7 +28,6 @@ resume), ``history.jsonl``, and after :func:`finish` ``val/eval.*`` and ``test/e
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -37,19 +36,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from dstray import storage
-from dstray.config import ARCHS, SegConfig, check_resumable, from_dict, resolve_device, to_dict
+from dstray.config import SegConfig, check_resumable, from_dict, resolve_device, to_dict
 from dstray.data import load_dataset
 from dstray.seg.baselines import build_segmenter
-from dstray.seg.data import POLICY_GENERATORS, SegSource, draw_crop, synthetic_count
-from dstray.seg.encoders import check_weights
+from dstray.seg.data import SegSource, draw_crop
+from dstray.seg.checks import check_inputs, check_policy, eval_samples, synthetic_per_batch  # noqa: F401 (re-exported)
 from dstray.seg.freeze import freeze_stages, trainable_parameters
+from dstray.seg.losses import DICE_SMOOTH, masked_cross_entropy, seg_loss, soft_dice_loss  # noqa: F401 (re-exported)
 from dstray.seg.evaluate import evaluate, strict_json, write_eval
-
-log = logging.getLogger("dstray")
 
 NUM_CLASSES = 2  # background, defect
 CHECKPOINT = "model.pt"  # the selected model of a run: best weights on eval_split + threshold (what evaluate loads)
@@ -58,43 +55,6 @@ HISTORY = "history.jsonl"  # the evaluation history of a run, one JSON object a 
 HISTORY_FIELDS = ("step", "loss", "f1", "precision", "recall", "iou", "macro_f1", "threshold", "detection_rate",
                   "false_alarm_rate", "auroc", "best_f1", "best_step", "seconds", "eval_seconds", "images_per_s",
                   "num_workers")
-DICE_SMOOTH = 1.0  # added to the soft Dice numerator and denominator (a batch without defect pixels gives loss ~0)
-
-
-# --------------------------------------------------------------------------- loss
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-                         defect_weight: float = 1.0) -> torch.Tensor:
-    """Cross-entropy over the pixels where ``weight`` is 1 (paper eq. 7), defect pixels weighted.
-
-    logits (N,K,H,W); target (N,1,H,W) in {0,1}; weight (N,1,H,W) in {0,1}. Normalised like
-    ``F.cross_entropy(weight=...)``: sum(w * ce) / sum(w), w = weight * (defect_weight if defect else 1).
-    Pixels with weight 0 get exactly zero gradient; no weighted pixel -> loss 0.
-    """
-    label = target[:, 0] > 0.5
-    ce = F.cross_entropy(logits, label.long(), reduction="none")
-    w = weight[:, 0] * torch.where(label, defect_weight, 1.0)
-    return (w * ce).sum() / w.sum().clamp_min(torch.finfo(w.dtype).eps)
-
-
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """1 - soft Dice of the defect class over the whole batch, pixels where ``weight`` is 1.
-
-    logits (N,K,H,W), class 1 = defect; target and weight (N,1,H,W) in {0,1}.
-    ``1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s)`` with p the defect probability, s = :data:`DICE_SMOOTH`.
-    """
-    p = logits.softmax(1)[:, 1] * weight[:, 0]
-    t = (target[:, 0] > 0.5).float() * weight[:, 0]
-    return 1 - (2 * (p * t).sum() + DICE_SMOOTH) / (p.sum() + t.sum() + DICE_SMOOTH)
-
-
-def seg_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, cfg: SegConfig) -> torch.Tensor:
-    """The training loss: weighted cross-entropy (+ ``cfg.dice_weight`` x soft Dice), valid pixels only."""
-    loss = masked_cross_entropy(logits, target, valid, cfg.defect_weight)
-    if cfg.dice_weight:
-        loss = loss + cfg.dice_weight * soft_dice_loss(logits, target, valid)
-    return loss
-
-
 # --------------------------------------------------------------------------- trainer
 class SegTrainer:
     """One segmenter, its Adam optimiser, its batch RNG and the best model so far; resumable bit for bit.
@@ -248,90 +208,6 @@ def run_steps(trainer: SegTrainer, n: int, on_step: Callable[[dict], None] | Non
     seconds = time.perf_counter() - start
     return {"loss": float(np.mean(losses)) if losses else float("nan"), "step": trainer.steps, "seconds": seconds,
             "images_per_s": n * trainer.cfg.batch_size / seconds if seconds > 0 else float("nan")}
-
-
-def check_inputs(cfg: SegConfig) -> SegConfig:
-    """Fail fast, before any work, with what to do; returns ``cfg`` with resolved, absolute paths.
-
-    Checks the arch, backbone, weights and sizes, the evaluation, test and real training splits
-    (training on a split that selects or reports would make the scores dishonest), and that there
-    is training data; generated datasets are given as Parquet locations (:func:`dstray.storage.generated_parquet`).
-    Paths are made absolute: Ray workers run in other working directories.
-    """
-    if cfg.arch not in ARCHS:
-        raise ValueError(f"--arch must be one of {ARCHS}; got {cfg.arch!r}")
-    check_weights(cfg.backbone, cfg.weights)
-    if cfg.steps < 1 or cfg.eval_every < 1 or cfg.batch_size < 1:
-        raise ValueError(f"--steps, --eval-every and --batch-size must be >= 1; got {cfg.steps}, {cfg.eval_every}, "
-                         f"{cfg.batch_size}")
-    if cfg.arch == "deeplabv3plus" and cfg.batch_size < 2:
-        raise ValueError("DeepLab v3+ needs --batch-size >= 2 (batch norm after ASPP's global pooling)")
-    if cfg.window < 32 or cfg.window % 2:
-        raise ValueError(f"--window must be an even number of pixels >= 32; got {cfg.window}")
-    if cfg.arch == "buttonlab" and not 2 <= cfg.crop_size <= cfg.window:
-        raise ValueError(f"--crop-size must be in [2, --window {cfg.window}]; got {cfg.crop_size}")
-    for name, value in (("synthetic-fraction", cfg.synthetic_fraction), ("center-fraction", cfg.center_fraction)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"--{name} must be in [0, 1]; got {value}")
-    if cfg.defect_weight <= 0 or cfg.dice_weight < 0:
-        raise ValueError(f"--defect-weight must be > 0 and --dice-weight >= 0; got {cfg.defect_weight}, "
-                         f"{cfg.dice_weight}")
-    if cfg.threshold is not None and not 0.0 < cfg.threshold < 1.0:
-        raise ValueError(f"--threshold must be in (0, 1) or none (chosen on --eval-split); got {cfg.threshold}")
-    dataset = load_dataset(cfg.data)
-    known = sorted({s.split for s in dataset.samples})
-    if cfg.eval_split not in known:
-        hint = (" (a dataset gets a 'val' split carved from its 'test' split; add test rows, or val rows, to "
-                "its splits.csv)" if cfg.eval_split == "val" else "")
-        raise ValueError(f"{dataset.root}: the evaluation split {cfg.eval_split!r} has no samples{hint}; "
-                         f"choose --eval-split among {known}")
-    if cfg.test_split and cfg.test_split not in known:
-        raise ValueError(f"{dataset.root}: the test split {cfg.test_split!r} has no samples; choose --test-split "
-                         f"among {known}, or none")
-    for name in cfg.real_splits:
-        if name not in known:
-            raise ValueError(f"{dataset.root}: the real training split {name!r} has no samples; "
-                             f"choose --real-splits among {known}")
-        if name in (cfg.eval_split, cfg.test_split):
-            raise ValueError(f"--real-splits {name}: that split selects (--eval-split) or reports (--test-split) the "
-                             "model; training on it would make the scores meaningless. Train on reference, train, ...")
-    if not cfg.synthetic and not cfg.real_splits:
-        raise ValueError("no training data: give generated datasets (--synthetic DIR[,DIR]) and/or real splits "
-                         "(--real-splits reference,train)")
-    check_policy(cfg)
-    if cfg.synthetic and synthetic_per_batch(cfg) == 0:
-        log.warning("round(--synthetic-fraction %s x --batch-size %d) = 0: the generated datasets are not used",
-                    cfg.synthetic_fraction, cfg.batch_size)
-    return replace(cfg, data=storage.absolute(cfg.data),
-                   synthetic=[storage.absolute(p) for p in storage.generated_parquet(cfg.synthetic)])
-
-
-def check_policy(cfg: SegConfig) -> None:
-    """The data policy's values, before any work (:class:`dstray.config.DataPolicy`)."""
-    p = cfg.policy
-    if not 0.0 <= p.real_only_last < 1.0:
-        raise ValueError(f"--policy-real-only-last must be in [0, 1); got {p.real_only_last}")
-    if p.synthetic_weight < 0 or p.ignore_band < 0:
-        raise ValueError(f"--policy-synthetic-weight and --policy-ignore-band must be >= 0; got {p.synthetic_weight}, "
-                         f"{p.ignore_band}")
-    for t, share in (p.type_shares or {}).items():
-        if share < 0:
-            raise ValueError(f"--policy-type-shares {t}={share}: shares must be >= 0")
-    for t, g in [*(p.generators or {}).items(), ("default", p.default_generator)]:
-        if g not in POLICY_GENERATORS:
-            raise ValueError(f"--policy-generators {t}={g} / --policy-default-generator: choose one of "
-                             f"{', '.join(POLICY_GENERATORS)}")
-
-
-def synthetic_per_batch(cfg: SegConfig) -> int:
-    """How many items of each (per-worker) batch of ``cfg`` are generated samples while they are mixed in
-    (:func:`synthetic_count`, the one rule)."""
-    return synthetic_count(cfg, real=bool(cfg.real_splits), synthetic=bool(cfg.synthetic))
-
-
-def eval_samples(cfg: SegConfig, split: str | None = None) -> list:
-    """The real samples of ``split`` (default ``cfg.eval_split``) of ``cfg.data``."""
-    return load_dataset(cfg.data).split(split or cfg.eval_split)
 
 
 # --------------------------------------------------------------------------- the loop
