@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -62,9 +63,6 @@ def test_smoke_pipeline_writes_report_with_every_type_and_the_evaluation(ray_clu
     assert all(again["stages"][s]["reused"] for s in ("fit", "generate", "train", "evaluate")), again["stages"]
 
     # --seeds: the segmenters once per seed, each row's mean and every seed; DST fits and generation reused.
-    import dataclasses
-    import json
-
     over = run_pipeline(dataclasses.replace(cfg, seeds=[0, 1]))
     assert over["stages"]["fit"]["reused"] and over["stages"]["generate"]["reused"]
     rows = over["stages"]["train"]["over_seeds"]
