@@ -98,7 +98,7 @@ def test_a_fill_that_fails_for_one_sample_rejects_only_that_sample(bad_backgroun
             return getattr(synth, name)
 
         def fill(self, items, batch_size=8):
-            if any(tuple(bg.shape[1:]) == size for _, bg, _, _ in items):
+            if any(tuple(item[1].shape[1:]) == size for item in items):  # item: (type, background, ...)
                 raise RuntimeError("CUDA out of memory (simulated)")
             return synth.fill(items, batch_size)
 
