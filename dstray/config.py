@@ -119,6 +119,7 @@ class GenerateConfig:
     areas: str | None = None  # folder of target-area masks, one per background by file name: each region is an L as drawn
     dst_strength: list[float] | None = None  # dst: per sample T(y') blended with y' at a strength drawn in [lo, hi]
     defects_per_image: str = "1"  # defects per sample: K, or a range LO-HI drawn per sample (e.g. 1-3); adds class_mask
+    min_visibility: float = 0.0  # a sample whose label is less visible than this x its reference defect is a reject (0 = no check)
 
 
 # --------------------------------------------------------------------------- segmentation

@@ -56,7 +56,8 @@ from dstray.config import DataPolicy, SegConfig, changed_fields, check_resumable
 from dstray.data import decode_png, read_image
 from dstray.distributed.runtime import init_ray, ray_storage_path, resolve_use_gpu
 from dstray.seeds import derive_seed
-from dstray.seg.data import mixed_batch, policy_rows, read_item, real_samples, row_item, synthetic_count
+from dstray.seg.data import (label_visible, mixed_batch, policy_rows, read_item, real_samples, reference_visibility,
+                              row_item, synthetic_count)
 from dstray.seg.evaluate import evaluate
 from dstray.seg.train import (CHECKPOINT, HISTORY, STATE, SegTrainer, check_inputs, eval_samples, finish,
                               load_checkpoint, read_history, save_checkpoint, synthetic_per_batch, train_loop)
@@ -217,9 +218,19 @@ def score_run(out: str, device: str = "cpu") -> dict:
     return result
 
 
-def _policy_filter(table, policy: dict):
-    """The rows of a generated Parquet batch that the data policy lets in (:func:`dstray.seg.data.policy_rows`)."""
-    return table.take(policy_rows(table, from_dict(DataPolicy, policy)))
+def _policy_filter(table, policy: dict, refs: dict[str, float] | None = None):
+    """The rows of a generated Parquet batch that the data policy lets in (:func:`dstray.seg.data.policy_rows`),
+    then, with ``refs`` (per type, the reference's visibility), those whose label is visible at
+    ``policy["min_visibility"]`` (:func:`dstray.seg.data.label_visible`): the in-process source's two rules."""
+    table = table.take(policy_rows(table, from_dict(DataPolicy, policy)))
+    if not refs or table.num_rows == 0:
+        return table
+    images, masks = table.column("image").to_pylist(), table.column("mask").to_pylist()
+    types = (table.column("defect_type").to_pylist() if "defect_type" in table.column_names
+             else [""] * table.num_rows)
+    keep = [i for i in range(table.num_rows)
+            if label_visible(images[i], masks[i], types[i], refs, policy["min_visibility"])]
+    return table.take(keep)
 
 
 def _channels(cfg: SegConfig, real: list, ds) -> int:
@@ -294,8 +305,10 @@ def train_seg(cfg: SegConfig, *, out: str, num_workers: int = 1, use_gpu: str = 
         raise ValueError("--policy-type-shares needs the in-process runs of --seeds (the Ray Train stream draws "
                          "rows in order); use --seeds S or leave the shares out")
     # [2] Ray Data: the generated Parquet rows (PNG image and mask) the policy lets in, streamed to the workers
-    ds = ray.data.read_parquet(cfg.synthetic).map_batches(_policy_filter, fn_kwargs={"policy": to_dict(cfg.policy)},
-                                                          batch_format="pyarrow") if use_synthetic else None
+    refs = reference_visibility(cfg) if use_synthetic and cfg.policy.min_visibility > 0 else None
+    ds = ray.data.read_parquet(cfg.synthetic).map_batches(
+        _policy_filter, fn_kwargs={"policy": to_dict(cfg.policy), "refs": refs},
+        batch_format="pyarrow") if use_synthetic else None
     ds = ds.select_columns(["image", "mask"]) if ds is not None else None
     channels = _channels(cfg, real, ds)
     if ds is not None:

@@ -16,6 +16,7 @@ from dstray.seeds import derive_seed
 from dstray.data import DataError, read_image, read_mask, to_channels
 from dstray.dst.regions import read_roi, regions
 from dstray.dst.rows import multi_row, sample_row, write_shard_files
+from dstray.dst.visibility import is_visible, visibility
 
 
 def read_background(source: str | bytes, *, name: str | None = None, max_pixels: int | None = None) -> torch.Tensor:
@@ -53,19 +54,34 @@ def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> t
 
     A sample whose background cannot be read, is over ``max_image_pixels`` or cannot take
     the area is a reject with its reason (naming the file), never an error; so is a sample
-    whose fill fails. A background is converted to the channel count of its type's reference
-    (the model's) first (:func:`dstray.data.to_channels`). Samples are filled in chunks of at
-    most :data:`CHUNK_PIXELS` background pixels (each image is the same whatever its batch).
+    whose fill fails, and with ``min_visibility`` > 0 one whose label is not visible
+    (:func:`dstray.dst.visibility.is_visible` against its type's reference). A background is
+    converted to the channel count of its type's reference (the model's) first
+    (:func:`dstray.data.to_channels`). Samples are filled in chunks of at most
+    :data:`CHUNK_PIXELS` background pixels (each image is the same whatever its batch).
     """
     limit = ctx["cfg"].get("max_image_pixels")
+    ratio = ctx["cfg"].get("min_visibility") or 0.0
     paths = ctx.get("background_paths") or {}  # id -> path, when ctx["backgrounds"] holds bytes
     rows, rejects, ready = [], [], []
+    seen: dict[str, float] = {}  # per type: its reference defect's visibility (H against the ring around M)
 
-    def reject(p: dict, exc: BaseException) -> None:
+    def reject(p: dict, exc: BaseException | str) -> None:
         source = ctx["backgrounds"].get(p["background_id"])
         name = paths.get(p["background_id"]) or (source if isinstance(source, str) else p["background_id"])
-        rejects.append({k: p[k] for k in ("sample_id", "index", "defect_type", "background_id")}
-                       | {"reason": _reason(exc, name)})
+        reason = f"background {name}: {exc}" if isinstance(exc, str) else _reason(exc, name)
+        rejects.append({k: p[k] for k in ("sample_id", "index", "defect_type", "background_id")} | {"reason": reason})
+
+    def invisible(image, areas: list) -> str:
+        """Why a made sample's label shows no defect (``--min-visibility``), or '' when every area shows one."""
+        for t, area, *_ in areas:
+            if t not in seen:
+                ref = synth.references[t]
+                seen[t] = visibility(ref.image, ref.mask)
+            ok, why = is_visible(image, area, seen[t], ratio)
+            if not ok:
+                return f"{t} area: {why} (--min-visibility {ratio:g})"
+        return ""
 
     def fill(entries: list, size: int) -> list:
         """Round j fills the j-th area of every sample that has one, on its image so far (one round: one area)."""
@@ -93,6 +109,10 @@ def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> t
                     images.append(None)
         for (p, _, areas), image in zip(ready, images):
             if image is None:
+                continue
+            why = invisible(image, areas) if ratio > 0 else ""
+            if why:
+                reject(p, why)
                 continue
             if ctx.get("multi"):
                 rows.append(multi_row(p, image, areas, ctx["classes"], synth.generator, ctx["digests"]))

@@ -308,7 +308,7 @@ def prepare(cfg: GenerateConfig) -> dict:
 # fields added after datasets were written: they enter the fingerprint only when set away from their
 # default, so a dataset written before they existed is still recognised (and resumed) as the same one
 _LATER_FIELDS = {k: field_default(GenerateConfig, k) for k in ("max_image_pixels", "roi", "areas", "defects_per_image",
-                                                                "dst_strength")}
+                                                                "dst_strength", "min_visibility")}
 
 
 def _fingerprint(cfg: GenerateConfig, digests: dict[str, str], plan_digest: str) -> str:

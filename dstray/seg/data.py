@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -363,15 +364,18 @@ def visible_rows(rows: list[tuple[bytes, bytes]], types: list[str], cfg: SegConf
     """The rows whose label shows a defect (:func:`dstray.dst.visibility.is_visible` at ``cfg.policy.min_visibility``
     x the type's reference); returns ``(rows, types, dropped per type)``. A type without a reference keeps its rows."""
     refs = reference_visibility(cfg)
-    keep_rows, keep_types, dropped = [], [], {}
-    for row, t in zip(rows, types):
-        image, mask = decode_png(row[0]), (decode_png(row[1])[:1] >= (MASK_THRESHOLD - 0.5) / 255).float()
-        if t not in refs or is_visible(image, mask, refs[t], cfg.policy.min_visibility)[0]:
-            keep_rows.append(row)
-            keep_types.append(t)
-        else:
-            dropped[t] = dropped.get(t, 0) + 1
-    return keep_rows, keep_types, dropped
+    seen = [label_visible(*row, t, refs, cfg.policy.min_visibility) for row, t in zip(rows, types)]
+    dropped = Counter(t for t, ok in zip(types, seen) if not ok)
+    return [r for r, ok in zip(rows, seen) if ok], [t for t, ok in zip(types, seen) if ok], dict(dropped)
+
+
+def label_visible(image_png: bytes, mask_png: bytes, defect_type: str, refs: dict[str, float], ratio: float) -> bool:
+    """Whether a generated row's label shows a defect (:func:`dstray.dst.visibility.is_visible` at ``ratio`` x its
+    type's reference visibility ``refs[type]``, :func:`reference_visibility`); a type without a reference: True."""
+    if defect_type not in refs:
+        return True
+    image, mask = decode_png(image_png), (decode_png(mask_png)[:1] >= (MASK_THRESHOLD - 0.5) / 255).float()
+    return is_visible(image, mask, refs[defect_type], ratio)[0]
 
 
 def policy_rows(table, policy) -> list[int]:

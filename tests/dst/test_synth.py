@@ -4,10 +4,12 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import torch
+from scipy import ndimage
 
 from dstray.config import GenerateConfig
-from dstray.data import decode_png
+from dstray.data import decode_png, load_dataset, read_image, read_mask
 from dstray.dst.stylize import load_dst, stylize_file
 from dstray.dst.synth import build_synthesizer, make_rows, prepare
 
@@ -79,3 +81,37 @@ def test_dst_strength_blends_t_of_y_prime_with_y_prime_inside_l_only(fitted, tmp
         torch.testing.assert_close(image[:, inside], expected.clamp(0, 1)[:, inside])
         assert torch.equal(image[:, ~inside], background[:, ~inside])
     assert len(strengths) == 3  # each sample its own strength
+
+
+def _oracle_visibility(image: np.ndarray, mask: np.ndarray) -> float:
+    """dstray's visibility measure written again with scipy: |mean(L) - mean(6-px ring)| / (std(ring) + 1/255)."""
+    inside = mask[0] > 0.5
+    grey = image[0] if image.shape[0] == 1 else np.tensordot([0.299, 0.587, 0.114], image[:3], 1)
+    around = ndimage.binary_dilation(inside, np.ones((13, 13), bool)) & ~inside
+    return float(abs(grey[inside].mean() - grey[around].mean()) / (grey[around].std() + 1 / 255))
+
+
+def test_min_visibility_turns_invisible_samples_into_rejects_and_keeps_the_others_as_they_were(tmp_path):
+    ratio = 1.0
+    base = dict(generator="histmatch", num_samples=24, seed=3, out=str(tmp_path / "gen"))
+    free = prepare(GenerateConfig(**base))
+    everything, none_rejected = make_rows(free, build_synthesizer(free), free["plan"])
+    assert len(everything) == 24 and not none_rejected
+    ctx = prepare(GenerateConfig(**base, min_visibility=ratio))
+    assert ctx["fingerprint"] != free["fingerprint"]  # another dataset: a resumed run cannot mix the two
+    rows, rejects = make_rows(ctx, build_synthesizer(ctx), ctx["plan"])
+    assert len(rows) + len(rejects) == 24 and rows and rejects  # requested = written + rejected
+    by_id = {r["sample_id"]: r for r in everything}
+    for row in rows:  # a kept sample is the very sample made without the check
+        assert row["image"] == by_id[row["sample_id"]]["image"] and row["mask"] == by_id[row["sample_id"]]["mask"]
+    refs = {}
+    for s in load_dataset(None).references():
+        if s.defect_type not in refs:
+            image = read_image(s.image).numpy()
+            refs[s.defect_type] = _oracle_visibility(image, read_mask(s.mask, like=read_image(s.image)).numpy())
+    vis = lambda r: _oracle_visibility(decode_png(r["image"]).numpy(), decode_png(r["mask"]).numpy())  # noqa: E731
+    for row in rows:
+        assert vis(row) >= ratio * refs[row["defect_type"]] * 0.98, row["sample_id"]
+    for rej in rejects:
+        assert "label not visible" in rej["reason"] and "--min-visibility 1" in rej["reason"]
+        assert vis(by_id[rej["sample_id"]]) < ratio * refs[rej["defect_type"]] * 1.02, rej["sample_id"]

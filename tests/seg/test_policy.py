@@ -164,3 +164,12 @@ def test_min_visibility_drops_the_rows_whose_label_shows_nothing(tmp_path):
     cfg = replace(SMALL, real_splits=["reference"], synthetic=[str(path)], policy=DataPolicy(min_visibility=0.5))
     src = SegSource(cfg, [], cfg.synthetic, channels=1)
     assert src.dropped == {"crack": 2} and len(src.synthetic_rows) == 1
+    # the Ray Train stream applies the same rule in its Ray Data filter (the driver passes the references' visibility)
+    from dstray.config import to_dict
+    from dstray.distributed.train_seg import _policy_filter
+    from dstray.seg.data import reference_visibility
+
+    table = pq.read_table(path)
+    kept = _policy_filter(table, to_dict(cfg.policy), reference_visibility(cfg))
+    assert kept.column("image").to_pylist() == [rows[2]["image"]]
+    assert _policy_filter(table, to_dict(cfg.policy), None).num_rows == 3  # no references given: no check
