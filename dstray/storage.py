@@ -6,6 +6,7 @@ local folder on a laptop and to object storage on a cluster with the same code.
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import uuid
@@ -54,6 +55,15 @@ def write_bytes(location: str, data: bytes) -> None:
     with fs.open_output_stream(tmp) as f:
         f.write(data)
     fs.move(tmp, path)
+
+
+def save_torch(obj, location) -> None:
+    """``torch.save`` of ``obj`` to a local path or URI, atomically (:func:`write_bytes`): a reader never sees half a file."""
+    import torch  # the only torch use here: paths and bytes stay importable without it
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(str(location), buf.getvalue())
 
 
 def list_names(location: str) -> list[str]:

@@ -10,7 +10,6 @@ pixels outside L are always exactly those of S. :func:`stylize_file` is ``dstray
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import BinaryIO
 import torch
 from torch import Tensor
 
+from dstray import storage
 from dstray.config import PATCH_SIZE, DSTConfig, from_dict, resolve_device
 from dstray.data import DataError, encode_png, read_checkpoint, read_image, read_mask, to_channels
 from dstray.dst.areas import AreaSampler, area_for_seed, crop_window, cut_window, paste_window
@@ -82,12 +82,8 @@ def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
     reference mask M of the type, (1,H,W) each: the shapes L is drawn from, so that
     ``dstray stylize --seed`` draws L as generation does), the held-out check.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
-    return path
+    storage.save_torch(checkpoint, path)
+    return Path(path)
 
 
 def load_dst(path: str | Path | BinaryIO, device: str | torch.device = "cpu", *, name: str | Path | None = None,

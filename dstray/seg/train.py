@@ -28,7 +28,6 @@ resume), ``history.jsonl``, and after :func:`finish` ``val/eval.*`` and ``test/e
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -162,12 +161,8 @@ class SegTrainer:
 
 
 def _save(obj: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    storage.save_torch(obj, path)
+    return Path(path)
 
 
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, SegConfig, float]:
