@@ -90,13 +90,19 @@ def test_issue_example_is_no_longer_read_as_50_backgrounds(tmp_path, sample_data
     assert "layout: mvtec" in format_report(ds, validate(ds))
 
 
-def test_roi_folder_and_manifest_column(tmp_path, sample_dataset):
-    root = tmp_path / "bgs"
+def _backgrounds_with_a_roi(root, sample_dataset, n: int) -> list:
+    """``n`` sample backgrounds copied into ``root`` (the images layout), the first with a ``roi/`` mask (a crack's)."""
     (root / "roi").mkdir(parents=True)
-    bgs = sample_dataset.backgrounds()[:3]
+    bgs = sample_dataset.backgrounds()[:n]
     for s in bgs:
         shutil.copyfile(s.image, root / s.image.name)
     shutil.copyfile(sample_dataset.references("crack")[0].mask, root / "roi" / (bgs[0].image.stem + ".png"))
+    return bgs
+
+
+def test_roi_folder_and_manifest_column(tmp_path, sample_dataset):
+    root = tmp_path / "bgs"
+    bgs = _backgrounds_with_a_roi(root, sample_dataset, 3)
     ds = load_dataset(root)
     assert ds.layout == "images" and len(ds.backgrounds()) == 3  # roi/ is not read as images
     assert {s.image.name: s.roi for s in ds.samples}[bgs[0].image.name] == root / "roi" / (bgs[0].image.stem + ".png")
@@ -109,11 +115,7 @@ def test_roi_folder_and_manifest_column(tmp_path, sample_dataset):
 
 def test_a_bad_background_roi_is_named_by_inspect(tmp_path, sample_dataset):
     root = tmp_path / "bgs"
-    (root / "roi").mkdir(parents=True)
-    bgs = sample_dataset.backgrounds()[:2]
-    for s in bgs:
-        shutil.copyfile(s.image, root / s.image.name)
-    shutil.copyfile(sample_dataset.references("crack")[0].mask, root / "roi" / (bgs[0].image.stem + ".png"))
+    bgs = _backgrounds_with_a_roi(root, sample_dataset, 2)
     (root / "roi" / (bgs[1].image.stem + ".png")).write_bytes(b"")
     found = validate(load_dataset(root))
     text = "\n".join(str(p) for p in found.problems)
