@@ -29,6 +29,7 @@ from pathlib import Path
 
 from dstray.config import ARCHS, GENERATORS, DataPolicy, GenerateConfig, SegConfig, to_dict
 from dstray.data import load_dataset, sample_root
+from dstray.policy import wanted_generators
 from dstray.presets import ExperimentPreset, chosen_policy
 
 log = logging.getLogger("dstray")
@@ -76,15 +77,6 @@ class Cell:
         return f"{self.group}-s{self.seed}"
 
 
-def policy_generators(policy: DataPolicy, types: list[str]) -> list[str]:
-    """The generators ``policy`` draws from for a dataset with defect ``types`` (``mix`` = all of them)."""
-    named = policy.generators or {}
-    wanted = {named.get(t, policy.default_generator) for t in types}
-    if "mix" in wanted:
-        return list(GENERATORS)
-    return [g for g in GENERATORS if g in wanted]
-
-
 def pool_dir(run: str | Path, pool: Pool) -> Path:
     return Path(run) / "gen" / pool.name
 
@@ -117,7 +109,7 @@ def plan(experiment: str, p: ExperimentPreset, *, data: str | None, run: str | P
         cells.append(Cell(experiment, arch, label, seed, seg, pools, **extra))
 
     def policy_pools(seed: int, size: int) -> list[Pool]:
-        return [Pool(g, seed, size) for g in policy_generators(policy, types)]
+        return [Pool(g, seed, size) for g in wanted_generators(policy, types)]
 
     for seed in seeds:
         if experiment == "table1":

@@ -139,7 +139,9 @@ class DataPolicy:
     real_only_last: float = 0.0  # the last share of the steps draws real images only (0 = mixed to the end)
     synthetic_weight: float = 1.0  # loss weight of the pixels of generated windows (real ones: 1)
     ignore_band: int = 0  # pixels on either side of a generated label's edge that carry no loss
-    min_visibility: float = 0.0  # drop generated rows whose label contrast < this x the type's reference (dst/visibility)
+    min_visibility: float = 0.0  # drop generated rows whose label contrast < this x the type's reference (labels.py)
+    area_family: str = "any"  # generated rows by the family of their area L: any | reference (warped reference masks)
+    #                           | procedural (shapes drawn from the type's measured ranges; docs/areas.md)
 
 
 @dataclass
@@ -166,6 +168,9 @@ class SegConfig:
     real_splits: list[str] = field(default_factory=list)  # real splits to train on ("reference", "train")
     real_limit: int | None = None  # use only N real samples, round-robin over defect types (paper Fig. 6)
     synthetic_fraction: float = 0.5  # share of each batch drawn from synthetic data when both are given
+    free_fraction: float = 0.0  # share of each batch cut from defect-free images (all-background labels), with or
+    #                             without generated data: the same real data in both rows of a comparison
+    free_splits: list[str] = field(default_factory=lambda: ["background"])  # splits whose `free` rows feed it
     policy: DataPolicy = field(default_factory=DataPolicy)  # how the generated samples are drawn and weighted
     data: str | None = None  # dataset path for real splits and evaluation; None = embedded sample
     eval_split: str = "val"  # real split that selects the checkpoint and the threshold, every eval_every steps

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from dstray.cells import (append_line, dataset_name, finished, generate_config, plan, policy_generators, read_lines,
+from dstray.policy import wanted_generators
+from dstray.cells import (append_line, dataset_name, finished, generate_config, plan, read_lines,
                           settings)
 from dstray.config import ARCHS, GENERATORS, DataPolicy
 from dstray.data import load_dataset
@@ -55,10 +56,10 @@ def test_the_grids_of_table1_fig6_and_samples(tmp_path):
 
 def test_policy_generators_and_the_digest(tmp_path, monkeypatch):
     types = ["crack", "fray"]
-    assert policy_generators(DataPolicy(), types) == list(GENERATORS)
+    assert wanted_generators(DataPolicy(), types) == list(GENERATORS)
     one = DataPolicy(generators={"crack": "dst"}, default_generator="copy")
-    assert policy_generators(one, types) == ["copy", "dst"]
-    assert policy_generators(DataPolicy(generators={"crack": "dst", "fray": "none"}), types) == ["dst"]
+    assert wanted_generators(one, types) == ["copy", "dst"]
+    assert wanted_generators(DataPolicy(generators={"crack": "dst", "fray": "none"}), types) == ["dst"]
     p = experiment_preset("smoke")
     a = plan("table1", p, data=None, run=tmp_path / "a", seeds=[0])
     b = plan("table1", p, data=None, run=tmp_path / "b", seeds=[0])

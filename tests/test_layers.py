@@ -12,7 +12,7 @@ from pathlib import Path
 import dstray
 
 ROOT = Path(dstray.__file__).parent
-LAYER = {"__main__": 6, "cli": 5, "distributed": 4, "report": 3, "cells": 3, "dst": 2, "seg": 2, "export": 2, "data": 1,
+LAYER = {"__main__": 6, "cli": 5, "distributed": 4, "report": 3, "cells": 3, "dst": 2, "seg": 2, "export": 2, "policy": 1, "data": 1,
          "presets": 1}  # others: 0
 
 

@@ -23,17 +23,23 @@ DEFAULT_SPACE = {
     "synthetic_fraction": "0.25,0.5,0.75",
     "augment": "true,false",
 }
-# ``dstray tune --search data``: the data policy's knobs (dstray.config.DataPolicy) and the synthetic share,
-# over generated pools made once (one --synthetic dataset per generator) and reused by every trial
+# ``dstray tune --search data``: the data policy's knobs (dstray.config.DataPolicy), the synthetic share and the
+# defect-free share, over generated pools made once (one --synthetic dataset per generator, each holding both
+# area families) and reused by every trial. ``policy_gen_*`` is one key per defect type of the dataset
+# (``policy_gen_crack`` sets ``policy.generators["crack"]``), expanded by check_space.
 DATA_SPACE = {
     "synthetic_fraction": "0.125,0.25,0.5",
-    "policy_default_generator": "dst,histmatch,copy,mix",
+    "free_fraction": "0.125,0.25",
+    "policy_gen_*": "mix,dst,histmatch,copy,none",
+    "policy_area_family": "any,reference,procedural",
     "policy_real_only_last": "0,0.3",
-    "policy_synthetic_weight": "0.3,1",
+    "policy_synthetic_weight": "0.5,1",
     "policy_ignore_band": "0,2",
+    "policy_min_visibility": "0,0.5",
 }
 SPACES = {"seg": DEFAULT_SPACE, "data": DATA_SPACE}
 POLICY = "policy_"  # a space key policy_X sets SegConfig.policy.X
+GEN = "policy_gen_"  # a space key policy_gen_T sets SegConfig.policy.generators[T] (policy_gen_*: every type)
 
 SPACE_HELP = ("KEY=SPEC, repeatable; KEY a SegConfig field. SPEC: 'a,b,c' = choice; 'lo:hi' = uniform "
               "(randint, inclusive, if both are integers); 'lo:hi,log' = log-uniform; one value = fixed. "
@@ -46,9 +52,13 @@ def _known() -> set[str]:
 
 
 def apply_params(cfg: SegConfig, params: dict) -> SegConfig:
-    """``cfg`` with a trial's sampled values: SegConfig fields, and ``policy_X`` keys into ``cfg.policy``."""
-    policy = {k[len(POLICY):]: v for k, v in params.items() if k.startswith(POLICY)}
+    """``cfg`` with a trial's sampled values: SegConfig fields, ``policy_X`` keys into ``cfg.policy`` and
+    ``policy_gen_T`` keys into ``cfg.policy.generators[T]``."""
+    gens = {k[len(GEN):]: v for k, v in params.items() if k.startswith(GEN)}
+    policy = {k[len(POLICY):]: v for k, v in params.items() if k.startswith(POLICY) and not k.startswith(GEN)}
     rest = {k: v for k, v in params.items() if not k.startswith(POLICY)}
+    if gens:
+        policy["generators"] = {**(cfg.policy.generators or {}), **gens}
     return replace(cfg, **rest, policy=replace(cfg.policy, **policy))
 
 
@@ -62,7 +72,7 @@ def parse_space(entries: list[str] | dict[str, str] | None, *, defaults: bool = 
     known = _known()
     for key, spec in items:
         key, spec = key.strip().replace("-", "_"), spec.strip()
-        if key not in known:
+        if key not in known and not key.startswith(GEN):
             raise ValueError(f"--space {key}: not a SegConfig field (or policy_ + a DataPolicy field); known: "
                              f"{sorted(known)}")
         if not spec:
@@ -78,6 +88,12 @@ def parse_space(entries: list[str] | dict[str, str] | None, *, defaults: bool = 
 
 def _field_value(key: str, text: str):
     """A value of SegConfig field ``key`` parsed from ``text`` (as on the command line)."""
+    if key.startswith(GEN):
+        from dstray.policy import POLICY_GENERATORS
+
+        if text.strip() not in POLICY_GENERATORS:
+            raise ValueError(f"--space {key}: {text!r} is not one of {', '.join(POLICY_GENERATORS)}")
+        return text.strip()
     cls, name = (DataPolicy, key[len(POLICY):]) if key.startswith(POLICY) else (SegConfig, key)
     f = next(f for f in fields(cls) if f.name == name)
     try:
@@ -123,6 +139,12 @@ def check_space(space: dict[str, str], base: SegConfig) -> dict[str, str]:
     from dstray.seg.encoders import check_weights
 
     space = dict(space)
+    if GEN + "*" in space:  # one key per defect type of the dataset
+        from dstray.data import load_dataset
+
+        spec = space.pop(GEN + "*")
+        for t in load_dataset(base.data).defect_types:
+            space.setdefault(GEN + t, spec)
     for backbone in _choices("backbone", space, base):
         check_weights(backbone, base.weights)
     if "synthetic_fraction" in space and not (base.synthetic and base.real_splits):
@@ -140,6 +162,8 @@ def check_space(space: dict[str, str], base: SegConfig) -> dict[str, str]:
 def _choices(key: str, space: dict[str, str], base: SegConfig) -> list:
     """The values a key can take in ``space`` (its range ends for a range), else the base config's value."""
     if key not in space:
+        if key.startswith(GEN):
+            return [(base.policy.generators or {}).get(key[len(GEN):], base.policy.default_generator)]
         return [getattr(base.policy, key[len(POLICY):]) if key.startswith(POLICY) else getattr(base, key)]
     spec = space[key]
     if ":" in spec:

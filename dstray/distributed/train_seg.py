@@ -9,7 +9,7 @@
 2. The dataset goes to the trainer as ``datasets={"synthetic": ds}``; Ray Train splits it
    across workers. Each worker wraps its split in a :class:`ShardSource`, which has
    :class:`dstray.seg.data.SegSource`'s contract and its batch-mixing rule
-   (:func:`dstray.seg.data.synthetic_count`, :func:`dstray.seg.data.mixed_batch`: windows at the
+   (:func:`dstray.policy.batch_counts`, :func:`dstray.seg.data.mixed_batch`: windows at the
    images' own resolution): the synthetic items of a batch come from the shard (epoch after
    epoch, locally shuffled, decoded with :func:`dstray.seg.data.row_item`), the rest are real
    samples drawn with the trainer's generator. ``batch_size`` is per worker: the global batch
@@ -52,12 +52,12 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from dstray import storage
-from dstray.config import DataPolicy, SegConfig, changed_fields, check_resumable, from_dict, to_dict
+from dstray.config import SegConfig, changed_fields, check_resumable, from_dict, to_dict
 from dstray.data import decode_png, read_image
 from dstray.distributed.runtime import init_ray, ray_storage_path, resolve_use_gpu
+from dstray.policy import draw_types, filter_table, reference_visibility
 from dstray.seeds import derive_seed
-from dstray.seg.data import (label_visible, mixed_batch, policy_rows, read_item, real_samples, reference_visibility,
-                              row_item, synthetic_count)
+from dstray.seg.data import free_samples, mixed_batch, read_item, real_samples, row_item, source_counts
 from dstray.seg.evaluate import evaluate
 from dstray.seg.train import (CHECKPOINT, HISTORY, STATE, SegTrainer, check_inputs, eval_samples, finish,
                               load_checkpoint, read_history, save_checkpoint, synthetic_per_batch, train_loop)
@@ -67,6 +67,7 @@ log = logging.getLogger("dstray")
 SYNTHETIC = "synthetic"  # name of the Ray Data dataset handed to the trainer
 PROGRESS = "progress.json"  # checkpoint file: synthetic epochs started, step the attempt started from
 PROGRESS_EVERY = 20  # steps between progress lines of rank 0
+TYPE_BUFFER = 64  # with type shares: streamed rows of a type kept waiting for a draw of that type (oldest dropped)
 RUN_CONFIG = "dstray-config.json"  # the SegConfig of a run, next to Ray's files (resume check)
 RESUME_HINT = ("give another --name (or --storage-path) to start a new run, or the same settings to continue it")
 
@@ -75,24 +76,37 @@ RESUME_HINT = ("give another --name (or --storage-path) to start a new run, or t
 class ShardSource:
     """``SegSource``'s contract fed by a Ray Data shard: what :class:`SegTrainer` draws its batches from.
 
-    Synthetic items come in order from ``shard`` (rows with PNG ``image`` and ``mask``), one
-    epoch after another, each epoch locally shuffled with ``derive_seed(cfg.seed, "seg-shuffle",
-    rank, epoch)``, and are decoded like ``SegSource``'s (:func:`dstray.seg.data.row_item`); real
-    items are drawn with replacement with the trainer's generator. The mix, the windows and the
-    augmentation are ``SegSource``'s (:func:`dstray.seg.data.mixed_batch`). ``epoch`` counts
-    started epochs (saved in checkpoints so that a resumed run reshuffles).
+    Synthetic items come in order from ``shard`` (rows with PNG ``image`` and ``mask``, and ``defect_type``;
+    the data policy already filtered them, :func:`dstray.policy.filter_table`), one epoch after another, each
+    epoch locally shuffled with ``derive_seed(cfg.seed, "seg-shuffle", rank, epoch)``, and are decoded like
+    ``SegSource``'s (:func:`dstray.seg.data.row_item`). With ``cfg.policy.type_shares`` the type of each item
+    is drawn by its share (:func:`dstray.policy.draw_types`, as ``SegSource`` does) and the next streamed row
+    of that type is taken (rows of other types wait in a per-type buffer of at most :data:`TYPE_BUFFER`
+    rows). Real and defect-free items are drawn with replacement with the trainer's generator. The counts
+    (:func:`dstray.policy.batch_counts`), the windows and the augmentation are ``SegSource``'s
+    (:func:`dstray.seg.data.mixed_batch`). ``epoch`` counts started epochs (saved in checkpoints so that a
+    resumed run reshuffles).
     """
 
     def __init__(self, cfg: SegConfig, shard: Any | None, real: list, channels: int, *, rank: int = 0,
-                 epoch: int = 0) -> None:
+                 epoch: int = 0, free: list = (), types: list[str] | None = None) -> None:
         self.cfg, self.shard, self.channels, self.rank, self.epoch = cfg, shard, channels, rank, epoch
         self.real = [read_item(s, channels) for s in real]
+        self.free = [read_item(s, channels) for s in free]
         if not self.real and shard is None:
             raise ValueError("ShardSource has no training data: no real samples and no synthetic shard")
-        self.n_syn = synthetic_count(cfg, real=bool(self.real), synthetic=shard is not None)
-        self._stream: Iterator[dict] | None = None
+        self.n_syn = source_counts(cfg, self, cfg.batch_size, None).synthetic
+        self._stream: Iterator[tuple[str, bytes, bytes]] | None = None
+        self._waiting: dict[str, list[tuple[bytes, bytes]]] = {}  # type -> streamed rows not yet drawn
+        self.types = sorted(types or [])  # the defect types of the (filtered) generated rows: what shares draw among
+        if cfg.policy.type_shares and shard is not None and not self.types:
+            raise ValueError("ShardSource needs the generated rows' types (types=) to draw by --policy-type-shares")
 
-    def _items(self) -> Iterator[dict]:
+    @property
+    def has_synthetic(self) -> bool:
+        return self.shard is not None
+
+    def _rows(self) -> Iterator[tuple[str, bytes, bytes]]:
         while True:
             seen = 0
             batches = self.shard.iter_batches(
@@ -100,12 +114,28 @@ class ShardSource:
                 local_shuffle_seed=derive_seed(self.cfg.seed, "seg-shuffle", self.rank, self.epoch))
             self.epoch += 1
             for b in batches:
-                for image_png, mask_png in zip(b["image"], b["mask"]):
+                types = b["defect_type"] if "defect_type" in b else [""] * len(b["image"])
+                for t, image_png, mask_png in zip(types, b["image"], b["mask"]):
                     seen += 1
-                    yield row_item(image_png, mask_png, self.channels)
+                    yield str(t), image_png, mask_png
             if seen == 0:
                 raise ValueError("this worker's share of the synthetic dataset is empty: generate more samples "
                                  "or use fewer --num-workers")
+
+    def _next_of(self, wanted: str | None) -> tuple[bytes, bytes]:
+        """The next streamed row (of type ``wanted``, buffering the others); None = any type."""
+        if wanted is not None and self._waiting.get(wanted):
+            return self._waiting[wanted].pop(0)
+        start = self.epoch
+        while self.epoch <= start + 2:  # two whole epochs without the type: it is not in this worker's share
+            t, image_png, mask_png = next(self._stream)
+            if wanted is None or t == wanted:
+                return image_png, mask_png
+            queue = self._waiting.setdefault(t, [])
+            queue.append((image_png, mask_png))
+            del queue[:-TYPE_BUFFER]
+        raise ValueError(f"no generated row of type {wanted!r} in this worker's share of the synthetic dataset: "
+                         "use fewer --num-workers, or generate more rows of it")
 
     def close(self) -> None:
         """Stop the synthetic stream (ends the shard iteration cleanly)."""
@@ -114,12 +144,18 @@ class ShardSource:
             self._stream = None
 
     def batch(self, batch_size: int, generator: torch.Generator, step: int | None = None) -> dict[str, torch.Tensor]:
-        """:func:`dstray.seg.data.mixed_batch` of the next synthetic items and real ones; see the class docstring."""
-        n_syn = synthetic_count(self.cfg, real=bool(self.real), synthetic=self.shard is not None, step=step,
-                                batch_size=batch_size)
-        if n_syn and self._stream is None:
-            self._stream = self._items()
-        return mixed_batch([next(self._stream) for _ in range(n_syn)], self.real, batch_size, generator, self.cfg)
+        """:func:`dstray.seg.data.mixed_batch` of the next synthetic items, defect-free and real ones; see the
+        class docstring."""
+        counts = source_counts(self.cfg, self, batch_size, step)
+        if counts.synthetic and self._stream is None:
+            self._stream = self._rows()
+        shares = self.cfg.policy.type_shares
+        if shares:
+            rows = [self._next_of(t) for t in draw_types(shares, self.types, counts.synthetic, generator)]
+        else:
+            rows = [self._next_of(None) for _ in range(counts.synthetic)]
+        synthetic = [row_item(image_png, mask_png, self.channels) for image_png, mask_png in rows]
+        return mixed_batch(synthetic, self.real, batch_size, generator, self.cfg, self.free, counts.free)
 
 
 # --------------------------------------------------------------------------- Ray Train worker loop
@@ -141,7 +177,8 @@ def seg_train_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     # [3] this worker's share of the synthetic dataset (Ray Data streams it while we train)
     shard = ray.train.get_dataset_shard(SYNTHETIC) if config["use_synthetic"] else None
-    source = ShardSource(cfg, shard, real_samples(cfg), config["channels"], rank=rank)
+    source = ShardSource(cfg, shard, real_samples(cfg), config["channels"], rank=rank, free=free_samples(cfg),
+                         types=config.get("synthetic_types"))
     trainer = SegTrainer(cfg, source, device)
     history: list[dict] = []
     checkpoint = ray.train.get_checkpoint()  # [4] resume: after a worker failure or when the run is started again
@@ -218,21 +255,6 @@ def score_run(out: str, device: str = "cpu") -> dict:
     return result
 
 
-def _policy_filter(table, policy: dict, refs: dict[str, float] | None = None):
-    """The rows of a generated Parquet batch that the data policy lets in (:func:`dstray.seg.data.policy_rows`),
-    then, with ``refs`` (per type, the reference's visibility), those whose label is visible at
-    ``policy["min_visibility"]`` (:func:`dstray.seg.data.label_visible`): the in-process source's two rules."""
-    table = table.take(policy_rows(table, from_dict(DataPolicy, policy)))
-    if not refs or table.num_rows == 0:
-        return table
-    images, masks = table.column("image").to_pylist(), table.column("mask").to_pylist()
-    types = (table.column("defect_type").to_pylist() if "defect_type" in table.column_names
-             else [""] * table.num_rows)
-    keep = [i for i in range(table.num_rows)
-            if label_visible(images[i], masks[i], types[i], refs, policy["min_visibility"])]
-    return table.take(keep)
-
-
 def _channels(cfg: SegConfig, real: list, ds) -> int:
     """The channel count of the first training image (as ``SegSource``): a real one, else a synthetic row."""
     if real:
@@ -301,23 +323,25 @@ def train_seg(cfg: SegConfig, *, out: str, num_workers: int = 1, use_gpu: str = 
     init_ray(address)  # [1] connect (or start a local runtime)
     gpu = resolve_use_gpu(use_gpu)
     datasets, use_synthetic = {}, synthetic_per_batch(cfg) > 0
-    if cfg.policy.type_shares:
-        raise ValueError("--policy-type-shares needs the in-process runs of --seeds (the Ray Train stream draws "
-                         "rows in order); use --seeds S or leave the shares out")
-    # [2] Ray Data: the generated Parquet rows (PNG image and mask) the policy lets in, streamed to the workers
-    refs = reference_visibility(cfg) if use_synthetic and cfg.policy.min_visibility > 0 else None
+    # [2] Ray Data: the generated Parquet rows (PNG image and mask) the policy lets in (the in-process source's
+    # rule: dstray.policy.filter_table), streamed to the workers
+    refs = reference_visibility(cfg.data) if use_synthetic and cfg.policy.min_visibility > 0 else None
     ds = ray.data.read_parquet(cfg.synthetic).map_batches(
-        _policy_filter, fn_kwargs={"policy": to_dict(cfg.policy), "refs": refs},
+        filter_table, fn_kwargs={"policy": to_dict(cfg.policy), "refs": refs},
         batch_format="pyarrow") if use_synthetic else None
-    ds = ds.select_columns(["image", "mask"]) if ds is not None else None
+    if ds is not None:
+        names = ds.schema().names if ds.schema() is not None else []
+        ds = ds.select_columns(["image", "mask", *(["defect_type"] if "defect_type" in names else [])])
     channels = _channels(cfg, real, ds)
+    # with type shares the workers draw a type, then its next streamed row: they need the types there are
+    types = sorted(ds.unique("defect_type")) if ds is not None and cfg.policy.type_shares else None
     if ds is not None:
         datasets[SYNTHETIC] = ds
     t0 = time.perf_counter()
     trainer = TorchTrainer(
         seg_train_loop,
         train_loop_config={"seg": to_dict(cfg), "channels": channels, "use_synthetic": use_synthetic,
-                           "threads": threads_per_worker},
+                           "threads": threads_per_worker, "synthetic_types": types},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}),
         datasets=datasets,  # [3] split across the workers (equal shares)

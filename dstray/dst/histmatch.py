@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dstray.labels import RING_WIDTH, ring  # noqa: F401 (re-exported: the ring around L sets the relative gain)
+
 
 class SortedReference(NamedTuple):
     """A reference value set, precomputed once (the reference H is fixed during a fit).
@@ -314,16 +316,6 @@ def match_features(
 
 
 # --------------------------------------------------------------------------- the first step of DST
-RING_WIDTH = 6  # px: the surroundings of L (in S) and of M (in H) that set the contrast-preserving gain
-
-
-def ring(area: Tensor, width: int = RING_WIDTH) -> Tensor:
-    """The pixels within ``width`` px (chessboard distance) outside an area: (N,1,H,W) 0/1 -> bool."""
-    inside = _as_bool(area)
-    grown = torch.nn.functional.max_pool2d(inside.float(), 2 * width + 1, stride=1, padding=width) > 0.5
-    return grown & ~inside
-
-
 def ring_mean(image: Tensor, area: Tensor, width: int = RING_WIDTH) -> Tensor:
     """Mean of ``image`` (N,C,H,W) over the ring around ``area`` (N,1,H,W), per sample and channel: (N,C).
 

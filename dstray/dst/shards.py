@@ -16,7 +16,7 @@ from dstray.seeds import derive_seed
 from dstray.data import DataError, read_image, read_mask, to_channels
 from dstray.dst.regions import read_roi, regions
 from dstray.dst.rows import multi_row, sample_row, write_shard_files
-from dstray.dst.visibility import is_visible, visibility
+from dstray.labels import is_visible, visibility
 
 
 def read_background(source: str | bytes, *, name: str | None = None, max_pixels: int | None = None) -> torch.Tensor:
@@ -55,7 +55,7 @@ def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> t
     A sample whose background cannot be read, is over ``max_image_pixels`` or cannot take
     the area is a reject with its reason (naming the file), never an error; so is a sample
     whose fill fails, and with ``min_visibility`` > 0 one whose label is not visible
-    (:func:`dstray.dst.visibility.is_visible` against its type's reference). A background is
+    (:func:`dstray.labels.is_visible` against its type's reference). A background is
     converted to the channel count of its type's reference (the model's) first
     (:func:`dstray.data.to_channels`). Samples are filled in chunks of at most
     :data:`CHUNK_PIXELS` background pixels (each image is the same whatever its batch).

@@ -13,7 +13,8 @@ from dataclasses import replace
 from dstray import storage
 from dstray.config import ARCHS, SegConfig
 from dstray.data import load_dataset
-from dstray.seg.data import POLICY_GENERATORS, synthetic_count
+from dstray.data import FREE
+from dstray.policy import batch_counts, check_policy
 from dstray.seg.encoders import check_weights
 
 log = logging.getLogger("dstray")
@@ -39,9 +40,8 @@ def check_inputs(cfg: SegConfig) -> SegConfig:
         raise ValueError(f"--window must be an even number of pixels >= 32; got {cfg.window}")
     if cfg.arch == "buttonlab" and not 2 <= cfg.crop_size <= cfg.window:
         raise ValueError(f"--crop-size must be in [2, --window {cfg.window}]; got {cfg.crop_size}")
-    for name, value in (("synthetic-fraction", cfg.synthetic_fraction), ("center-fraction", cfg.center_fraction)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"--{name} must be in [0, 1]; got {value}")
+    if not 0.0 <= cfg.center_fraction <= 1.0:
+        raise ValueError(f"--center-fraction must be in [0, 1]; got {cfg.center_fraction}")
     if cfg.defect_weight <= 0 or cfg.dice_weight < 0:
         raise ValueError(f"--defect-weight must be > 0 and --dice-weight >= 0; got {cfg.defect_weight}, "
                          f"{cfg.dice_weight}")
@@ -68,6 +68,20 @@ def check_inputs(cfg: SegConfig) -> SegConfig:
         raise ValueError("no training data: give generated datasets (--synthetic DIR[,DIR]) and/or real splits "
                          "(--real-splits reference,train)")
     check_policy(cfg)
+    if cfg.free_fraction:
+        for name in cfg.free_splits:
+            if name in (cfg.eval_split, cfg.test_split):
+                raise ValueError(f"--free-splits {name}: that split selects (--eval-split) or reports (--test-split) "
+                                 "the model; take defect-free images from background (or another split)")
+            if not any(s.defect_type == FREE for s in dataset.split(name)):
+                raise ValueError(f"{dataset.root}: --free-splits {name} has no defect-free (type free) rows; name "
+                                 f"splits that do (background), or --free-fraction 0")
+    free_real = [s for name in cfg.real_splits for s in dataset.split(name) if s.defect_type == FREE]
+    if free_real:
+        n_real = sum(len(dataset.split(name)) for name in cfg.real_splits)
+        log.warning("--real-splits %s: %d defect-free images are drawn like defect images (%.0f %% of the real "
+                    "draws); to show the segmenter clean parts at a share you choose, use --free-fraction (with "
+                    "--free-splits) instead", ",".join(cfg.real_splits), len(free_real), 100 * len(free_real) / n_real)
     if cfg.synthetic and synthetic_per_batch(cfg) == 0:
         log.warning("round(--synthetic-fraction %s x --batch-size %d) = 0: the generated datasets are not used",
                     cfg.synthetic_fraction, cfg.batch_size)
@@ -75,27 +89,11 @@ def check_inputs(cfg: SegConfig) -> SegConfig:
                    synthetic=[storage.absolute(p) for p in storage.generated_parquet(cfg.synthetic)])
 
 
-def check_policy(cfg: SegConfig) -> None:
-    """The data policy's values, before any work (:class:`dstray.config.DataPolicy`)."""
-    p = cfg.policy
-    if not 0.0 <= p.real_only_last < 1.0:
-        raise ValueError(f"--policy-real-only-last must be in [0, 1); got {p.real_only_last}")
-    if p.synthetic_weight < 0 or p.ignore_band < 0:
-        raise ValueError(f"--policy-synthetic-weight and --policy-ignore-band must be >= 0; got {p.synthetic_weight}, "
-                         f"{p.ignore_band}")
-    for t, share in (p.type_shares or {}).items():
-        if share < 0:
-            raise ValueError(f"--policy-type-shares {t}={share}: shares must be >= 0")
-    for t, g in [*(p.generators or {}).items(), ("default", p.default_generator)]:
-        if g not in POLICY_GENERATORS:
-            raise ValueError(f"--policy-generators {t}={g} / --policy-default-generator: choose one of "
-                             f"{', '.join(POLICY_GENERATORS)}")
-
-
 def synthetic_per_batch(cfg: SegConfig) -> int:
     """How many items of each (per-worker) batch of ``cfg`` are generated samples while they are mixed in
-    (:func:`synthetic_count`, the one rule)."""
-    return synthetic_count(cfg, real=bool(cfg.real_splits), synthetic=bool(cfg.synthetic))
+    (:func:`dstray.policy.batch_counts`, the one rule)."""
+    return batch_counts(cfg, real=bool(cfg.real_splits), synthetic=bool(cfg.synthetic),
+                        free=cfg.free_fraction > 0).synthetic
 
 
 def eval_samples(cfg: SegConfig, split: str | None = None) -> list:

@@ -22,10 +22,13 @@ limited to the first N (Figure 6).
 - **Augmentation** (``cfg.augment``), applied to the cut before padding, image and mask
   together: horizontal / vertical flips, a random multiple of 90 degrees (all exact, no
   interpolation), brightness and contrast jitter of the image.
-- **Mixing** (:func:`synthetic_count`, :func:`mixed_batch`: the one rule, also used by the
-  Ray Train shard source of :mod:`dstray.distributed.train_seg`). A batch of B holds
-  ``round(synthetic_fraction * B)`` generated samples when both kinds are given (all B when
-  only one kind is), then real samples drawn uniformly with replacement.
+- **Mixing** (:func:`dstray.policy.batch_counts`, the data policy's one rule, also used by the
+  Ray Train shard source of :mod:`dstray.distributed.train_seg`; :func:`mixed_batch`). A batch of B
+  holds ``round(synthetic_fraction * B)`` generated samples when both kinds are given (all but the
+  defect-free ones when only generated samples are), ``round(free_fraction * B)`` windows of
+  defect-free images (``free_splits``, all-background labels), then real defect images drawn
+  uniformly with replacement. Which generated rows may be drawn is the policy's too
+  (:func:`dstray.policy.filter_table`).
 - **Buttonlab's crop** (:func:`draw_crop`): one crop per batch, on the even grid, inside the
   part of the window that is image in every item of the batch.
 - **Determinism.** Every draw comes from the caller's ``torch.Generator``; the global RNG is
@@ -36,22 +39,22 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
 from torch.nn import functional as F
 
-from dstray import storage
 from dstray.config import SegConfig
-from dstray.dst.visibility import is_visible, visibility
-from dstray.data import (MASK_THRESHOLD, DataError, Sample, decode_png, load_dataset, read_image, read_mask,
-                         to_channels)
+from dstray.data import FREE, MASK_THRESHOLD, DataError, Sample, decode_png, load_dataset, read_image, read_mask, to_channels
+from dstray.labels import label_band
+from dstray.policy import (BatchCounts, batch_counts, draw_types, dropped_by_type, filter_table, reference_visibility)
 
-POLICY_GENERATORS = ("mix", "none", "dst", "histmatch", "copy")  # what a data policy may feed a defect type
 JITTER = 0.2  # brightness and contrast factors drawn in [1 - JITTER, 1 + JITTER]
 CENTRE_JITTER = 8  # a centred window's centre is within window // CENTRE_JITTER px of its defect pixel
+# share of the windows on defect-free images placed flush with one side of the image (drawn at random): the
+# borders and rims of a part are where a segmenter that never saw a clean part raises its false alarms
+BORDER_WINDOWS = 0.5
 
 
 # --------------------------------------------------------------------------- items
@@ -112,7 +115,8 @@ def window_box(item: dict, size: int, generator: torch.Generator, centred: bool)
 
     ``centred`` (and the image has a defect): centred on a defect pixel drawn uniformly, moved by
     up to ``size // CENTRE_JITTER`` px, then clipped to the image (the pixel stays inside).
-    Otherwise uniform over the image.
+    Otherwise uniform over the image; on a defect-free image (no defect pixel) the window is then, with
+    probability :data:`BORDER_WINDOWS`, moved flush with one side drawn at random (the other coordinate stays).
     """
     _, height, width = item["image"].shape
     h, w = min(size, height), min(size, width)
@@ -126,6 +130,10 @@ def window_box(item: dict, size: int, generator: torch.Generator, centred: bool)
     else:
         top = int(torch.randint(height - h + 1, (), generator=generator))
         left = int(torch.randint(width - w + 1, (), generator=generator))
+        if not len(defect) and float(torch.rand((), generator=generator)) < BORDER_WINDOWS:
+            side = int(torch.randint(4, (), generator=generator))  # top, bottom, left, right
+            top = 0 if side == 0 else height - h if side == 1 else top
+            left = 0 if side == 2 else width - w if side == 3 else left
     return top, left, h, w
 
 
@@ -216,36 +224,13 @@ def real_samples(cfg: SegConfig) -> list[Sample]:
     return picked
 
 
-def synthetic_count(cfg: SegConfig, *, real: bool, synthetic: bool, step: int | None = None,
-                    batch_size: int | None = None) -> int:
-    """How many items of a batch are generated samples (paper §4.2, strategy C when both are given): the one rule.
-
-    All of them when only generated samples are given, none when only real ones, else
-    ``round(cfg.synthetic_fraction * batch_size)`` (``batch_size`` default ``cfg.batch_size``). In the
-    last ``cfg.policy.real_only_last`` share of the steps (``step`` = steps done; None = not counted),
-    none when real samples are given.
-    """
-    batch_size = cfg.batch_size if batch_size is None else batch_size
-    if not synthetic:
-        return 0
-    if not real:
-        return batch_size
-    if step is not None and cfg.policy.real_only_last and step >= cfg.steps * (1 - cfg.policy.real_only_last):
-        return 0
-    return round(cfg.synthetic_fraction * batch_size)
-
-
-def label_band(mask: torch.Tensor, width: int) -> torch.Tensor:
-    """Pixels within ``width`` px (chessboard distance) of a label's edge, on either side: (B,1,S,S) bool.
-
-    mask (B,1,S,S) in {0,1}; ``width`` 0 -> nothing.
-    """
-    if width <= 0:
-        return torch.zeros_like(mask, dtype=torch.bool)
-    k = 2 * width + 1
-    dilated = F.max_pool2d(mask, k, stride=1, padding=width)
-    eroded = -F.max_pool2d(-mask, k, stride=1, padding=width)
-    return (dilated > 0.5) & ~(eroded > 0.5)
+def free_samples(cfg: SegConfig) -> list[Sample]:
+    """The defect-free images of ``cfg``'s free share: the ``free`` rows of the splits ``cfg.free_splits``, in
+    manifest order; none when ``cfg.free_fraction`` is 0."""
+    if not cfg.free_fraction:
+        return []
+    ds = load_dataset(cfg.data)
+    return [s for name in cfg.free_splits for s in ds.split(name) if s.defect_type == FREE]
 
 
 def loss_weight(batch: dict, n_synthetic: int, cfg: SegConfig) -> torch.Tensor:
@@ -260,17 +245,18 @@ def loss_weight(batch: dict, n_synthetic: int, cfg: SegConfig) -> torch.Tensor:
 
 
 def mixed_batch(synthetic: list[dict], real: list[dict], batch_size: int, generator: torch.Generator,
-                cfg: SegConfig) -> dict[str, torch.Tensor]:
-    """The batch: the ``synthetic`` items, then real items drawn with replacement, each cut to a window.
+                cfg: SegConfig, free: list[dict] = (), n_free: int = 0) -> dict[str, torch.Tensor]:
+    """The batch: the ``synthetic`` items, ``n_free`` items of ``free``, then real items, each cut to a window.
 
-    ``batch_size - len(synthetic)`` indices into ``real`` are drawn with ``generator``; of the
-    items with a defect, ``ceil(cfg.center_fraction * n)`` drawn at random get a centred window;
-    every window is cut (:func:`cut_window`, augmented when ``cfg.augment``) and stacked:
-    ``{"image": (B,C,S,S), "mask": (B,1,S,S), "valid": (B,1,S,S), "weight": (B,1,S,S) (:func:`loss_weight`),
-    "centred": (B,) bool, "has_defect": (B,) bool}`` with S = ``cfg.window``.
+    ``n_free`` indices into ``free`` and ``batch_size - len(synthetic) - n_free`` into ``real`` are drawn
+    with ``generator`` (with replacement); of the items with a defect, ``ceil(cfg.center_fraction * n)``
+    drawn at random get a centred window; every window is cut (:func:`cut_window`, augmented when
+    ``cfg.augment``) and stacked: ``{"image": (B,C,S,S), "mask": (B,1,S,S), "valid": (B,1,S,S), "weight":
+    (B,1,S,S) (:func:`loss_weight`), "centred": (B,) bool, "has_defect": (B,) bool}`` with S = ``cfg.window``.
     """
-    picks = torch.randint(len(real) or 1, (batch_size - len(synthetic),), generator=generator).tolist()
-    items = [*synthetic, *(real[i] for i in picks)]
+    free_picks = torch.randint(len(free) or 1, (n_free,), generator=generator).tolist() if n_free else []
+    picks = torch.randint(len(real) or 1, (batch_size - len(synthetic) - n_free,), generator=generator).tolist()
+    items = [*synthetic, *(free[i] for i in free_picks), *(real[i] for i in picks)]
     has_defect = torch.tensor([len(it["defect"]) > 0 for it in items], dtype=torch.bool)
     defect_idx = has_defect.nonzero()[:, 0]
     n_centred = math.ceil(cfg.center_fraction * len(defect_idx))
@@ -282,29 +268,39 @@ def mixed_batch(synthetic: list[dict], real: list[dict], batch_size: int, genera
     return {**batch, "weight": loss_weight(batch, len(synthetic), cfg), "centred": centred, "has_defect": has_defect}
 
 
-class SegSource:
-    """Where training batches come from: real samples and/or generated Parquet datasets.
+def source_counts(cfg: SegConfig, source, batch_size: int, step: int | None) -> BatchCounts:
+    """:func:`dstray.policy.batch_counts` for a training source (anything with ``real``, ``free`` and
+    ``has_synthetic``): the one rule, asked the same way by both sources."""
+    return batch_counts(cfg, real=bool(source.real), synthetic=source.has_synthetic, free=bool(source.free),
+                        step=step, batch_size=batch_size)
 
-    Real samples are read once and kept at their own resolution (uint8); generated rows keep
-    their PNG bytes and are decoded per draw.
+
+class SegSource:
+    """Where training batches come from: real defect images, defect-free images and/or generated Parquet datasets.
+
+    Real and defect-free images are read once and kept at their own resolution (uint8); generated rows (those
+    the data policy lets in, :func:`dstray.policy.filter_table`) keep their PNG bytes and are decoded per draw.
     """
 
     def __init__(self, cfg: SegConfig, real: list[Sample] = (), synthetic: list[str | Path] = (),
-                 channels: int | None = None) -> None:
+                 channels: int | None = None, free: list[Sample] = ()) -> None:
         self.cfg = cfg
-        self.real_samples = list(real)
+        self.real_samples, self.free_samples = list(real), list(free)
         self.synthetic_rows: list[tuple[bytes, bytes]] = []
         types: list[str] = []
+        refs = reference_visibility(cfg.data) if cfg.policy.min_visibility > 0 and synthetic else None
+        self.dropped: dict[str, int] = {}  # rows the policy's visibility check left out, per type
         for path in synthetic:
             table = pq.read_table(path)
-            keep = policy_rows(table, cfg.policy)
-            images, masks = table.column("image").to_pylist(), table.column("mask").to_pylist()
-            self.synthetic_rows += [(images[i], masks[i]) for i in keep]
-            names = table.column("defect_type").to_pylist() if "defect_type" in table.column_names else None
-            types += [names[i] for i in keep] if names else [""] * len(keep)
-        self.dropped: dict[str, int] = {}  # rows the visibility check left out, per type
-        if cfg.policy.min_visibility > 0 and self.synthetic_rows:
-            self.synthetic_rows, types, self.dropped = visible_rows(self.synthetic_rows, types, cfg)
+            chosen = filter_table(table, cfg.policy)
+            kept = filter_table(chosen, cfg.policy, refs) if refs else chosen
+            for t, n in dropped_by_type(chosen, kept).items():
+                self.dropped[t] = self.dropped.get(t, 0) + n
+            images, masks = kept.column("image").to_pylist(), kept.column("mask").to_pylist()
+            self.synthetic_rows += list(zip(images, masks))
+            types += kept.column("defect_type").to_pylist() if "defect_type" in kept.column_names \
+                else [""] * kept.num_rows
+        if refs:
             logging.getLogger("dstray").info("visibility check (--policy-min-visibility %s): %d generated rows left "
                                              "out %s, %d kept", cfg.policy.min_visibility,
                                              sum(self.dropped.values()), self.dropped, len(self.synthetic_rows))
@@ -318,84 +314,31 @@ class SegSource:
             channels = first.shape[0]
         self.channels = channels
         self.real = [read_item(s, channels) for s in self.real_samples]
+        self.free = [read_item(s, channels) for s in self.free_samples]
 
     @classmethod
     def from_config(cls, cfg: SegConfig) -> "SegSource":
-        """Real samples of ``cfg`` (:func:`real_samples`) plus the generated datasets ``cfg.synthetic``."""
-        return cls(cfg, real_samples(cfg), cfg.synthetic)
+        """Real samples of ``cfg`` (:func:`real_samples`), its defect-free share (:func:`free_samples`) and the
+        generated datasets ``cfg.synthetic``."""
+        return cls(cfg, real_samples(cfg), cfg.synthetic, free=free_samples(cfg))
+
+    @property
+    def has_synthetic(self) -> bool:
+        return bool(self.synthetic_rows)
 
     def __len__(self) -> int:
-        return len(self.real) + len(self.synthetic_rows)
+        return len(self.real) + len(self.free) + len(self.synthetic_rows)
 
     def batch(self, batch_size: int, generator: torch.Generator, step: int | None = None) -> dict[str, torch.Tensor]:
-        """:func:`mixed_batch` of :func:`synthetic_count` generated rows drawn with replacement and real samples.
-
-        Rows are drawn uniformly, or with ``cfg.policy.type_shares`` a type by its share, then a row of it.
-        """
-        n_syn = synthetic_count(self.cfg, real=bool(self.real), synthetic=bool(self.synthetic_rows), step=step,
-                                batch_size=batch_size)
+        """:func:`mixed_batch` of :func:`source_counts` generated rows (drawn with replacement), defect-free and
+        real images. Rows are drawn uniformly, or with ``cfg.policy.type_shares`` a type by its share
+        (:func:`dstray.policy.draw_types`), then a row of it."""
+        counts = source_counts(self.cfg, self, batch_size, step)
         shares = self.cfg.policy.type_shares
         if shares:
-            names = [t for t in self._by_type if shares.get(t, 0) > 0]
-            if not names:
-                raise ValueError(f"--policy-type-shares {shares}: no generated rows of those types "
-                                 f"(the datasets hold {sorted(self._by_type)})")
-            p = torch.tensor([shares[t] for t in names], dtype=torch.float64)
-            picks = torch.multinomial(p, n_syn, replacement=True, generator=generator).tolist() if n_syn else []
-            rows = [self._by_type[names[k]][int(torch.randint(len(self._by_type[names[k]]), (),
-                                                                generator=generator))] for k in picks]
+            rows = [self._by_type[t][int(torch.randint(len(self._by_type[t]), (), generator=generator))]
+                    for t in draw_types(shares, list(self._by_type), counts.synthetic, generator)]
         else:
-            rows = torch.randint(len(self.synthetic_rows) or 1, (n_syn,), generator=generator).tolist()
+            rows = torch.randint(len(self.synthetic_rows) or 1, (counts.synthetic,), generator=generator).tolist()
         synthetic = [row_item(*self.synthetic_rows[i], self.channels) for i in rows]
-        return mixed_batch(synthetic, self.real, batch_size, generator, self.cfg)
-
-
-def reference_visibility(cfg: SegConfig) -> dict[str, float]:
-    """Per defect type, the mean :func:`dstray.dst.visibility.visibility` of its reference defects (H against M's ring)."""
-    seen: dict[str, list[float]] = {}
-    for s in load_dataset(cfg.data).split("reference"):
-        if s.mask is not None:
-            image = read_image(s.image)
-            seen.setdefault(s.defect_type, []).append(visibility(image, read_mask(s.mask, like=image)))
-    return {t: sum(v) / len(v) for t, v in seen.items()}
-
-
-def visible_rows(rows: list[tuple[bytes, bytes]], types: list[str], cfg: SegConfig):
-    """The rows whose label shows a defect (:func:`dstray.dst.visibility.is_visible` at ``cfg.policy.min_visibility``
-    x the type's reference); returns ``(rows, types, dropped per type)``. A type without a reference keeps its rows."""
-    refs = reference_visibility(cfg)
-    seen = [label_visible(*row, t, refs, cfg.policy.min_visibility) for row, t in zip(rows, types)]
-    dropped = Counter(t for t, ok in zip(types, seen) if not ok)
-    return [r for r, ok in zip(rows, seen) if ok], [t for t, ok in zip(types, seen) if ok], dict(dropped)
-
-
-def label_visible(image_png: bytes, mask_png: bytes, defect_type: str, refs: dict[str, float], ratio: float) -> bool:
-    """Whether a generated row's label shows a defect (:func:`dstray.dst.visibility.is_visible` at ``ratio`` x its
-    type's reference visibility ``refs[type]``, :func:`reference_visibility`); a type without a reference: True."""
-    if defect_type not in refs:
-        return True
-    image, mask = decode_png(image_png), (decode_png(mask_png)[:1] >= (MASK_THRESHOLD - 0.5) / 255).float()
-    return is_visible(image, mask, refs[defect_type], ratio)[0]
-
-
-def policy_rows(table, policy) -> list[int]:
-    """Indices of the rows of a generated table that ``policy.generators`` lets in (every row when it is None).
-
-    A type's entry: ``mix`` (any generator), ``none`` (no row), or a generator name (rows of it only);
-    types it does not name: ``policy.default_generator``. Tables without ``defect_type``/``generator`` columns pass whole.
-    """
-    n = table.num_rows
-    named = policy.generators or {}
-    if (not named and policy.default_generator == "mix") or "defect_type" not in table.column_names \
-            or "generator" not in table.column_names:
-        return list(range(n))
-    for t, g in [*named.items(), ("(default)", policy.default_generator)]:
-        if g not in POLICY_GENERATORS:
-            raise ValueError(f"--policy-generators {t}={g}: choose one of {', '.join(POLICY_GENERATORS)}")
-    types, gens = table.column("defect_type").to_pylist(), table.column("generator").to_pylist()
-    keep = []
-    for i, (t, g) in enumerate(zip(types, gens)):
-        want = named.get(t, policy.default_generator)
-        if want == "mix" or want == g:
-            keep.append(i)
-    return keep
+        return mixed_batch(synthetic, self.real, batch_size, generator, self.cfg, self.free, counts.free)

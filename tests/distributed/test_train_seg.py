@@ -54,6 +54,51 @@ def test_shard_source_feeds_the_same_items_as_segsource(ray_cluster, synthetic):
     source.close()
 
 
+def test_the_stream_applies_the_policy_as_segsource_does(ray_cluster, tmp_path):
+    """Type shares and the defect-free share in the Ray Train stream: the same draws of types, the same error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from dstray.config import DataPolicy
+    from dstray.data import encode_png, load_dataset
+    from dstray.distributed.train_seg import ShardSource
+    from dstray.policy import filter_table
+    from dstray.seg.data import SegSource
+
+    rows = []
+    for i in range(8):  # crack rows have a 10 x 10 label, fray rows a 10 x 20 one
+        image, mask = torch.full((1, 40, 40), 0.5), torch.zeros(1, 40, 40)
+        mask[:, 10:20, 10:20 if i % 2 == 0 else 30] = 1.0
+        rows.append({"image": encode_png(image), "mask": encode_png(mask), "defect_type": ["crack", "fray"][i % 2],
+                     "generator": "histmatch"})
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    free = load_dataset(None).split("background")[:2]
+    cfg = replace(TINY, synthetic=[str(path)], real_splits=[], augment=False, window=40, batch_size=4,
+                  free_fraction=0.25, policy=DataPolicy(type_shares={"crack": 1.0, "fray": 0.0}))
+    ds = ray.data.read_parquet(str(path)).map_batches(filter_table, fn_kwargs={"policy": {}},
+                                                      batch_format="pyarrow").select_columns(
+        ["image", "mask", "defect_type"])
+    stream = ShardSource(cfg, ds.iterator(), [], channels=1, free=free, types=["crack", "fray"])
+    local = SegSource(cfg, [], cfg.synthetic, channels=1, free=free)
+    for source in (stream, local):
+        g = torch.Generator().manual_seed(0)
+        for _ in range(4):
+            batch = source.batch(4, g, step=0)
+            assert batch["has_defect"].tolist() == [True, True, True, False]  # 3 generated, 1 defect-free
+            assert [int(a) for a in batch["mask"][:3].sum((1, 2, 3))] == [100] * 3  # crack rows only
+    stream.close()
+    missing = replace(cfg, policy=DataPolicy(type_shares={"blowhole": 1.0}))
+    errors = []
+    for source in (ShardSource(missing, ds.iterator(), [], channels=1, types=["crack", "fray"]),
+                   SegSource(missing, [], missing.synthetic, channels=1)):
+        with pytest.raises(ValueError, match="no generated rows of those types") as exc:
+            source.batch(4, torch.Generator().manual_seed(0), step=0)
+        errors.append(str(exc.value))
+    assert errors[0] == errors[1]
+
+
 # --------------------------------------------------------------------------- train-seg, evaluate, resume
 @pytest.fixture(scope="module")
 def trained(ray_cluster, synthetic, tmp_path_factory):

@@ -12,7 +12,9 @@ from skimage.morphology import dilation, erosion
 
 from dstray.config import DataPolicy, SegConfig
 from dstray.data import encode_png
-from dstray.seg.data import SegSource, label_band, loss_weight, policy_rows, synthetic_count
+from dstray.labels import label_band
+from dstray.policy import allowed_indices, batch_counts, filter_table, reference_visibility
+from dstray.seg.data import SegSource, loss_weight
 from tests.helpers import SMALL_SEG as SMALL
 
 
@@ -30,10 +32,10 @@ def _table(path, types, generators):
 
 def test_the_schedule_ends_on_real_images_only():
     cfg = replace(SMALL, batch_size=8, steps=20, synthetic_fraction=0.5, policy=DataPolicy(real_only_last=0.25))
-    counts = [synthetic_count(cfg, real=True, synthetic=True, step=s) for s in range(20)]
+    counts = [batch_counts(cfg, real=True, synthetic=True, free=False, step=s).synthetic for s in range(20)]
     assert counts == [4] * 15 + [0] * 5
-    assert synthetic_count(cfg, real=False, synthetic=True, step=19) == 8  # nothing real to fall back on
-    assert synthetic_count(cfg, real=True, synthetic=False, step=0) == 0
+    assert batch_counts(cfg, real=False, synthetic=True, free=False, step=19).synthetic == 8  # nothing real to fall back on
+    assert batch_counts(cfg, real=True, synthetic=False, free=False, step=0).synthetic == 0
 
 
 @pytest.mark.parametrize("width", [0, 1, 3])
@@ -69,11 +71,12 @@ def test_policy_rows_keep_what_each_type_is_fed(tmp_path):
     gens = ["dst", "copy", "dst", "histmatch", "copy", "dst"]
     table = pq.read_table(_table(tmp_path / "a.parquet", types, gens))
     policy = DataPolicy(generators={"crack": "dst", "uneven": "none"})  # fray unnamed: mix
-    assert policy_rows(table, policy) == [i for i, (t, g) in enumerate(zip(types, gens))
+    assert allowed_indices(table, policy) == [i for i, (t, g) in enumerate(zip(types, gens))
                                           if (t == "crack" and g == "dst") or t == "fray"]
-    assert policy_rows(table, DataPolicy()) == list(range(6))
+    assert allowed_indices(table, DataPolicy()) == list(range(6))
+    from dstray.policy import check_policy
     with pytest.raises(ValueError, match="choose one of"):
-        policy_rows(table, DataPolicy(generators={"crack": "paint"}))
+        check_policy(replace(SMALL, policy=DataPolicy(generators={"crack": "paint"})))
 
 
 def test_type_shares_decide_which_rows_are_drawn(tmp_path):
@@ -123,13 +126,13 @@ def test_the_data_search_space_sets_the_policy_of_a_trial():
 def test_the_default_generator_feeds_the_types_not_named(tmp_path):
     types, gens = ["crack", "crack", "fray", "fray"], ["dst", "copy", "dst", "copy"]
     table = pq.read_table(_table(tmp_path / "c.parquet", types, gens))
-    assert policy_rows(table, DataPolicy(generators={"crack": "mix"}, default_generator="copy")) == [0, 1, 3]
+    assert allowed_indices(table, DataPolicy(generators={"crack": "mix"}, default_generator="copy")) == [0, 1, 3]
 
 
 def test_visibility_against_numpy_and_the_invisible_rows_are_dropped(tmp_path):
     from scipy import ndimage
 
-    from dstray.dst.visibility import is_visible, visibility
+    from dstray.labels import is_visible, visibility
 
     rng = np.random.default_rng(0)
     image = rng.uniform(0.4, 0.6, (1, 48, 48)).astype(np.float32)
@@ -166,10 +169,76 @@ def test_min_visibility_drops_the_rows_whose_label_shows_nothing(tmp_path):
     assert src.dropped == {"crack": 2} and len(src.synthetic_rows) == 1
     # the Ray Train stream applies the same rule in its Ray Data filter (the driver passes the references' visibility)
     from dstray.config import to_dict
-    from dstray.distributed.train_seg import _policy_filter
-    from dstray.seg.data import reference_visibility
-
     table = pq.read_table(path)
-    kept = _policy_filter(table, to_dict(cfg.policy), reference_visibility(cfg))
+    kept = filter_table(table, to_dict(cfg.policy), reference_visibility(cfg.data))
     assert kept.column("image").to_pylist() == [rows[2]["image"]]
-    assert _policy_filter(table, to_dict(cfg.policy), None).num_rows == 3  # no references given: no check
+    assert filter_table(table, to_dict(cfg.policy), None).num_rows == 3  # no references given: no check
+
+
+# --------------------------------------------------------------------------- the defect-free share
+def test_batch_counts_hold_the_free_share_through_the_real_only_finish():
+    cfg = replace(SMALL, batch_size=8, steps=10, synthetic_fraction=0.25, free_fraction=0.25,
+                  policy=DataPolicy(real_only_last=0.2))
+    counts = [batch_counts(cfg, real=True, synthetic=True, free=True, step=s) for s in range(10)]
+    assert [(c.synthetic, c.free, c.real) for c in counts] == [(2, 2, 4)] * 8 + [(0, 2, 6)] * 2
+    assert batch_counts(cfg, real=True, synthetic=False, free=True) == batch_counts(cfg, real=True, synthetic=True,
+                                                                                     free=True, step=9)
+    assert batch_counts(cfg, real=False, synthetic=True, free=True).synthetic == 6  # generated fill the rest
+    assert batch_counts(cfg, real=True, synthetic=True, free=False).free == 0  # no defect-free images given
+    from dstray.policy import check_policy
+    with pytest.raises(ValueError, match="leave no room for defect images"):
+        check_policy(replace(cfg, synthetic=["x"], real_splits=["reference"], synthetic_fraction=0.75,
+                             free_fraction=0.5))
+
+
+def test_the_free_share_draws_whole_background_windows_from_the_free_rows():
+    from dstray.data import load_dataset
+    from dstray.seg.data import free_samples
+
+    cfg = replace(SMALL, real_splits=["reference"], free_fraction=0.5, batch_size=4, augment=False, window=64)
+    free = free_samples(cfg)
+    ds = load_dataset(None)
+    assert free and [s.id for s in free] == [s.id for s in ds.split("background")]  # every background, in order
+    assert free_samples(replace(cfg, free_fraction=0.0)) == []
+    src = SegSource.from_config(cfg)
+    g = torch.Generator().manual_seed(0)
+    touching, n = 0, 0
+    for _ in range(40):
+        batch = src.batch(4, g, step=0)
+        assert batch["has_defect"].tolist() == [False, False, True, True]  # 2 defect-free windows, then 2 references
+        assert int(batch["mask"][:2].sum()) == 0 and int(batch["mask"][2:].sum()) > 0
+    # the windows on defect-free images: flush with a side about half the time beyond chance (BORDER_WINDOWS)
+    from dstray.seg.data import BORDER_WINDOWS, window_box
+
+    item = src.free[0]
+    _, height, width = item["image"].shape
+    for _ in range(400):
+        top, left, h, w = window_box(item, 32, g, centred=False)
+        touching += top == 0 or left == 0 or top + h == height or left + w == width
+        n += 1
+    chance = 1 - (1 - 2 / (height - 31)) * (1 - 2 / (width - 31))
+    assert abs(touching / n - (BORDER_WINDOWS + (1 - BORDER_WINDOWS) * chance)) < 0.08
+
+
+def test_a_free_split_that_selects_or_has_no_clean_rows_is_refused():
+    from dstray.seg.checks import check_inputs
+
+    with pytest.raises(ValueError, match="selects"):
+        check_inputs(replace(SMALL, free_fraction=0.25, free_splits=["val"]))
+    with pytest.raises(ValueError, match="no defect-free"):
+        check_inputs(replace(SMALL, free_fraction=0.25, free_splits=["reference"]))
+
+
+# --------------------------------------------------------------------------- area families
+def test_the_area_family_lever_picks_rows_by_their_column(tmp_path):
+    types, gens = ["crack"] * 4, ["dst", "dst", "histmatch", "histmatch"]
+    table = pq.read_table(_table(tmp_path / "f.parquet", types, gens))
+    assert allowed_indices(table, DataPolicy(area_family="procedural")) == []  # no column: every row is 'reference'
+    assert allowed_indices(table, DataPolicy(area_family="reference")) == [0, 1, 2, 3]
+    table = table.append_column("area_family", pa.array(["reference", "procedural"] * 2))
+    assert allowed_indices(table, DataPolicy(area_family="procedural")) == [1, 3]
+    assert allowed_indices(table, DataPolicy(area_family="procedural", default_generator="dst")) == [1]
+    assert allowed_indices(table, DataPolicy()) == [0, 1, 2, 3]
+    from dstray.policy import check_policy
+    with pytest.raises(ValueError, match="--policy-area-family"):
+        check_policy(replace(SMALL, policy=DataPolicy(area_family="drawn-by-hand")))
