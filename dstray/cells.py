@@ -30,7 +30,7 @@ from pathlib import Path
 from dstray.config import ARCHS, GENERATORS, DataPolicy, GenerateConfig, SegConfig, to_dict
 from dstray.data import load_dataset, sample_root
 from dstray.policy import wanted_generators
-from dstray.presets import ExperimentPreset, chosen_policy
+from dstray.presets import ExperimentPreset, chosen_policy, with_policy
 
 log = logging.getLogger("dstray")
 
@@ -103,9 +103,12 @@ def plan(experiment: str, p: ExperimentPreset, *, data: str | None, run: str | P
     cells: list[Cell] = []
 
     def add(arch: str, label: str, seed: int, pools: list[Pool], *, real_limit=None, splits=("reference",),
-            pol: DataPolicy | None = None, **extra) -> None:
+            generator: str | None = None, **extra) -> None:
+        # every cell: the same real data (its splits + the preset's defect-free share); with pools, the chosen
+        # policy (with one generator for the single-generator columns), so the generated rows are the difference
         seg = replace(p.seg, arch=arch, data=data, seed=seed, real_splits=list(splits), real_limit=real_limit,
-                      synthetic=[str(pool_dir(run, x) / "data") for x in pools], policy=pol or DataPolicy())
+                      synthetic=[str(pool_dir(run, x) / "data") for x in pools])
+        seg = with_policy(seg, generator=generator) if pools else replace(seg, policy=DataPolicy())
         cells.append(Cell(experiment, arch, label, seed, seg, pools, **extra))
 
     def policy_pools(seed: int, size: int) -> list[Pool]:
@@ -116,18 +119,18 @@ def plan(experiment: str, p: ExperimentPreset, *, data: str | None, run: str | P
             for arch in ARCHS:
                 add(arch, "refs", seed, [])
                 for g in GENERATORS:
-                    add(arch, g, seed, [Pool(g, seed, p.num_samples)])
-                add(arch, "policy", seed, policy_pools(seed, p.num_samples), pol=policy)
+                    add(arch, g, seed, [Pool(g, seed, p.num_samples)], generator=g)
+                add(arch, "policy", seed, policy_pools(seed, p.num_samples))
         elif experiment == "fig6":
             n_refs, n_train = len(dataset.references()), len(dataset.split("train"))
             for k in dict.fromkeys(n_train if k is None else min(k, n_train) for k in p.real_counts):
                 splits = ("reference", "train")
                 add("buttonlab", "B", seed, [], real_limit=n_refs + k, splits=splits, k=k)
                 add("buttonlab", "C", seed, policy_pools(seed, p.num_samples), real_limit=n_refs + k, splits=splits,
-                    pol=policy, k=k)
+                    k=k)
         else:
             for n in p.sample_counts:
-                add("buttonlab", "policy", seed, policy_pools(seed, n), pol=policy, samples=n)
+                add("buttonlab", "policy", seed, policy_pools(seed, n), samples=n)
     return cells
 
 

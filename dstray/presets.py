@@ -113,9 +113,29 @@ def pipeline_preset(name: str, **overrides) -> PipelineConfig:
 
 
 def chosen_policy() -> DataPolicy:
-    """The data policy of the experiments' "+ policy" cells, Figure 6's "with generated" and the samples
-    experiment; set here, in one place (today the ``DataPolicy`` defaults: every generator mixed)."""
+    """The data policy of the experiments' "+ policy" cells, Figure 6's "with generated", the samples
+    experiment, the pipeline and its report; set here, in one place (docs/data-policy.md says how it was chosen)."""
     return DataPolicy()
+
+
+CHOSEN_SYNTHETIC_FRACTION = 0.5  # the chosen policy's synthetic share of a batch (SegConfig.synthetic_fraction)
+
+
+def with_policy(seg: SegConfig, policy: DataPolicy | None = None, *, generator: str | None = None) -> SegConfig:
+    """``seg`` trained under ``policy`` (default :func:`chosen_policy`, with :data:`CHOSEN_SYNTHETIC_FRACTION`).
+
+    ``generator``: the same policy with one generator feeding every type it feeds (types it gives ``none``
+    stay without generated rows): the single-generator rows beside the policy (Table 1, the lever table).
+    The defect-free share is real data, ``seg``'s own (``SegConfig.free_fraction``), in every row alike.
+    """
+    chosen = policy is None
+    policy = chosen_policy() if chosen else policy
+    if generator is not None:
+        named = {t: ("none" if g == "none" else generator) for t, g in (policy.generators or {}).items()}
+        policy = dataclasses.replace(policy, generators=named or None,
+                                     default_generator="none" if policy.default_generator == "none" else generator)
+    share = CHOSEN_SYNTHETIC_FRACTION if chosen else seg.synthetic_fraction
+    return dataclasses.replace(seg, policy=policy, synthetic_fraction=share)
 
 
 @dataclasses.dataclass

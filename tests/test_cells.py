@@ -67,9 +67,14 @@ def test_policy_generators_and_the_digest(tmp_path, monkeypatch):
     assert digests == [settings(c, p, "sample")["digest"] for c in b]  # the run folder is not a setting
     assert len(set(digests)) == len(digests)
     monkeypatch.setattr("dstray.cells.chosen_policy", lambda: DataPolicy(synthetic_weight=0.5))
+    monkeypatch.setattr("dstray.presets.chosen_policy", lambda: DataPolicy(synthetic_weight=0.5))
     c = plan("table1", p, data=None, run=tmp_path / "a", seeds=[0])
     changed = [x.name for x, y in zip(a, c) if settings(x, p, "s")["digest"] != settings(y, p, "s")["digest"]]
-    assert changed == [x.name for x in a if x.data == "policy"]  # another policy: only its cells run again
+    # another policy: the cells trained under it (the policy and its single-generator columns) run again, the
+    # references-only cells (same real data, no generated rows) do not
+    assert changed == [x.name for x in a if x.data != "refs"]
+    assert all(x.seg.policy.default_generator == x.data for x in c if x.data in GENERATORS)
+    assert {x.seg.free_fraction for x in c} == {p.seg.free_fraction}  # one real data for every row
     assert dataset_name(None) == "sample"
 
 

@@ -73,9 +73,11 @@ def check_inputs(cfg: SegConfig) -> SegConfig:
             if name in (cfg.eval_split, cfg.test_split):
                 raise ValueError(f"--free-splits {name}: that split selects (--eval-split) or reports (--test-split) "
                                  "the model; take defect-free images from background (or another split)")
-            if not any(s.defect_type == FREE for s in dataset.split(name)):
-                raise ValueError(f"{dataset.root}: --free-splits {name} has no defect-free (type free) rows; name "
-                                 f"splits that do (background), or --free-fraction 0")
+        if not any(s.defect_type == FREE for name in cfg.free_splits for s in dataset.split(name)):
+            log.warning("%s: --free-splits %s hold no defect-free (type free) rows: training without the defect-free "
+                        "share (--free-fraction %s); name splits that hold some (background) to use it", dataset.root,
+                        ",".join(cfg.free_splits), cfg.free_fraction)
+
     free_real = [s for name in cfg.real_splits for s in dataset.split(name) if s.defect_type == FREE]
     if free_real:
         n_real = sum(len(dataset.split(name)) for name in cfg.real_splits)

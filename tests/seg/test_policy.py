@@ -220,13 +220,13 @@ def test_the_free_share_draws_whole_background_windows_from_the_free_rows():
     assert abs(touching / n - (BORDER_WINDOWS + (1 - BORDER_WINDOWS) * chance)) < 0.08
 
 
-def test_a_free_split_that_selects_or_has_no_clean_rows_is_refused():
+def test_a_free_split_that_selects_is_refused_and_one_without_clean_rows_warns():
     from dstray.seg.checks import check_inputs
 
     with pytest.raises(ValueError, match="selects"):
         check_inputs(replace(SMALL, free_fraction=0.25, free_splits=["val"]))
-    with pytest.raises(ValueError, match="no defect-free"):
-        check_inputs(replace(SMALL, free_fraction=0.25, free_splits=["reference"]))
+    check_inputs(replace(SMALL, free_fraction=0.25, free_splits=["reference"]))  # no clean rows: a warning, no share
+    assert SegSource.from_config(replace(SMALL, free_fraction=0.25, free_splits=["reference"])).free == []
 
 
 # --------------------------------------------------------------------------- area families
