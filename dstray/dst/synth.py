@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 
 from dstray import storage
-from dstray.config import GENERATORS, PATCH_SIZE, AreaConfig, GenerateConfig, field_default, from_dict, to_dict
+from dstray.config import (GENERATORS, PATCH_SIZE, AreaConfig, GenerateConfig, field_default, from_dict, to_dict,
+                           without_later_defaults)
 from dstray.data import DataError, load_dataset, preflight, read_image, read_mask, to_channels
 from dstray.dst.areas import AreaSampler, area_for_seed
 from dstray.dst.histmatch import match_area, ring_mean, sort_reference
@@ -313,8 +314,8 @@ _LATER_FIELDS = {k: field_default(GenerateConfig, k) for k in ("max_image_pixels
 
 def _fingerprint(cfg: GenerateConfig, digests: dict[str, str], plan_digest: str) -> str:
     """What makes two runs the same dataset (not: where it is written or how fast)."""
-    keep = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "batch_size", "num_actors", "use_gpu")
-            and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+    keep = {k: v for k, v in without_later_defaults(cfg).items()
+            if k not in ("out", "batch_size", "num_actors", "use_gpu") and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
     blob = json.dumps({"cfg": keep, "models": digests, "plan": plan_digest}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
