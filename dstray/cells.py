@@ -27,7 +27,8 @@ import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dstray.config import ARCHS, GENERATORS, DataPolicy, GenerateConfig, SegConfig, to_dict
+from dstray.config import (ARCHS, GENERATORS, DataPolicy, GenerateConfig, SegConfig, to_dict,
+                           without_later_defaults)
 from dstray.data import load_dataset, sample_root
 from dstray.policy import wanted_generators
 from dstray.presets import ExperimentPreset, chosen_policy, with_policy
@@ -138,10 +139,12 @@ def settings(cell: Cell, p: ExperimentPreset, data_name: str) -> dict:
     """What a cell's result depends on, without machine paths: its SegConfig (data: the dataset's
     name, synthetic: pool names), its pools' generation and DST settings, and their ``digest``."""
     seg = to_dict(replace(cell.seg, data=data_name, synthetic=[x.name for x in cell.pools], device="auto"))
-    gen = {k: v for k, v in to_dict(generate_config(Pool("copy", 0, 0), p, data=None, run="")).items()
+    pool_cfg = generate_config(Pool("copy", 0, 0), p, data=None, run="")
+    gen = {k: v for k, v in without_later_defaults(pool_cfg).items()
            if k not in ("data", "models", "generator", "num_samples", "seed", "out", "use_gpu")}
     out = {"seg": seg, "pools": [dataclasses.asdict(x) for x in cell.pools], "generate": gen if cell.pools else None,
-           "dst": {k: v for k, v in to_dict(replace(p.dst, seed=cell.seed)).items() if k not in DST_FREE}
+           "dst": {k: v for k, v in without_later_defaults(replace(p.dst, seed=cell.seed)).items()
+                   if k not in DST_FREE}
            if any(x.generator == "dst" for x in cell.pools) else None}
     out["digest"] = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:12]
     return out

@@ -25,6 +25,7 @@ T = TypeVar("T")
 PATCH_SIZE = 96  # side (px) of the square window around L that TransferNet sees in patch mode (fit and generation)
 GENERATORS = ("copy", "histmatch", "dst")  # how L of a generated sample is filled (paper Table 1's columns, in order)
 ARCHS = ("buttonlab", "deeplabv3plus", "unet")  # the segmenters of paper Table 1
+AREA_FAMILIES = ("reference", "procedural", "mix")  # where the target areas L come from (AreaConfig.family)
 # Largest image (width x height, pixels) a job decodes (--max-image-pixels): 16 MP holds 4096 x 4096 and
 # every 12 MP camera frame. Measured (generation core, patch mode, 16 samples of blowhole or crack on
 # 4000 x 4000 backgrounds, 1 thread): process peak 1.3 GiB against 0.73 GiB before the first sample
@@ -46,6 +47,9 @@ class AreaConfig:
     flip: bool = True  # random horizontal/vertical flips
     margin: int = 2  # pixels kept free between L and the image border
     keep_border_contact: bool = True  # a reference touching the border yields an L touching a border
+    family: str = "reference"  # "reference" (the reference masks warped) | "procedural" (shapes drawn in the ranges
+    #                            measured on them, widened) | "mix" (each sample one of the two, half and half)
+    widen: float = 2.0  # procedural: sizes, elongation, width ... in [ref / widen, ref x widen] (area: widen squared)
 
 
 # --------------------------------------------------------------------------- DST fit
@@ -120,6 +124,7 @@ class GenerateConfig:
     dst_strength: list[float] | None = None  # dst: per sample T(y') blended with y' at a strength drawn in [lo, hi]
     defects_per_image: str = "1"  # defects per sample: K, or a range LO-HI drawn per sample (e.g. 1-3); adds class_mask
     min_visibility: float = 0.0  # a sample whose label is less visible than this x its reference defect is a reject (0 = no check)
+    contrast: list[float] | None = None  # LO,HI: inside L c x filled + (1-c) x S, c uniform in [LO,HI] per sample; none: c = 1
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -204,14 +209,41 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _nested() -> dict[str, type]:
+    """The config fields that hold another config, by name."""
+    return {"area": AreaConfig, "dst": DSTConfig, "seg": SegConfig, "generate": GenerateConfig, "policy": DataPolicy}
+
+
+def _added_later() -> dict[type, tuple[str, ...]]:
+    """Fields added after outputs were keyed by their config (a generated dataset's fingerprint, the pipeline's
+    stage keys, an experiment cell's digest, a DST fit's resume check). At their default they mean what the
+    config meant before they existed, so :func:`without_later_defaults` leaves them out of its identity."""
+    return {AreaConfig: ("family", "widen"), GenerateConfig: ("contrast",)}
+
+
+def _drop_later(data: dict[str, Any], cls: type) -> dict[str, Any]:
+    later, nested = _added_later().get(cls, ()), _nested()
+    out = {}
+    for key, value in data.items():
+        if key in later and value == field_default(cls, key):
+            continue
+        out[key] = _drop_later(value, nested[key]) if key in nested and isinstance(value, dict) else value
+    return out
+
+
+def without_later_defaults(cfg: Any) -> dict[str, Any]:
+    """:func:`to_dict` of ``cfg`` without the fields added later that are at their default (nested configs
+    too): the config's identity, equal to what the same config gave before those fields existed."""
+    return _drop_later(to_dict(cfg), type(cfg))
+
+
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Rebuild a config dataclass from :func:`to_dict` output; unknown keys are an error."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}; known: {sorted(names)}")
-    nested = {"area": AreaConfig, "dst": DSTConfig, "seg": SegConfig, "generate": GenerateConfig,
-              "policy": DataPolicy}
+    nested = _nested()
     kwargs = {}
     for key, value in data.items():
         if key in nested and isinstance(value, dict):
@@ -236,11 +268,12 @@ def changed_fields(saved: dict[str, Any], cfg: Any, free: tuple[str, ...] | None
     """Fields of ``cfg`` whose value differs from ``saved`` (a :func:`to_dict`), except ``free``.
 
     ``free`` defaults to the config class's ``RESUME_FREE``: the fields that may change between
-    a run and its resumption.
+    a run and its resumption. A field added later (:func:`without_later_defaults`) that ``saved``
+    lacks counts as its default.
     """
     free = getattr(type(cfg), "RESUME_FREE", ()) if free is None else free
-    now = to_dict(cfg)
-    return sorted(k for k in now if k not in free and saved.get(k) != now[k])
+    now, saved = without_later_defaults(cfg), _drop_later(saved, type(cfg))
+    return sorted(k for k in to_dict(cfg) if k not in free and saved.get(k) != now.get(k))
 
 
 def check_resumable(saved: dict[str, Any], cfg: Any, path: Any, free: tuple[str, ...] | None = None, *,

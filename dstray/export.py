@@ -7,7 +7,7 @@ mask (8-bit, 0 = background, k = the k-th name of ``classes.txt``), listed in a 
 ``format="folder"``::
 
     OUT/images/<sample_id>.png  OUT/masks/<sample_id>.png  OUT/class_masks/<sample_id>.png
-    OUT/manifest.csv  (image,mask,defect_type,split,class_mask,sample_id,background_id,seed,generator;
+    OUT/manifest.csv  (image,mask,defect_type,split,class_mask,sample_id,background_id,seed,generator,area_family;
                        split "train", so ``--data OUT/manifest.csv`` reads it as a dstray dataset)
     OUT/classes.txt   (line k = class k; line 0 is "background")
 
@@ -36,7 +36,7 @@ from pathlib import Path
 FORMATS = ("folder", "mvtec")
 COMBINED = "combined"  # MVTec AD's folder name for images with several defect types
 MANIFEST_COLUMNS = ("image", "mask", "defect_type", "split", "class_mask", "sample_id", "background_id", "seed",
-                    "generator")
+                    "generator", "area_family")
 
 
 def read_rows(generated: str, columns: list[str] | None = None) -> list[dict]:
@@ -141,9 +141,11 @@ def _write(root: Path, rel: dict, image: bytes, mask: bytes, class_mask: bytes) 
 
 
 def _listing(r: dict, rel: dict, split: str) -> dict:
+    from dstray.dst.rows import area_family_of  # "reference" for rows written before the column existed
+
     return {"image": rel["images"], "mask": rel["masks"], "defect_type": r["defect_type"], "split": split,
             "class_mask": rel["class_masks"], "sample_id": r["sample_id"], "background_id": r["background_id"],
-            "seed": r["seed"], "generator": r["generator"]}
+            "seed": r["seed"], "generator": r["generator"], "area_family": area_family_of(r)}
 
 
 def _copy_backgrounds(generated: str, rows: list[dict], folder: Path) -> int:

@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from dstray.config import DSTConfig, PipelineConfig, SegConfig, changed_fields, check_resumable, parse_value, to_dict
+from dstray.config import (AreaConfig, DSTConfig, GenerateConfig, PipelineConfig, SegConfig, changed_fields,
+                           check_resumable, parse_value, to_dict, without_later_defaults)
 from dstray.presets import PRESETS, dst_preset, experiment_preset, pipeline_preset, seg_preset
 
 
@@ -15,6 +16,20 @@ def test_resume_check_lets_only_the_free_fields_change(tmp_path):
         check_resumable(saved, SegConfig(lr=0.1, backbone="resnet50"), tmp_path)
     assert changed_fields(to_dict(DSTConfig(steps=3)), DSTConfig(steps=9, log_every=1)) == []
     assert changed_fields(to_dict(DSTConfig()), DSTConfig(lr=1.0)) == ["lr"]
+
+
+def test_fields_added_later_at_their_default_leave_a_configs_identity_as_it_was():
+    """Datasets, stage keys, experiment cells and DST fits keyed before AreaConfig.family/widen and
+    GenerateConfig.contrast existed are still recognised: at their default those fields are left out."""
+    before = to_dict(GenerateConfig())
+    del before["contrast"], before["area"]["family"], before["area"]["widen"]  # what to_dict gave before
+    assert without_later_defaults(GenerateConfig()) == before
+    assert without_later_defaults(GenerateConfig(contrast=[0.2, 1.0]))["contrast"] == [0.2, 1.0]
+    assert without_later_defaults(GenerateConfig(area=AreaConfig(family="mix")))["area"]["family"] == "mix"
+    old_fit = to_dict(DSTConfig())
+    del old_fit["area"]["family"], old_fit["area"]["widen"]  # a DST fit saved before: resumable, not refitted
+    assert changed_fields(old_fit, DSTConfig()) == []
+    assert changed_fields(old_fit, DSTConfig(area=AreaConfig(family="procedural"))) == ["area"]
 
 
 def test_parse_value_follows_the_field_type():

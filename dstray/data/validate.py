@@ -264,8 +264,16 @@ def _check_channels(ds: DefectDataset, out: Validation) -> None:
             "conversion")))
 
 
+def _low(area: AreaConfig) -> float:
+    """The smallest linear scale of an area relative to its reference: ``scale_min`` for the reference family,
+    1 / ``widen`` for procedural shapes (the low end of their ranges), the smaller of the two for a mix."""
+    widen = 1 / area.widen if area.widen and area.widen >= 1 else area.scale_min
+    return {"reference": area.scale_min, "procedural": widen}.get(area.family, min(area.scale_min, widen))
+
+
 def _need(box: tuple[int, int, tuple[bool, bool, bool, bool]], area: AreaConfig) -> tuple[int, int, int, int] | None:
-    """The room (h, w, margin_h, margin_w) the smallest area from a reference mask takes at ``scale_min``.
+    """The room (h, w, margin_h, margin_w) the smallest area from a reference mask takes at ``scale_min`` (procedural
+    areas: about the reference's box / ``widen``, :func:`_low`).
 
     ``box``: the mask's bounding box (h, w) and the image sides it touches (top, bottom, left,
     right). With ``keep_border_contact`` a touched side is snapped to the target's border (no
@@ -273,12 +281,13 @@ def _need(box: tuple[int, int, tuple[bool, bool, bool, bool]], area: AreaConfig)
     target: None (it always fits).
     """
     h, w, (top, bottom, left, right) = box
-    border = area.keep_border_contact
+    border = area.keep_border_contact or area.family != "reference"
     if border and ((top and bottom) or (left and right)):
         return None
     mh = area.margin * (2 - (border and top) - (border and bottom))
     mw = area.margin * (2 - (border and left) - (border and right))
-    return max(1, math.floor(h * area.scale_min + 0.5)), max(1, math.floor(w * area.scale_min + 0.5)), mh, mw
+    low = _low(area)
+    return max(1, math.floor(h * low + 0.5)), max(1, math.floor(w * low + 0.5)), mh, mw
 
 
 def _check_room(ds: DefectDataset, job: str, types: list[str], area: AreaConfig, checked: dict[int, _Checked],
@@ -314,15 +323,20 @@ def _check_room(ds: DefectDataset, job: str, types: list[str], area: AreaConfig,
             else:
                 small.setdefault(t, []).append((s, min(ns, key=lambda n: n[0] * n[1])))
         usable += fits_any
+    if area.family == "reference":
+        low_name, low_hint = f"--area-scale-min {area.scale_min:g}", "lower --area-scale-min"
+    else:
+        low_name, low_hint = (f"the low end of its sizes (--area-family {area.family}, --area-widen {area.widen:g})",
+                              "raise --area-widen")
     for t, rows in small.items():
         nh, nw, mh, mw = rows[0][1]
         effect = {"inspect": "generate rejects their samples of this type and fit-dst skips them",
                   "fit-dst": "the fitter skips them", "generate": "their samples of this type become rejects"}[job]
         out.warnings.append(_grouped(
             ds, [s.image for s, _ in rows],
-            f"background(s) too small for any '{t}' area: the smallest is {nw}x{nh} px (WxH) at --area-scale-min "
-            f"{area.scale_min:g}, plus margins of {mw} px across and {mh} px down",
-            f"{effect}; use larger backgrounds or lower --area-scale-min",
+            f"background(s) too small for any '{t}' area: the smallest is {nw}x{nh} px (WxH) at {low_name}, plus "
+            f"margins of {mw} px across and {mh} px down",
+            f"{effect}; use larger backgrounds or {low_hint}",
             detail=[f"{s.id}: {_size(out.shapes.get(s.id))}" for s, _ in rows]))
     return usable
 

@@ -30,14 +30,25 @@ has a real defect's shape, varied by one smooth random warp (:class:`AreaSampler
 6. if L does not fit the room left by the margins it is drawn again smaller, down to
    ``scale_min``; a background that cannot take the shape even at ``scale_min`` raises
    :class:`AreaDoesNotFit` (generation records the sample as a reject, with that message);
-7. with a region of interest ``roi`` (a (1,H,W) mask), L is placed within the ROI's bounding box
-   and draws are repeated until L lies wholly inside the ROI, at most ``max_tries`` times, then
-   ValueError saying how large the ROI is (:mod:`dstray.dst.regions`). Without a ROI the draws
-   are the same as before ROIs existed (a seed gives the same L).
+7. with a region of interest ``roi`` (a (1,H,W) mask), the ROI's bounding box stands in for the
+   image: L is sized to its room (drawn smaller down to ``scale_min`` when too large for it), a
+   touched side is snapped to a side of the box, a spanning shape spans the box, and L is placed
+   within it; draws are repeated until L lies wholly inside the ROI, at most ``max_tries`` times,
+   then ValueError saying how large the ROI is (:mod:`dstray.dst.regions`). Without a ROI the
+   draws are the same as before ROIs existed (a seed gives the same L).
+
+**Families** (``AreaConfig.family``): the above is the ``reference`` family. ``procedural`` draws L
+from seeded shape kinds (blob, curve, border region, band) sized in the ranges measured on the
+reference masks and widened by ``AreaConfig.widen`` (:mod:`dstray.dst.shapes`), with the same
+margins, ROI box and placement; ``mix`` draws one coin per sample (half and half) before the rest.
+:meth:`AreaSampler.draw` returns the family with L (:class:`Area`); the reference family's draws for
+a seed are the same as before families existed (tested against a digest).
 
 ``sample_with_image`` also returns the reference *image* warped by the same transform (the
 copy-paste baseline pastes it, so pixels and label agree); it consumes the same random
-draws, so for one seed ``sample`` and ``sample_with_image`` give the same L. All randomness
+draws, so for one seed ``sample`` and ``sample_with_image`` give the same L. A procedural L has
+no warp: its pixels are the reference defect's box resized into L's box
+(:func:`dstray.dst.regions.copy_into`, as for the user's drawn areas). All randomness
 comes from the given ``torch.Generator`` (CPU): the same generator state gives the same L.
 
 :func:`crop_window` / :func:`cut_window` / :func:`paste_window` (:mod:`dstray.dst.windows`, re-exported
@@ -48,13 +59,16 @@ here) serve DST's patch mode: TransferNet runs on a square window around L inste
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dstray.config import AreaConfig
+from dstray.config import AREA_FAMILIES, AreaConfig
+from dstray.dst.regions import copy_into
+from dstray.dst.shapes import Procedural, TooLarge
 from dstray.dst.windows import bbox, crop_window, cut_window, paste_window  # noqa: F401 (the windows around L)
 
 # sides of a mask, in this order everywhere: top, bottom, left, right
@@ -65,7 +79,31 @@ _MAX_CANVAS = 16_000_000  # a warped shape larger than this many pixels is redra
 
 
 class AreaDoesNotFit(ValueError):
-    """The image is too small to take an area of this defect type at ``scale_min``."""
+    """The image is too small to take an area of this defect type at ``scale_min`` (procedural: at the low end
+    of its size range)."""
+
+
+class Area(NamedTuple):
+    """One drawn area: L (1,H,W) float {0,1}; the reference image warped like L (C,H,W), zero outside L, or
+    None; the family it came from (``reference`` | ``procedural``)."""
+
+    mask: Tensor
+    image: Tensor | None
+    family: str
+
+
+def check_area_config(cfg: AreaConfig) -> None:
+    """ValueError saying what is wrong with an :class:`AreaConfig` and what to give instead."""
+    if not 0 < cfg.scale_min <= cfg.scale_max:
+        raise ValueError(f"need 0 < scale_min <= scale_max; got {cfg.scale_min}, {cfg.scale_max}")
+    if cfg.aspect < 0 or cfg.elastic < 0 or cfg.elastic_points < 2:
+        raise ValueError(f"need aspect >= 0, elastic >= 0 and elastic_points >= 2; got {cfg.aspect}, "
+                         f"{cfg.elastic}, {cfg.elastic_points}")
+    if cfg.family not in AREA_FAMILIES:
+        raise ValueError(f"--area-family {cfg.family!r} is not an area family; give one of {', '.join(AREA_FAMILIES)}")
+    if not (isinstance(cfg.widen, (int, float)) and math.isfinite(cfg.widen) and cfg.widen >= 1):
+        raise ValueError(f"--area-widen must be a number >= 1 (1: the reference's own sizes; 2: half to twice "
+                         f"them); got {cfg.widen!r}")
 
 
 def _check_mask(mask: Tensor, what: str) -> Tensor:
@@ -142,11 +180,7 @@ class AreaSampler:
                  reference_images: list[Tensor] | None = None, name: str = "defect"):
         if not reference_masks:
             raise ValueError("AreaSampler needs at least one reference mask")
-        if not 0 < cfg.scale_min <= cfg.scale_max:
-            raise ValueError(f"need 0 < scale_min <= scale_max; got {cfg.scale_min}, {cfg.scale_max}")
-        if cfg.aspect < 0 or cfg.elastic < 0 or cfg.elastic_points < 2:
-            raise ValueError(f"need aspect >= 0, elastic >= 0 and elastic_points >= 2; got {cfg.aspect}, "
-                             f"{cfg.elastic}, {cfg.elastic_points}")
+        check_area_config(cfg)
         if reference_images is not None and len(reference_images) != len(reference_masks):
             raise ValueError(f"{len(reference_images)} reference images for {len(reference_masks)} masks")
         self.cfg, self.max_tries, self.name = cfg, max_tries, name
@@ -156,50 +190,92 @@ class AreaSampler:
             if im is not None and tuple(im.shape[-2:]) != tuple(m.shape):
                 raise ValueError(f"reference image {i} is {tuple(im.shape[-2:])}, its mask {tuple(m.shape)}")
         self.shapes = [_Shape(m, im) for m, im in zip(masks, images)]
+        self.references = list(zip(masks, images))  # as given: copy's pixels for a procedural L
         self.has_images = reference_images is not None
         turns = int(min(abs(cfg.max_rotation), 180) // 90)
         self.quarter_turns = sorted({k % 4 for k in range(-turns, turns + 1)})
+        self.procedural = (Procedural(masks, cfg.widen, self.quarter_turns, cfg.flip, name)
+                           if cfg.family != "reference" else None)
 
     def sample(self, height: int, width: int, generator: torch.Generator | int,
                roi: Tensor | None = None) -> Tensor:
-        return self._sample(height, width, generator, roi, with_image=False)[0]
+        return self.draw(height, width, generator, roi).mask
 
     def sample_with_image(self, height: int, width: int, generator: torch.Generator | int,
                           roi: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(L (1,H,W), the reference image warped like L (C,H,W), zero outside L)``; same draws as ``sample``."""
-        if not self.has_images:
-            raise ValueError("sample_with_image needs the reference images (AreaSampler(reference_images=...))")
-        return self._sample(height, width, generator, roi, with_image=True)
+        """``(L (1,H,W), the reference image warped like L (C,H,W), zero outside L)``; same draws as ``sample``.
 
-    def _sample(self, height, width, generator, roi, with_image):
+        A procedural L has no warp: its pixels are the reference defect's box resized into L's box
+        (:func:`dstray.dst.regions.copy_into`, as for the user's drawn areas)."""
+        area = self.draw(height, width, generator, roi, with_image=True)
+        return area.mask, area.image
+
+    def draw(self, height: int, width: int, generator: torch.Generator | int, roi: Tensor | None = None, *,
+             with_image: bool = False) -> Area:
+        """One :class:`Area` (L, the reference pixels for it when ``with_image``, its family); what ``sample``
+        and ``sample_with_image`` return parts of. ``roi`` (1,H,W): L lies wholly inside it, placed and sized
+        within its bounding box (which stands in for the image: sides, spans, the room)."""
+        if with_image and not self.has_images:
+            raise ValueError("sample_with_image needs the reference images (AreaSampler(reference_images=...))")
         g, cfg = _as_generator(generator), self.cfg
         if height < 2 * cfg.margin + 1 or width < 2 * cfg.margin + 1:
             raise AreaDoesNotFit(f"a {width}x{height} image leaves no room for a {self.name} area with margin "
                                  f"{cfg.margin}")
         inside = None
+        frame = (0, 0, height, width)
         if roi is not None:
             inside = _check_mask(roi, "roi")
             if inside.shape != (height, width):
                 raise ValueError(f"roi is {tuple(inside.shape)}, the image {height}x{width}")
+            frame = bbox(inside)
+        family = cfg.family
+        if family == "mix":  # one coin per sample, before its draws
+            family = "procedural" if _uniform(g, 0, 1) < 0.5 else "reference"
         for _ in range(self.max_tries):
-            drawn = self._draw(height, width, g, with_image, inside)
+            if family == "procedural":
+                drawn = self._draw_procedural(height, width, g, with_image, frame, inside)
+            else:
+                drawn = self._draw(height, width, g, with_image, inside, frame)
             if drawn is not None and (inside is None or not bool((drawn[0] & ~inside).any())):
-                area = drawn[0][None].float()
-                return area, (drawn[1] if with_image else None)
+                return Area(drawn[0][None].float(), drawn[1] if with_image else None, family)
         if inside is None:  # every draw vanished (a tiny shape at a small scale)
             raise ValueError(f"no non-empty {self.name} area after {self.max_tries} draws; raise --area-scale-min")
-        y0, x0, y1, x1 = bbox(inside)
+        y0, x0, y1, x1 = frame
+        low = (f"--area-scale-min {cfg.scale_min:g}; draw a larger roi or lower --area-scale-min" if family == "reference"
+               else f"the low end of its size range (--area-widen {cfg.widen:g}); draw a larger roi or raise "
+               "--area-widen")
         raise ValueError(
             f"no {self.name} area lies wholly inside the region of interest in {self.max_tries} draws: the roi has "
             f"{int(inside.sum())} px ({100 * float(inside.float().mean()):.1f} % of the {width}x{height} image, within "
-            f"a {x1 - x0}x{y1 - y0} px box), too small or too thin for this defect's shapes at --area-scale-min "
-            f"{cfg.scale_min:g}; draw a larger roi or lower --area-scale-min"
+            f"a {x1 - x0}x{y1 - y0} px box), too small or too thin for this defect's shapes at {low}"
         )
 
-    def _draw(self, height: int, width: int, g: torch.Generator, with_image: bool, inside: Tensor | None = None):
+    def _draw_procedural(self, height: int, width: int, g: torch.Generator, with_image: bool,
+                         frame: tuple[int, int, int, int], inside: Tensor | None):
+        """One procedural (L (height,width) bool, the reference pixels for it or None), or None when it does not
+        fit the ROI's box (:class:`dstray.dst.shapes.Procedural`); AreaDoesNotFit without a ROI."""
+        fy0, fx0, fy1, fx1 = frame
+        m = self.cfg.margin
+        margins = (max(0, m - fy0), max(0, fy1 - (height - m)), max(0, m - fx0), max(0, fx1 - (width - m)))
+        try:
+            i, cut, sides = self.procedural.draw(g, (fy1 - fy0, fx1 - fx0), margins)
+        except TooLarge as exc:
+            if inside is not None:
+                return None
+            raise AreaDoesNotFit(f"background {width}x{height} cannot take a procedural {self.name} area: {exc}; use "
+                                 "larger backgrounds or raise --area-widen (a lower low end)") from exc
+        placed = self._place(torch.from_numpy(cut)[None].float(), height, width, sides, g, inside, frame)
+        if placed is None or not with_image:
+            return placed
+        mask, image = self.references[i]
+        return placed[0], copy_into(image, mask[None].float(), placed[0][None].float())
+
+    def _draw(self, height: int, width: int, g: torch.Generator, with_image: bool, inside: Tensor | None = None,
+              frame: tuple[int, int, int, int] | None = None):
         """One (L (height,width) bool, warped image or None), or None when the shape vanished (or, with a
-        ROI ``inside``, cannot be placed within the ROI's bounding box)."""
+        ROI ``inside``, cannot be placed within the ROI's bounding box ``frame``: it stands in for the image)."""
         cfg = self.cfg
+        fy0, fx0, fy1, fx1 = frame or (0, 0, height, width)
         shape = self.shapes[_randint(g, 0, len(self.shapes) - 1)]
         border = cfg.keep_border_contact and any(shape.sides)
         fx = cfg.flip and _uniform(g, 0, 1) < 0.5
@@ -216,8 +292,10 @@ class AreaSampler:
         sides = _turned_sides(shape.sides, linear) if border else (False,) * 4
         top, bottom, left, right = sides
         span_h, span_w = top and bottom, left and right
-        room_h = height - cfg.margin * ((not top) + (not bottom))
-        room_w = width - cfg.margin * ((not left) + (not right))
+        # the room: the frame (image or ROI box) less the margins from the image border, none on a snapped side
+        room_h = (fy1 if bottom else min(fy1, height - cfg.margin)) - (fy0 if top else max(fy0, cfg.margin))
+        room_w = (fx1 if right else min(fx1, width - cfg.margin)) - (fx0 if left else max(fx0, cfg.margin))
+        frame = (fy0, fx0, fy1, fx1)
         for _ in range(4):  # shrink towards scale_min until the warped shape fits the room
             warped = _warp(shape.canvas if with_image else shape.canvas[:1], linear * scale, ctrl, sides)
             if warped is None:
@@ -227,14 +305,18 @@ class AreaSampler:
                 return None
             h, w = cut.shape[-2:]
             if span_h or span_w:
-                return self._place(_span(cut, height if span_h else None, width if span_w else None, room_h,
-                                         room_w), height, width, sides, g, inside)
+                return self._place(_span(cut, fy1 - fy0 if span_h else None, fx1 - fx0 if span_w else None, room_h,
+                                         room_w), height, width, sides, g, inside, frame)
             fit = min(room_h / h, room_w / w)
             if fit >= 1:
-                return self._place(cut, height, width, sides, g, inside)
+                return self._place(cut, height, width, sides, g, inside, frame)
             if scale * fit < cfg.scale_min:
+                if inside is not None:  # another rotation may fit the ROI's box
+                    return None
                 raise self._does_not_fit(shape, linear, height, width)
             scale = max(cfg.scale_min, scale * fit * 0.97)
+        if inside is not None:
+            return None
         raise self._does_not_fit(shape, linear, height, width)
 
     def _does_not_fit(self, shape: _Shape, linear: Tensor, height: int, width: int) -> AreaDoesNotFit:
@@ -247,21 +329,22 @@ class AreaSampler:
             "use larger backgrounds or lower --area-scale-min")
 
     def _place(self, cut: Tensor, height: int, width: int, sides: Sides, g: torch.Generator,
-               inside: Tensor | None = None):
+               inside: Tensor | None = None, frame: tuple[int, int, int, int] | None = None):
+        """``cut`` (K,h,w) (its area: ``cut[0] > 0``) placed in the frame (the image, or the ROI's bounding box):
+        snapped to the frame's ``sides``, uniformly along the others with ``margin`` px from the image border."""
         cfg = self.cfg
         area_cut = cut[0] > 0
         if not bool(area_cut.any()):
             return None
         h, w = area_cut.shape
         top, bottom, left, right = sides
-        ys, xs = (cfg.margin, height - cfg.margin - h), (cfg.margin, width - cfg.margin - w)
-        if inside is not None:  # free sides are placed within the ROI's bounding box
-            ry0, rx0, ry1, rx1 = bbox(inside)
-            ys, xs = (max(ys[0], ry0), min(ys[1], ry1 - h)), (max(xs[0], rx0), min(xs[1], rx1 - w))
-            if (ys[0] > ys[1] and not (top or bottom)) or (xs[0] > xs[1] and not (left or right)):
-                return None
-        y = 0 if top else height - h if bottom else _randint(g, *ys)
-        x = 0 if left else width - w if right else _randint(g, *xs)
+        fy0, fx0, fy1, fx1 = frame or (0, 0, height, width)
+        ys = (max(cfg.margin, fy0), min(height - cfg.margin, fy1) - h)
+        xs = (max(cfg.margin, fx0), min(width - cfg.margin, fx1) - w)
+        if (ys[0] > ys[1] and not (top or bottom)) or (xs[0] > xs[1] and not (left or right)):
+            return None
+        y = fy0 if top else fy1 - h if bottom else _randint(g, *ys)
+        x = fx0 if left else fx1 - w if right else _randint(g, *xs)
         area = torch.zeros(height, width, dtype=torch.bool)
         area[y:y + h, x:x + w] = area_cut
         image = None

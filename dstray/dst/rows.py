@@ -1,6 +1,8 @@
 """A generated dataset on disk: the Parquet schema of its rows and rejects, shard files, markers, manifest.
 
-One row per sample (:data:`SCHEMA`, documented in docs/design.md and the README); a shard is
+One row per sample (:data:`SCHEMA`, documented in docs/design.md and docs/data-and-bad-input.md); a
+dataset written before a column existed lacks it: readers take ``area_family`` as ``reference``
+(:func:`area_family_of`). A shard is
 ``data/part-XXXXX.parquet`` (+ ``rejects/part-XXXXX.parquet``) and its marker
 ``_shards/XXXXX.json``, written last. A shard's bytes depend on its rows only.
 """
@@ -35,7 +37,10 @@ SCHEMA = pa.schema([
     ("bbox", pa.list_(pa.int32())),
     ("area_px", pa.int64()),
     ("dstray_version", pa.string()),
+    ("area_family", pa.string()),  # where L came from: reference | procedural | drawn (comma-separated per area)
 ])
+AREA_FAMILY = "area_family"
+AREA_FAMILY_BEFORE = "reference"  # the family of every row of a dataset written before the column existed
 CLASS_MASK = "class_mask"  # column of multi-defect datasets: PNG, 8-bit L, 0 = background, k = classes[k - 1]
 
 
@@ -54,8 +59,15 @@ REJECT_SCHEMA = pa.schema([
 
 
 
-def sample_row(p: dict, image: Tensor, area: Tensor, generator: str, model_digest: str) -> dict:
-    """The Parquet row (:data:`SCHEMA`) of plan row ``p``, its image (C,H,W) and its area L (1,H,W)."""
+def area_family_of(row: dict) -> str:
+    """A row's ``area_family``; ``reference`` for a row of a dataset written before the column existed."""
+    return row.get(AREA_FAMILY) or AREA_FAMILY_BEFORE
+
+
+def sample_row(p: dict, image: Tensor, area: Tensor, generator: str, model_digest: str,
+               area_family: str = "reference") -> dict:
+    """The Parquet row (:data:`SCHEMA`) of plan row ``p``, its image (C,H,W), its area L (1,H,W) and the family
+    L came from (``reference`` | ``procedural`` | ``drawn``)."""
     ys, xs = torch.nonzero(area[0], as_tuple=True)
     return {
         "sample_id": p["sample_id"], "index": p["index"], "defect_type": p["defect_type"],
@@ -65,21 +77,23 @@ def sample_row(p: dict, image: Tensor, area: Tensor, generator: str, model_diges
         "generator": generator, "model_digest": model_digest,
         "seed": p["seed"],
         "bbox": [int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1],
-        "area_px": int(area.sum()), "dstray_version": __version__,
+        "area_px": int(area.sum()), "dstray_version": __version__, AREA_FAMILY: area_family,
     }
 
 
 def multi_row(p: dict, image: Tensor, areas: list, classes: list[str], generator: str, digests: dict) -> dict:
-    """The row (:func:`multi_schema`) of a sample with several areas ``[(type, L, _), ...]``: ``mask`` is their
-    union, ``class_mask`` holds each area's class (1 + its type's index in ``classes``); ``defect_type``,
-    ``reference_id`` and ``model_digest`` list the areas' values, comma-separated, in the areas' order."""
+    """The row (:func:`multi_schema`) of a sample with several areas ``[(type, L, _, family), ...]``: ``mask`` is
+    their union, ``class_mask`` holds each area's class (1 + its type's index in ``classes``); ``defect_type``,
+    ``reference_id``, ``model_digest`` and ``area_family`` list the areas' values, comma-separated, in the
+    areas' order."""
     union = torch.zeros_like(areas[0][1])
     classes_px = torch.zeros_like(areas[0][1])
-    for t, area, _ in areas:
+    for t, area, *_ in areas:
         union = torch.maximum(union, area)
         classes_px[area > 0.5] = classes.index(t) + 1
-    types = [t for t, _, _ in areas]
-    row = sample_row(p, image, union, generator, ",".join(digests.get(t, "") for t in types))
+    types = [t for t, *_ in areas]
+    families = ",".join(a[3] if len(a) > 3 else AREA_FAMILY_BEFORE for a in areas)
+    row = sample_row(p, image, union, generator, ",".join(digests.get(t, "") for t in types), families)
     refs = p.get("reference_ids") or [p["reference_id"]]
     return row | {"defect_type": ",".join(types), "reference_id": ",".join(refs),
                   CLASS_MASK: encode_png(classes_px.to(torch.uint8))}

@@ -88,7 +88,7 @@ def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> t
         current = [bg for _, bg, _ in entries]
         for j in range(max(len(areas) for _, _, areas in entries)):
             idx = [i for i, (_, _, areas) in enumerate(entries) if len(areas) > j]
-            items = [(entries[i][2][j][0], current[i], *entries[i][2][j][1:],
+            items = [(entries[i][2][j][0], current[i], *entries[i][2][j][1:3],
                       derive_seed(entries[i][0]["seed"], "defect", j)) for i in idx]  # + the area's own seed
             for i, image in zip(idx, synth.fill(items, size)):
                 current[i] = image
@@ -118,7 +118,7 @@ def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> t
                 rows.append(multi_row(p, image, areas, ctx["classes"], synth.generator, ctx["digests"]))
             else:
                 rows.append(sample_row(p, image, areas[0][1], synth.generator,
-                                       ctx["digests"].get(p["defect_type"], "")))
+                                       ctx["digests"].get(p["defect_type"], ""), areas[0][3]))
         ready.clear()
 
     pixels = 0

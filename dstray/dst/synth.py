@@ -13,7 +13,10 @@ type, the background S, the reference H and a per-sample seed ``derive_seed(seed
   (:meth:`dstray.dst.areas.AreaSampler.sample_with_image`: the pasted pixels are the defect whose
   mask became L) and faded in with DST's fusion rule (:func:`copy_paste`).
 
-For one seed the three draw the same background and the same L.
+For one seed the three draw the same background and the same L. L comes from the family of
+``AreaConfig.family`` (:mod:`dstray.dst.areas`: the reference masks warped, procedural shapes of
+:mod:`dstray.dst.shapes`, or a mix); each row records it (``area_family``). ``GenerateConfig.contrast``
+fades any generator's defect into S by a factor drawn per sample (:func:`contrast_of`), S outside L.
 
 Where a defect may go (a region of interest, the user's own target areas, room beside the other
 defects of a multi-defect sample) is :mod:`dstray.dst.regions`.
@@ -35,9 +38,10 @@ import torch
 from torch import Tensor
 
 from dstray import storage
-from dstray.config import GENERATORS, PATCH_SIZE, AreaConfig, GenerateConfig, field_default, from_dict, to_dict
+from dstray.config import (GENERATORS, PATCH_SIZE, AreaConfig, GenerateConfig, field_default, from_dict, to_dict,
+                           without_later_defaults)
 from dstray.data import DataError, load_dataset, preflight, read_image, read_mask, to_channels
-from dstray.dst.areas import AreaSampler, area_for_seed
+from dstray.dst.areas import Area, AreaSampler, check_area_config
 from dstray.dst.histmatch import match_area, ring_mean, sort_reference
 from dstray.dst.plan import parse_defects_per_image, plan_samples
 from dstray.dst.regions import copy_into, free_room, gather_areas, gather_rois
@@ -75,13 +79,16 @@ class Synthesizer:
         strength: ``dst`` only, ``[lo, hi]``: inside L each sample is ``a T(y') + (1 - a) y'`` with ``a`` drawn
             uniformly in [lo, hi] from the sample's seed (:func:`strength_of`): DST inserted at varied strengths,
             so that no single seam marks a defect (Cut, Paste and Learn). None: ``a = 1`` (the paper).
+        contrast: every generator, ``[lo, hi]``: inside L the output is ``c filled + (1 - c) S`` with ``c`` drawn
+            uniformly in [lo, hi] from the sample's seed (:func:`contrast_of`); outside L it is S, bit for bit.
+            Faint defects on purpose, still labelled. None: ``c = 1``.
     """
 
     def __init__(self, generator: str, references: dict[str, Reference], area_masks: dict[str, list[torch.Tensor]],
                  models: dict | None = None, area: AreaConfig | None = None, mode: str = "patch",
                  patch_size: int = PATCH_SIZE, device: str | torch.device = "cpu", *,
                  area_images: dict[str, list[torch.Tensor]] | None = None, first_step: str = "relative",
-                 strength: list[float] | None = None):
+                 strength: list[float] | None = None, contrast: list[float] | None = None):
         if generator not in GENERATORS:
             raise ValueError(f"unknown generator {generator!r}; choose one of {GENERATORS}")
         if generator == "dst":
@@ -97,7 +104,8 @@ class Synthesizer:
             raise ValueError(f"first_step must be 'relative' or 'absolute'; got {first_step!r}")
         if strength is not None and not (len(strength) == 2 and 0 <= strength[0] <= strength[1] <= 1):
             raise ValueError(f"--dst-strength must be LO,HI with 0 <= LO <= HI <= 1; got {strength}")
-        self.strength = strength
+        check_contrast(contrast)
+        self.strength, self.contrast = strength, contrast
         self.generator, self.references, self.models = generator, references, models or {}
         self.mode, self.patch_size, self.device = mode, patch_size, torch.device(device)
         area = area or AreaConfig()
@@ -116,37 +124,43 @@ class Synthesizer:
         ``roi`` (1,H,W): L lies wholly inside it. Raises ``ValueError`` (:class:`dstray.dst.areas.AreaDoesNotFit`)
         when the background cannot take an area of this type (or none inside the roi).
         """
+        area = self.draw_area(defect_type, background, seed, roi)
+        return area.mask, area.image
+
+    def draw_area(self, defect_type: str, background: torch.Tensor, seed: int,
+                  roi: torch.Tensor | None = None) -> Area:
+        """:meth:`sample_area` with the family L came from (:class:`dstray.dst.areas.Area`)."""
         _, h, w = background.shape
         sampler = self.samplers[defect_type]
-        if self.generator == "copy":
-            return sampler.sample_with_image(h, w, seed, roi=roi)
-        return area_for_seed(sampler, h, w, seed, roi=roi)[0], None
+        # the generator seeded with the row's seed, as in area_for_seed: the same L as `dstray stylize --seed`
+        return sampler.draw(h, w, torch.Generator().manual_seed(seed), roi=roi, with_image=self.generator == "copy")
 
     def sample_areas(self, types: list[str], background: torch.Tensor, seed: int, roi: torch.Tensor | None = None,
-                     drawn: list[torch.Tensor] | None = None) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
-        """One area per type in ``types``, none overlapping: ``[(type, L (1,H,W), warped or None), ...]``.
+                     drawn: list[torch.Tensor] | None = None) -> list[tuple[str, torch.Tensor, torch.Tensor | None, str]]:
+        """One area per type in ``types``, none overlapping: ``[(type, L (1,H,W), warped or None, family), ...]``.
 
         The first is :meth:`sample_area` with ``seed`` (a single-defect sample's L); defect ``j`` >= 1 uses
         ``derive_seed(seed, "defect", j)`` and the room the earlier ones leave (:func:`~dstray.dst.regions.free_room`).
-        ``drawn``: the user's target areas of this background (``--areas``), each an L as drawn; the sample takes
-        ``len(types)`` of them, picked with ``seed``. ValueError saying which defect did not fit.
+        ``drawn``: the user's target areas of this background (``--areas``), each an L as drawn (family ``drawn``);
+        the sample takes ``len(types)`` of them, picked with ``seed``. ValueError saying which defect did not fit.
+        ``family``: ``reference`` | ``procedural`` | ``drawn``, the row's ``area_family``.
         """
         if drawn is not None:
             if len(drawn) < len(types):
                 raise ValueError(f"its target-area mask has {len(drawn)} region(s); the sample needs {len(types)}")
             pick = torch.randperm(len(drawn), generator=torch.Generator().manual_seed(seed))[:len(types)].tolist()
-            return [(t, drawn[k], self._copy_pixels(t, drawn[k])) for t, k in zip(types, pick)]
+            return [(t, drawn[k], self._copy_pixels(t, drawn[k]), "drawn") for t, k in zip(types, pick)]
         out, taken = [], None
         for j, t in enumerate(types):
             room = roi if taken is None else free_room(roi, taken)
             try:
-                area, warped = self.sample_area(t, background, seed if j == 0 else derive_seed(seed, "defect", j), room)
+                area = self.draw_area(t, background, seed if j == 0 else derive_seed(seed, "defect", j), room)
             except ValueError as exc:
                 if j == 0:
                     raise
                 raise ValueError(f"defect {j + 1} of {len(types)} ({t}) has no room beside the others: {exc}") from exc
-            out.append((t, area, warped))
-            taken = area if taken is None else torch.maximum(taken, area)
+            out.append((t, area.mask, area.image, area.family))
+            taken = area.mask if taken is None else torch.maximum(taken, area.mask)
         return out
 
     def _copy_pixels(self, defect_type: str, area: torch.Tensor) -> torch.Tensor | None:
@@ -188,18 +202,39 @@ class Synthesizer:
             elif self.generator == "histmatch":
                 ref_sorted, ring = self._matching[t]
                 images[i] = match_area(background[None], area[None], ref_sorted, ring)[0]
+            if self.contrast is not None:  # c filled + (1 - c) S inside L, S outside (bit for bit)
+                c = contrast_of(seeds[i], self.contrast)
+                inside = area > 0.5
+                background = background.to(images[i])
+                images[i] = torch.where(inside, (c * images[i] + (1 - c) * background).clamp(0, 1), background)
         return [im.clamp(0, 1) for im in images]
 
     def __call__(self, defect_type: str, background: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One sample: ``(image (C,H,W) float [0,1], label L (1,H,W) {0,1})``."""
         area, warped = self.sample_area(defect_type, background, seed)
-        return self.fill([(defect_type, background, area, warped)])[0], area
+        return self.fill([(defect_type, background, area, warped, derive_seed(seed, "defect", 0))])[0], area
 
 
 def strength_of(seed: int, strength: list[float]) -> float:
     """The DST strength of a sample: uniform in ``[lo, hi]``, drawn from ``derive_seed(seed, "strength")``."""
     u = float(torch.rand((), generator=torch.Generator().manual_seed(derive_seed(seed, "strength"))))
     return strength[0] + (strength[1] - strength[0]) * u
+
+
+def contrast_of(seed: int, contrast: list[float]) -> float:
+    """The contrast factor of a sample: uniform in ``[lo, hi]``, drawn from ``derive_seed(seed, "contrast")``."""
+    u = float(torch.rand((), generator=torch.Generator().manual_seed(derive_seed(seed, "contrast"))))
+    return contrast[0] + (contrast[1] - contrast[0]) * u
+
+
+def check_contrast(contrast: list[float] | None) -> None:
+    """ValueError unless ``contrast`` is None or ``[lo, hi]`` with 0 <= lo <= hi <= 1."""
+    if contrast is None:
+        return
+    if not (isinstance(contrast, (list, tuple)) and len(contrast) == 2
+            and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in contrast) and contrast[0] <= contrast[1]):
+        raise ValueError(f"--contrast must be LO,HI with 0 <= LO <= HI <= 1 (e.g. 0.3,1: a defect at 30 to 100 % of "
+                         f"its contrast); got {contrast}")
 
 
 def copy_paste(background: Tensor, area: Tensor, warped: Tensor, sigma: float = 2.0) -> Tensor:
@@ -231,6 +266,8 @@ def prepare(cfg: GenerateConfig) -> dict:
     if cfg.num_samples < 1:
         raise ValueError(f"--num-samples must be at least 1; got {cfg.num_samples}")
     defects = parse_defects_per_image(cfg.defects_per_image)
+    check_area_config(cfg.area)
+    check_contrast(cfg.contrast)
     # absolute paths: the actors run in other working directories
     cfg = replace(cfg, data=storage.absolute(cfg.data), models=storage.absolute(cfg.models), out=storage.absolute(cfg.out))
     storage.require_folder(cfg.out, "--out")
@@ -308,13 +345,13 @@ def prepare(cfg: GenerateConfig) -> dict:
 # fields added after datasets were written: they enter the fingerprint only when set away from their
 # default, so a dataset written before they existed is still recognised (and resumed) as the same one
 _LATER_FIELDS = {k: field_default(GenerateConfig, k) for k in ("max_image_pixels", "roi", "areas", "defects_per_image",
-                                                                "dst_strength", "min_visibility")}
+                                                                "dst_strength", "min_visibility", "contrast")}
 
 
 def _fingerprint(cfg: GenerateConfig, digests: dict[str, str], plan_digest: str) -> str:
     """What makes two runs the same dataset (not: where it is written or how fast)."""
-    keep = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "batch_size", "num_actors", "use_gpu")
-            and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+    keep = {k: v for k, v in without_later_defaults(cfg).items()
+            if k not in ("out", "batch_size", "num_actors", "use_gpu") and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
     blob = json.dumps({"cfg": keep, "models": digests, "plan": plan_digest}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -334,4 +371,5 @@ def build_synthesizer(ctx: dict, device: str = "cpu"):
     for t, model in models.items():  # the model's own reference is the one DST matches to
         refs[t] = Reference(model.reference_id, model.reference_image.cpu(), model.reference_mask.cpu())
     return Synthesizer(cfg.generator, refs, masks, models, cfg.area, cfg.mode, cfg.patch_size, device,
-                       area_images=images, first_step=cfg.first_step, strength=cfg.dst_strength)
+                       area_images=images, first_step=cfg.first_step, strength=cfg.dst_strength,
+                       contrast=cfg.contrast)
