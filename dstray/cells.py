@@ -91,7 +91,8 @@ def generate_config(pool: Pool, p: ExperimentPreset, *, data: str | None, run: s
     """How ``pool`` is generated (DST pools read the models fitted with the pool's seed)."""
     return GenerateConfig(data=data, models=str(models_dir(run, pool.seed)) if pool.generator == "dst" else None,
                           generator=pool.generator, num_samples=pool.size, seed=pool.seed,
-                          out=str(pool_dir(run, pool)), use_gpu=use_gpu, area=p.dst.area)
+                          out=str(pool_dir(run, pool)), use_gpu=use_gpu,
+                          area=replace(p.dst.area, family=p.area_family), contrast=p.contrast)
 
 
 def plan(experiment: str, p: ExperimentPreset, *, data: str | None, run: str | Path, seeds: list[int]) -> list[Cell]:

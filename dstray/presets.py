@@ -138,6 +138,13 @@ def with_policy(seg: SegConfig, policy: DataPolicy | None = None, *, generator: 
     return dataclasses.replace(seg, policy=policy, synthetic_fraction=share)
 
 
+# how the generated pools of the experiments and the pipeline are made: half the areas warped reference masks, half
+# procedural shapes (docs/areas.md), every defect at a contrast drawn in [0.5, 1] x its generator's (fainter
+# defects, labelled: no single contrast marks a defect); set a priori, not searched (a pool is made once)
+POOL_AREA_FAMILY = "mix"
+POOL_CONTRAST = (0.5, 1.0)
+
+
 @dataclasses.dataclass
 class ExperimentPreset:
     """Sizes of the paper's experiments (``dstray experiment table1|fig6|samples``)."""
@@ -148,6 +155,8 @@ class ExperimentPreset:
     seg: SegConfig  # every segmentation run (arch, data and limits set per run)
     real_counts: tuple[int | None, ...]  # fig6: real train samples added to the references (None = all)
     sample_counts: tuple[int, ...] = (100, 300, 1000)  # samples: generated samples per generator pool
+    area_family: str = POOL_AREA_FAMILY  # the pools' target areas: both families, so a policy can pick either
+    contrast: list[float] | None = dataclasses.field(default_factory=lambda: list(POOL_CONTRAST))  # per sample
 
 
 def experiment_preset(name: str) -> ExperimentPreset:
