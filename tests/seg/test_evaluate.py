@@ -9,7 +9,7 @@ import torch
 
 from dstray.data import load_dataset, read_image, read_mask
 from dstray.seg.data import SegSource
-from dstray.seg.evaluate import THRESHOLDS, choose_threshold, collect, evaluate, overlay, predict, scores_at, write_eval
+from dstray.seg.evaluate import INFERENCE_PAD, THRESHOLDS, choose_threshold, collect, evaluate, overlay, predict, scores_at, write_eval
 from dstray.seg.metrics import SegCounts
 from dstray.seg.train import SegTrainer, load_segmenter
 from tests.helpers import SMALL_SEG as SMALL
@@ -26,8 +26,9 @@ def test_full_resolution_inference_returns_the_original_size(arch, backbone):
         assert prob.shape == x.shape[-2:] and 0 <= prob.min() and prob.max() <= 1
 
 
-def _key(image: torch.Tensor) -> float:
-    return round(float(image[..., :16, :16].sum()), 3)  # padding is at the bottom and right: the corner stays
+def _key(image: torch.Tensor, offset: int = 0) -> float:
+    """The sum of the image's top-left 16 x 16 px; ``offset``: where the image starts in a padded input."""
+    return round(float(image[..., offset:offset + 16, offset:offset + 16].sum()), 3)
 
 
 class Fixed(torch.nn.Module):
@@ -42,10 +43,10 @@ class Fixed(torch.nn.Module):
     def forward(self, x):
         out = []
         for image in x:
-            key = _key(image)
+            key = _key(image, INFERENCE_PAD)  # predict mirror-pads every side by INFERENCE_PAD px
             p = torch.zeros(image.shape[-2:])
             m = self.maps[key]
-            p[:m.shape[0], :m.shape[1]] = m  # padding beyond the image: whatever (0)
+            p[INFERENCE_PAD:INFERENCE_PAD + m.shape[0], INFERENCE_PAD:INFERENCE_PAD + m.shape[1]] = m  # padding: 0
             out.append(torch.stack([torch.log1p(-p.clamp(max=1 - 1e-6)), torch.log(p.clamp(min=1e-6))]))
         return {"out": torch.stack(out)}
 
@@ -170,3 +171,29 @@ def test_write_eval_draws_colour_examples(tmp_path):
     paths = write_eval(result, tmp_path)
     assert json.loads(paths["json"].read_text())["image"]["auroc"] is None  # strict JSON
     assert paths["png"].stat().st_size > 0
+
+
+def test_predict_mirrors_every_side_like_numpy_reflect():
+    """The network sees the image mirror-padded by INFERENCE_PAD px on every side (numpy's 'reflect', the oracle),
+    and to a multiple of its stride at the bottom and right; the probability comes back cropped to the image."""
+
+    class Probe(torch.nn.Module):
+        in_channels, stride = 1, 32
+
+        def __init__(self):
+            super().__init__()
+            self.seen = None
+
+        def forward(self, x):
+            self.seen = x[0, 0].clone()
+            return {"out": torch.stack([torch.zeros_like(x[:, 0]), x[:, 0] * 4 - 2], 1)}
+
+    image = torch.rand(1, 45, 70, generator=torch.Generator().manual_seed(0))
+    probe = Probe()
+    prob = predict(probe, image)
+    p = INFERENCE_PAD
+    h, w = 45 + 2 * p, 70 + 2 * p
+    oracle = np.pad(image[0].numpy(), ((p, p + (-h) % 32), (p, p + (-w) % 32)), mode="reflect")
+    assert np.array_equal(probe.seen.numpy(), oracle)
+    assert prob.shape == (45, 70)
+    assert torch.allclose(prob, torch.sigmoid(image[0] * 4 - 2), atol=1e-6)
