@@ -331,8 +331,9 @@ class PipelineConfig:
     data: str | None = None  # dataset path; None = the embedded sample
     out: str = "runs/pipeline"  # run folder (models/, generated/, seg/, eval/, report/)
     preset: str = "demo"  # the size preset the stage configs came from (smoke | demo | cpu | paper)
-    generator: str = "dst"  # generator whose samples train the segmenter
-    num_samples: int = 200  # generated samples (paper: 2167)
+    generator: str = "policy"  # "policy": the chosen data policy (presets.chosen_policy) and a pool of each generator
+    #                            it draws from | dst | histmatch | copy: that generator's pool alone
+    num_samples: int = 300  # generated samples per pool (paper: 2167)
     use_gpu: str = "auto"  # "auto" | "true" | "false" for every Ray stage
     seed: int = 0  # the run's seed; every stage's seed is derived from it (dstray.seeds.stage_seeds)
     seeds: list[int] | None = None  # the segmenter stage once per seed (parallel Ray tasks): mean, std, every seed

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from dstray.config import DataPolicy, DSTConfig, GenerateConfig, PipelineConfig, SegConfig
+from dstray.config import AreaConfig, DataPolicy, DSTConfig, GenerateConfig, PipelineConfig, SegConfig
 
 PRESETS = ("smoke", "cpu", "paper")  # segmentation and experiment presets
 PIPELINE_PRESETS = ("smoke", "demo", "cpu", "paper")  # the pipeline's (``demo``: its default, the first run)
@@ -35,6 +35,17 @@ DST_PRESETS = PIPELINE_PRESETS  # DST's: one per pipeline size
 
 # paper §4, shared by the pipeline and the experiments
 PAPER_SAMPLES = 2167  # generated samples
+
+# how the generated pools of the experiments and the pipeline are made: half the areas warped reference masks, half
+# procedural shapes (docs/areas.md), every defect at a contrast drawn in [0.5, 1] x its generator's (fainter
+# defects, labelled: no single contrast marks a defect); set a priori, not searched (a pool is made once)
+POOL_AREA_FAMILY = "mix"
+POOL_CONTRAST = (0.5, 1.0)
+
+
+def pool_generate(**overrides) -> GenerateConfig:
+    """The generation settings of a pool (pipeline and experiments): both area families, the pools' contrast."""
+    return GenerateConfig(area=AreaConfig(family=POOL_AREA_FAMILY), contrast=list(POOL_CONTRAST), **overrides)
 
 
 def dst_preset(name: str, **overrides) -> DSTConfig:
@@ -87,26 +98,26 @@ def pipeline_preset(name: str, **overrides) -> PipelineConfig:
         cfg = PipelineConfig(
             preset=name, num_samples=10,
             dst=dst_preset(name),
-            generate=GenerateConfig(patch_size=48, num_actors=1),
+            generate=pool_generate(patch_size=48, num_actors=1),
             seg=seg_preset(name, real_splits=refs),
         )
     elif name == "demo":
         cfg = PipelineConfig(
             preset=name, num_samples=160,
             dst=dst_preset(name),
-            generate=GenerateConfig(patch_size=64),
+            generate=pool_generate(patch_size=64),
             seg=seg_preset("cpu", window=192, steps=100, eval_every=50, real_splits=refs),
         )
     elif name == "cpu":
         cfg = PipelineConfig(
-            preset=name, num_samples=200,
+            preset=name, num_samples=300,
             dst=dst_preset(name),
-            generate=GenerateConfig(patch_size=64),
+            generate=pool_generate(),
             seg=seg_preset(name, real_splits=refs),
         )
     elif name == "paper":
         cfg = PipelineConfig(preset=name, num_samples=PAPER_SAMPLES, dst=dst_preset(name),
-                             generate=GenerateConfig(mode="whole", batch_size=16), seg=seg_preset(name))
+                             generate=pool_generate(mode="whole", batch_size=16), seg=seg_preset(name))
     else:
         raise _unknown(name, PIPELINE_PRESETS)
     return dataclasses.replace(cfg, **overrides)
@@ -136,13 +147,6 @@ def with_policy(seg: SegConfig, policy: DataPolicy | None = None, *, generator: 
                                      default_generator="none" if policy.default_generator == "none" else generator)
     share = CHOSEN_SYNTHETIC_FRACTION if chosen else seg.synthetic_fraction
     return dataclasses.replace(seg, policy=policy, synthetic_fraction=share)
-
-
-# how the generated pools of the experiments and the pipeline are made: half the areas warped reference masks, half
-# procedural shapes (docs/areas.md), every defect at a contrast drawn in [0.5, 1] x its generator's (fainter
-# defects, labelled: no single contrast marks a defect); set a priori, not searched (a pool is made once)
-POOL_AREA_FAMILY = "mix"
-POOL_CONTRAST = (0.5, 1.0)
 
 
 @dataclasses.dataclass

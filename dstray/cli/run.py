@@ -71,7 +71,9 @@ def register(sub) -> None:
                    "paper (GPU cluster)")
     add_data(s)
     s.add_argument("--out", default="runs/pipeline", help="run folder; re-running reuses finished stages")
-    s.add_argument("--generator", default=None, choices=GENERATORS)
+    s.add_argument("--generator", default=None, choices=("policy", *GENERATORS),
+                   help="policy (default): the chosen data policy and a pool of each generator it draws from; or one "
+                        "generator's pool under the segmenter config's own policy")
     s.add_argument("--num-samples", type=int, default=None, help="generated samples (preset's by default)")
     s.add_argument("--dst-steps", type=int, default=None, help="DST steps per type (preset's by default)")
     s.add_argument("--seg-steps", type=int, default=None, help="segmenter steps (preset's by default)")

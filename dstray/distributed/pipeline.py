@@ -12,7 +12,8 @@ Run folder::
     RUN/summary.txt         the lines the pipeline printed: one per stage (per type / per run), timings, the F1 table
     RUN/logs/ray.log        everything else this process's stdout/stderr got: Ray worker logs, Ray Train/Data progress
     RUN/models/<type>/      DST checkpoints (model.pt, fit.json)      <- Ray Train
-    RUN/generated/          Parquet dataset (data/, rejects/, summary) <- Ray Data
+    RUN/generated/          Parquet dataset (data/, rejects/, summary) of the first pool (DST)  <- Ray Data
+    RUN/generated-<g>/      the other generators' pools the chosen data policy draws from
     RUN/seg/                segmenter trained on the real splits + the generated samples (model.pt: selected on
                             val, with its threshold), history.jsonl, val/, test/   <- Ray Train
     RUN/seg-ref/            the same segmenter config on the real splits alone (the baseline; at once with seg
@@ -47,6 +48,8 @@ from dstray.distributed.seeds import train_seeds
 from dstray.distributed.runtime import init_ray
 from dstray.distributed.train_seg import train_seg
 from dstray.dst.fit import fitted_types
+from dstray.policy import wanted_generators
+from dstray.presets import chosen_policy, with_policy
 from dstray.report import write_report
 from dstray.report.headline import format_headline, labels, read_headline
 from dstray.seeds import stage_seeds
@@ -126,24 +129,45 @@ def _seg_plan(n_runs: int) -> tuple[bool, int]:
     return together, max(1, (os.cpu_count() or 2) // (n_runs if together else 1))
 
 
-def stage_configs(cfg: PipelineConfig) -> dict:
+def pool_generators(cfg: PipelineConfig, types: list[str]) -> list[str]:
+    """The generators whose pools the run makes: the chosen policy's (:func:`dstray.policy.wanted_generators`,
+    DST first) with ``generator="policy"``, else that one generator."""
+    if cfg.generator != "policy":
+        return [cfg.generator]
+    wanted = wanted_generators(chosen_policy(), types)
+    return sorted(wanted, key=lambda g: (g != "dst", wanted.index(g)))
+
+
+def pool_folder(generator: str, first: str) -> str:
+    """``generated`` for the run's first pool (what the report shows), ``generated-<generator>`` for the others."""
+    return "generated" if generator == first else f"generated-{generator}"
+
+
+def stage_configs(cfg: PipelineConfig, types: list[str] | None = None) -> dict:
     """The config of every stage of the run ``cfg`` (absolute ``data`` and ``out``), seeded from the run's seed.
 
     The run's seed is the one owner: every stage's seed is :func:`dstray.seeds.stage_seeds` of
     ``cfg.seed`` (the seeds inside ``cfg.dst``, ``cfg.generate`` and ``cfg.seg`` are not read).
-    Returns ``{"dst": DSTConfig, "generate": GenerateConfig, "seg": {folder: SegConfig}, "report": seed}``;
-    ``seg`` holds ``seg`` (real splits + generated samples) and, with ``cfg.baseline``, ``seg-ref``
-    (the same config on the real splits alone: references if none).
+    Returns ``{"dst": DSTConfig, "generate": {folder: GenerateConfig}, "seg": {folder: SegConfig}, "report": seed}``:
+    one pool per generator of :func:`pool_generators` (``types``: the dataset's defect types, read when None),
+    with the areas of ``cfg.generate.area`` (family, widen) on DST's geometry; ``seg`` holds ``seg`` (real
+    splits + the defect-free share + the pools, under the chosen policy with ``generator="policy"``) and, with
+    ``cfg.baseline``, ``seg-ref`` (the same config and real data without the pools: references if no split).
     """
     run, seeds = Path(cfg.out), stage_seeds(cfg.seed)
     dst = dataclasses.replace(cfg.dst, seed=seeds["dst"])
-    generate = dataclasses.replace(cfg.generate, data=cfg.data, models=str(run / "models"), generator=cfg.generator,
-                                   num_samples=cfg.num_samples, out=str(run / "generated"), use_gpu=cfg.use_gpu,
-                                   area=cfg.dst.area, seed=seeds["generate"])
-    seg = {"seg": dataclasses.replace(cfg.seg, data=cfg.data, synthetic=[str(run / "generated" / "data")],
+    types = types if types is not None else fitted_types(load_dataset(cfg.data))
+    gens = pool_generators(cfg, types)
+    area = dataclasses.replace(cfg.dst.area, family=cfg.generate.area.family, widen=cfg.generate.area.widen)
+    generate = {pool_folder(g, gens[0]): dataclasses.replace(
+        cfg.generate, data=cfg.data, models=str(run / "models"), generator=g, num_samples=cfg.num_samples,
+        out=str(run / pool_folder(g, gens[0])), use_gpu=cfg.use_gpu, area=area, seed=seeds["generate"])
+        for g in gens}
+    seg_cfg = with_policy(cfg.seg) if cfg.generator == "policy" else cfg.seg
+    seg = {"seg": dataclasses.replace(seg_cfg, data=cfg.data, synthetic=[str(run / f / "data") for f in generate],
                                       seed=seeds["seg"])}
     if cfg.baseline:
-        seg["seg-ref"] = dataclasses.replace(cfg.seg, data=cfg.data, synthetic=[], seed=seeds["seg"],
+        seg["seg-ref"] = dataclasses.replace(seg_cfg, data=cfg.data, synthetic=[], seed=seeds["seg"],
                                              real_splits=cfg.seg.real_splits or ["reference"])
     return {"dst": dst, "generate": generate, "seg": seg, "report": seeds["report"]}
 
@@ -181,8 +205,9 @@ class _Run:
 
     def __init__(self, cfg: PipelineConfig, run: Path, types: list[str], console: Console, address: str | None):
         self.cfg, self.run, self.types, self.say, self.address = cfg, run, types, console.say, address
-        self.stages = stage_configs(cfg)
-        ran = dataclasses.replace(cfg, dst=self.stages["dst"], generate=self.stages["generate"],
+        self.stages = stage_configs(cfg, types)
+        first = next(iter(self.stages["generate"].values()))
+        ran = dataclasses.replace(cfg, dst=self.stages["dst"], generate=first,
                                   seg=self.stages["seg"]["seg"])  # the configs as run: the stages' own seeds
         self.info = {"config": to_dict(ran), "seeds": stage_seeds(cfg.seed), "defect_types": types,
                      "data": cfg.data or "embedded sample",
@@ -235,19 +260,28 @@ class _Run:
                 .hexdigest() for o in outcomes}
 
     def generate(self, digests: dict[str, str]) -> str:
-        """[2] The synthetic training set (Ray Data). Returns the stage's key (the segmenter's depends on it)."""
-        t0, gen_cfg = time.perf_counter(), self.stages["generate"]
-        self.say(f"[2/{N_STAGES}] generate {gen_cfg.num_samples} samples with {gen_cfg.generator} (Ray Data) ...")
-        stage = _Stage(self.run, "generated", _key(to_dict(gen_cfg), digests))
-        state = stage.begin()
-        summary = generate(gen_cfg, address=self.address)
-        stage.finish(summary=summary)
+        """[2] The synthetic training set: one pool per generator (Ray Data). Returns the stage key the
+        segmenter's depends on (the pools' keys)."""
+        t0, pools = time.perf_counter(), self.stages["generate"]
+        n = next(iter(pools.values())).num_samples
+        self.say(f"[2/{N_STAGES}] generate {n} samples with {', '.join(c.generator for c in pools.values())} "
+                 f"({'one pool each, ' if len(pools) > 1 else ''}Ray Data) ...")
+        keys, summaries, states = [], {}, []
+        for folder, gen_cfg in pools.items():
+            stage = _Stage(self.run, folder, _key(to_dict(gen_cfg), digests if gen_cfg.generator == "dst" else {}))
+            states.append(stage.begin())
+            summary = generate(gen_cfg, address=self.address)
+            stage.finish(summary=summary)
+            keys.append(stage.key)
+            summaries[gen_cfg.generator] = summary
+            rate = f"{summary['rows_per_s']:.1f} rows/s" if summary.get("rows_per_s") else "reused"
+            self.say(f"  {gen_cfg.generator}: {summary['written']} rows written, {summary['rejected']} rejected, "
+                     f"{rate}")
         seconds = time.perf_counter() - t0
-        rate = f"{summary['rows_per_s']:.1f} rows/s" if summary.get("rows_per_s") else "reused"
-        self.say(f"  generate: {summary['written']} rows written, {summary['rejected']} rejected, {rate}; "
-                 f"{seconds:.0f} s")
-        self.record("generate", seconds, state, summary=summary)
-        return stage.key
+        self.say(f"  generate: {seconds:.0f} s")
+        self.record("generate", seconds, "done" if all(s == "done" for s in states) else "new",
+                    summary=next(iter(summaries.values())), pools=summaries)
+        return _key(keys)
 
     def train(self, generated_key: str) -> dict[str, Path]:
         """[3] The segmenter on the real splits + the generated samples and (baseline) on the real splits
