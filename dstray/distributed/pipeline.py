@@ -38,7 +38,7 @@ import torch
 
 import dstray
 
-from dstray.config import PipelineConfig, SegConfig, from_dict, to_dict
+from dstray.config import PipelineConfig, SegConfig, from_dict, to_dict, without_later_defaults
 from dstray.data import InputProblems, load_dataset, validate
 from dstray.distributed.console import Console
 from dstray.distributed.fit import FitOutcome, fit_all
@@ -46,7 +46,9 @@ from dstray.distributed.generate import generate
 from dstray.distributed.seeds import train_seeds
 from dstray.distributed.runtime import init_ray
 from dstray.distributed.train_seg import train_seg
+from dstray.dst.areas import check_area_config
 from dstray.dst.fit import fitted_types
+from dstray.dst.synth import check_contrast
 from dstray.report import write_report
 from dstray.report.headline import format_headline, labels, read_headline
 from dstray.seeds import stage_seeds
@@ -158,6 +160,8 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
     run = Path(cfg.out).resolve()
     cfg = dataclasses.replace(cfg, data=absolute(cfg.data), out=str(run))  # Ray workers run elsewhere
     # fail fast, before any Ray work or folder: the input check of fit-dst (generate's is a subset)
+    check_area_config(cfg.dst.area)  # ValueError: what is wrong and what to give
+    check_contrast(cfg.generate.contrast)
     dataset = load_dataset(cfg.data)
     problems = validate(dataset, job="fit-dst", max_image_pixels=cfg.generate.max_image_pixels, area=cfg.dst.area)
     if problems:
@@ -238,7 +242,7 @@ class _Run:
         """[2] The synthetic training set (Ray Data). Returns the stage's key (the segmenter's depends on it)."""
         t0, gen_cfg = time.perf_counter(), self.stages["generate"]
         self.say(f"[2/{N_STAGES}] generate {gen_cfg.num_samples} samples with {gen_cfg.generator} (Ray Data) ...")
-        stage = _Stage(self.run, "generated", _key(to_dict(gen_cfg), digests))
+        stage = _Stage(self.run, "generated", _key(without_later_defaults(gen_cfg), digests))
         state = stage.begin()
         summary = generate(gen_cfg, address=self.address)
         stage.finish(summary=summary)
