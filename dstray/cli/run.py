@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 
+import argparse
+
 from dstray.cli.args import add_data, add_ray
-from dstray.config import GENERATORS
+from dstray.config import AREA_FAMILIES, GENERATORS
 from dstray.presets import PIPELINE_PRESETS, PRESETS
+
+
+def _contrast(text: str) -> list[float]:
+    """``--contrast LO,HI`` as two floats (their range is checked by the generation's own check)."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, e.g. 0.3,1); got {text!r}")
+    return values
 
 
 def cmd_pipeline(args) -> int:
@@ -21,6 +34,13 @@ def cmd_pipeline(args) -> int:
         cfg = dataclasses.replace(cfg, dst=dataclasses.replace(cfg.dst, steps=args.dst_steps))
     if args.seg_steps is not None:
         cfg = dataclasses.replace(cfg, seg=dataclasses.replace(cfg.seg, steps=args.seg_steps))
+    area = {k: v for k, v in (("family", args.area_family), ("widen", args.area_widen)) if v is not None}
+    if area:  # the pools' areas (stage_configs), and the fits' alike so that they see the areas they will fill
+        cfg = dataclasses.replace(cfg, dst=dataclasses.replace(cfg.dst, area=dataclasses.replace(cfg.dst.area, **area)),
+                                  generate=dataclasses.replace(cfg.generate,
+                                                               area=dataclasses.replace(cfg.generate.area, **area)))
+    if args.contrast is not None:
+        cfg = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, contrast=args.contrast))
     if args.seeds:
         from dstray.distributed.seeds import parse_seeds
 
@@ -79,6 +99,15 @@ def register(sub) -> None:
     s.add_argument("--seg-steps", type=int, default=None, help="segmenter steps (preset's by default)")
     s.add_argument("--seed", type=int, default=0, help="the run's seed: every stage's seed (DST fits, generation, "
                    "segmenter, report) is derived from it")
+    s.add_argument("--area-family", default=None, choices=AREA_FAMILIES,
+                   help="where the target areas L of the DST fits and the generation come from: reference (the "
+                   "reference masks warped), procedural (shapes in the ranges measured on them, widened) or mix (half "
+                   "and half; the pools' default, the fits' is reference); docs/areas.md")
+    s.add_argument("--area-widen", default=None, type=float, metavar="W",
+                   help="procedural areas: sizes and elongations in [ref / W, ref x W] (default: 2)")
+    s.add_argument("--contrast", default=None, type=_contrast, metavar="LO,HI",
+                   help="generation: inside L c x generated + (1 - c) x background, c uniform in [LO, HI] per sample "
+                   "(faint defects, still labelled); default: c = 1")
     s.add_argument("--no-baseline", action="store_true",
                    help="skip the second segmenter run (same config on the real splits alone, no generated samples)")
     add_ray(s)

@@ -39,7 +39,7 @@ import torch
 
 import dstray
 
-from dstray.config import PipelineConfig, SegConfig, from_dict, to_dict
+from dstray.config import PipelineConfig, SegConfig, from_dict, to_dict, without_later_defaults
 from dstray.data import InputProblems, load_dataset, validate
 from dstray.distributed.console import Console
 from dstray.distributed.fit import FitOutcome, fit_all
@@ -47,7 +47,9 @@ from dstray.distributed.generate import generate
 from dstray.distributed.seeds import train_seeds
 from dstray.distributed.runtime import init_ray
 from dstray.distributed.train_seg import train_seg
+from dstray.dst.areas import check_area_config
 from dstray.dst.fit import fitted_types
+from dstray.dst.synth import check_contrast
 from dstray.policy import wanted_generators
 from dstray.presets import chosen_policy, with_policy
 from dstray.report import write_report
@@ -182,6 +184,8 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
     run = Path(cfg.out).resolve()
     cfg = dataclasses.replace(cfg, data=absolute(cfg.data), out=str(run))  # Ray workers run elsewhere
     # fail fast, before any Ray work or folder: the input check of fit-dst (generate's is a subset)
+    check_area_config(cfg.dst.area)  # ValueError: what is wrong and what to give
+    check_contrast(cfg.generate.contrast)
     dataset = load_dataset(cfg.data)
     problems = validate(dataset, job="fit-dst", max_image_pixels=cfg.generate.max_image_pixels, area=cfg.dst.area)
     if problems:
@@ -268,7 +272,7 @@ class _Run:
                  f"({'one pool each, ' if len(pools) > 1 else ''}Ray Data) ...")
         keys, summaries, states = [], {}, []
         for folder, gen_cfg in pools.items():
-            stage = _Stage(self.run, folder, _key(to_dict(gen_cfg), digests if gen_cfg.generator == "dst" else {}))
+            stage = _Stage(self.run, folder, _key(without_later_defaults(gen_cfg), digests if gen_cfg.generator == "dst" else {}))
             states.append(stage.begin())
             summary = generate(gen_cfg, address=self.address)
             stage.finish(summary=summary)

@@ -211,36 +211,39 @@ class AreaSampler:
         return area.mask, area.image
 
     def draw(self, height: int, width: int, generator: torch.Generator | int, roi: Tensor | None = None, *,
-             with_image: bool = False) -> Area:
+             with_image: bool = False, box: tuple[int, int, int, int] | None = None) -> Area:
         """One :class:`Area` (L, the reference pixels for it when ``with_image``, its family); what ``sample``
-        and ``sample_with_image`` return parts of. ``roi`` (1,H,W): L lies wholly inside it, placed and sized
-        within its bounding box (which stands in for the image: sides, spans, the room)."""
+        and ``sample_with_image`` return parts of. ``roi`` (1,H,W): L lies wholly inside it, placed within its
+        bounding box, which also stands in for the image (sides, spans, the room) unless ``box`` (y0, x0, y1,
+        x1) is given: the room left beside other defects is a ``roi`` whose stand-in is the user's ROI's box,
+        or the image."""
         if with_image and not self.has_images:
             raise ValueError("sample_with_image needs the reference images (AreaSampler(reference_images=...))")
         g, cfg = _as_generator(generator), self.cfg
         if height < 2 * cfg.margin + 1 or width < 2 * cfg.margin + 1:
             raise AreaDoesNotFit(f"a {width}x{height} image leaves no room for a {self.name} area with margin "
                                  f"{cfg.margin}")
-        inside = None
+        inside = within = None
         frame = (0, 0, height, width)
         if roi is not None:
             inside = _check_mask(roi, "roi")
             if inside.shape != (height, width):
                 raise ValueError(f"roi is {tuple(inside.shape)}, the image {height}x{width}")
-            frame = bbox(inside)
+            within = bbox(inside)
+            frame = tuple(box) if box is not None else within
         family = cfg.family
         if family == "mix":  # one coin per sample, before its draws
             family = "procedural" if _uniform(g, 0, 1) < 0.5 else "reference"
         for _ in range(self.max_tries):
             if family == "procedural":
-                drawn = self._draw_procedural(height, width, g, with_image, frame, inside)
+                drawn = self._draw_procedural(height, width, g, with_image, frame, inside, within)
             else:
-                drawn = self._draw(height, width, g, with_image, inside, frame)
+                drawn = self._draw(height, width, g, with_image, inside, frame, within)
             if drawn is not None and (inside is None or not bool((drawn[0] & ~inside).any())):
                 return Area(drawn[0][None].float(), drawn[1] if with_image else None, family)
         if inside is None:  # every draw vanished (a tiny shape at a small scale)
             raise ValueError(f"no non-empty {self.name} area after {self.max_tries} draws; raise --area-scale-min")
-        y0, x0, y1, x1 = frame
+        y0, x0, y1, x1 = within
         low = (f"--area-scale-min {cfg.scale_min:g}; draw a larger roi or lower --area-scale-min" if family == "reference"
                else f"the low end of its size range (--area-widen {cfg.widen:g}); draw a larger roi or raise "
                "--area-widen")
@@ -251,7 +254,7 @@ class AreaSampler:
         )
 
     def _draw_procedural(self, height: int, width: int, g: torch.Generator, with_image: bool,
-                         frame: tuple[int, int, int, int], inside: Tensor | None):
+                         frame: tuple[int, int, int, int], inside: Tensor | None, within=None):
         """One procedural (L (height,width) bool, the reference pixels for it or None), or None when it does not
         fit the ROI's box (:class:`dstray.dst.shapes.Procedural`); AreaDoesNotFit without a ROI."""
         fy0, fx0, fy1, fx1 = frame
@@ -264,16 +267,17 @@ class AreaSampler:
                 return None
             raise AreaDoesNotFit(f"background {width}x{height} cannot take a procedural {self.name} area: {exc}; use "
                                  "larger backgrounds or raise --area-widen (a lower low end)") from exc
-        placed = self._place(torch.from_numpy(cut)[None].float(), height, width, sides, g, inside, frame)
+        placed = self._place(torch.from_numpy(cut)[None].float(), height, width, sides, g, frame, within)
         if placed is None or not with_image:
             return placed
         mask, image = self.references[i]
         return placed[0], copy_into(image, mask[None].float(), placed[0][None].float())
 
     def _draw(self, height: int, width: int, g: torch.Generator, with_image: bool, inside: Tensor | None = None,
-              frame: tuple[int, int, int, int] | None = None):
+              frame: tuple[int, int, int, int] | None = None, within: tuple[int, int, int, int] | None = None):
         """One (L (height,width) bool, warped image or None), or None when the shape vanished (or, with a
-        ROI ``inside``, cannot be placed within the ROI's bounding box ``frame``: it stands in for the image)."""
+        ROI ``inside``, does not fit ``frame``, the box standing in for the image, or cannot be placed
+        ``within`` the ROI's box)."""
         cfg = self.cfg
         fy0, fx0, fy1, fx1 = frame or (0, 0, height, width)
         shape = self.shapes[_randint(g, 0, len(self.shapes) - 1)]
@@ -306,10 +310,10 @@ class AreaSampler:
             h, w = cut.shape[-2:]
             if span_h or span_w:
                 return self._place(_span(cut, fy1 - fy0 if span_h else None, fx1 - fx0 if span_w else None, room_h,
-                                         room_w), height, width, sides, g, inside, frame)
+                                         room_w), height, width, sides, g, frame, within)
             fit = min(room_h / h, room_w / w)
             if fit >= 1:
-                return self._place(cut, height, width, sides, g, inside, frame)
+                return self._place(cut, height, width, sides, g, frame, within)
             if scale * fit < cfg.scale_min:
                 if inside is not None:  # another rotation may fit the ROI's box
                     return None
@@ -329,9 +333,10 @@ class AreaSampler:
             "use larger backgrounds or lower --area-scale-min")
 
     def _place(self, cut: Tensor, height: int, width: int, sides: Sides, g: torch.Generator,
-               inside: Tensor | None = None, frame: tuple[int, int, int, int] | None = None):
-        """``cut`` (K,h,w) (its area: ``cut[0] > 0``) placed in the frame (the image, or the ROI's bounding box):
-        snapped to the frame's ``sides``, uniformly along the others with ``margin`` px from the image border."""
+               frame: tuple[int, int, int, int] | None = None, within: tuple[int, int, int, int] | None = None):
+        """``cut`` (K,h,w) (its area: ``cut[0] > 0``) snapped to the ``sides`` of ``frame`` (the image, or the box
+        standing in for it), uniformly along the others within ``frame`` and ``within`` (the ROI's box) with
+        ``margin`` px from the image border."""
         cfg = self.cfg
         area_cut = cut[0] > 0
         if not bool(area_cut.any()):
@@ -339,8 +344,11 @@ class AreaSampler:
         h, w = area_cut.shape
         top, bottom, left, right = sides
         fy0, fx0, fy1, fx1 = frame or (0, 0, height, width)
-        ys = (max(cfg.margin, fy0), min(height - cfg.margin, fy1) - h)
-        xs = (max(cfg.margin, fx0), min(width - cfg.margin, fx1) - w)
+        py0, px0, py1, px1 = fy0, fx0, fy1, fx1
+        if within is not None:
+            py0, px0, py1, px1 = max(py0, within[0]), max(px0, within[1]), min(py1, within[2]), min(px1, within[3])
+        ys = (max(cfg.margin, py0), min(height - cfg.margin, py1) - h)
+        xs = (max(cfg.margin, px0), min(width - cfg.margin, px1) - w)
         if (ys[0] > ys[1] and not (top or bottom)) or (xs[0] > xs[1] and not (left or right)):
             return None
         y = fy0 if top else fy1 - h if bottom else _randint(g, *ys)

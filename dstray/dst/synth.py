@@ -41,7 +41,7 @@ from dstray import storage
 from dstray.config import (GENERATORS, PATCH_SIZE, AreaConfig, GenerateConfig, field_default, from_dict, to_dict,
                            without_later_defaults)
 from dstray.data import DataError, load_dataset, preflight, read_image, read_mask, to_channels
-from dstray.dst.areas import Area, AreaSampler, check_area_config
+from dstray.dst.areas import Area, AreaSampler, bbox, check_area_config
 from dstray.dst.histmatch import match_area, ring_mean, sort_reference
 from dstray.dst.plan import parse_defects_per_image, plan_samples
 from dstray.dst.regions import copy_into, free_room, gather_areas, gather_rois
@@ -127,13 +127,15 @@ class Synthesizer:
         area = self.draw_area(defect_type, background, seed, roi)
         return area.mask, area.image
 
-    def draw_area(self, defect_type: str, background: torch.Tensor, seed: int,
-                  roi: torch.Tensor | None = None) -> Area:
-        """:meth:`sample_area` with the family L came from (:class:`dstray.dst.areas.Area`)."""
+    def draw_area(self, defect_type: str, background: torch.Tensor, seed: int, roi: torch.Tensor | None = None,
+                  box: tuple[int, int, int, int] | None = None) -> Area:
+        """:meth:`sample_area` with the family L came from (:class:`dstray.dst.areas.Area`); ``box``: what stands
+        in for the image when ``roi`` is the room beside other defects (:meth:`~dstray.dst.areas.AreaSampler.draw`)."""
         _, h, w = background.shape
         sampler = self.samplers[defect_type]
         # the generator seeded with the row's seed, as in area_for_seed: the same L as `dstray stylize --seed`
-        return sampler.draw(h, w, torch.Generator().manual_seed(seed), roi=roi, with_image=self.generator == "copy")
+        return sampler.draw(h, w, torch.Generator().manual_seed(seed), roi=roi, with_image=self.generator == "copy",
+                            box=box)
 
     def sample_areas(self, types: list[str], background: torch.Tensor, seed: int, roi: torch.Tensor | None = None,
                      drawn: list[torch.Tensor] | None = None) -> list[tuple[str, torch.Tensor, torch.Tensor | None, str]]:
@@ -151,10 +153,12 @@ class Synthesizer:
             pick = torch.randperm(len(drawn), generator=torch.Generator().manual_seed(seed))[:len(types)].tolist()
             return [(t, drawn[k], self._copy_pixels(t, drawn[k]), "drawn") for t, k in zip(types, pick)]
         out, taken = [], None
+        box = bbox(roi[0] > 0.5) if roi is not None else (0, 0, *background.shape[1:])  # the later ones' stand-in
         for j, t in enumerate(types):
             room = roi if taken is None else free_room(roi, taken)
             try:
-                area = self.draw_area(t, background, seed if j == 0 else derive_seed(seed, "defect", j), room)
+                area = self.draw_area(t, background, seed if j == 0 else derive_seed(seed, "defect", j), room,
+                                      None if j == 0 else box)
             except ValueError as exc:
                 if j == 0:
                     raise

@@ -84,6 +84,12 @@ def test_no_traceback_for_any_input_problem(data, tmp_path, capsys):
         (["train-seg", "--real-splits", "train", "--out", data["file"]], "is a file; give a folder"),
         (["pipeline", "--preset", "smoke", "--data", data["typo"], "--out", tmp_path / "p"],
          "unknown split 'backgroud'"),
+        (["generate", "--generator", "histmatch", "--area-family", "procedual", "--out", tmp_path / "g4"],
+         "--area-family 'procedual' is not an area family; give one of reference, procedural, mix"),
+        (["generate", "--generator", "histmatch", "--contrast", "0.9,0.1", "--out", tmp_path / "g5"],
+         "--contrast must be LO,HI with 0 <= LO <= HI <= 1"),
+        (["pipeline", "--preset", "smoke", "--area-widen", "0.5", "--out", tmp_path / "p2"],
+         "--area-widen must be a number >= 1"),
         (["inspect", data["file"]], None),
     ]
     for argv, expect in cases:
@@ -95,7 +101,7 @@ def test_no_traceback_for_any_input_problem(data, tmp_path, capsys):
         assert expect in err, (argv, err)
         assert "weights_only" not in err, err  # torch's advice to load a file unsafely never reaches the user
     # a refused start leaves no output folder behind
-    for name in ("g1", "g2", "g3", "f1", "f2", "f3", "s", "p"):
+    for name in ("g1", "g2", "g3", "g4", "g5", "f1", "f2", "f3", "s", "p", "p2"):
         assert not (tmp_path / name).exists(), name
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from dstray.cli import build_parser, main
@@ -35,6 +36,9 @@ def test_options_come_from_the_config_dataclasses():
     assert cfg.batch_size == DSTConfig().batch_size  # untouched fields keep their defaults
     args = build_parser().parse_args(["generate", "--type-weights", "crack=2,blowhole=1", "--num-samples", "5"])
     assert build_config(GenerateConfig, args).type_weights == {"crack": 2.0, "blowhole": 1.0}
+    args = build_parser().parse_args(["generate", "--area-family", "mix", "--area-widen", "3", "--contrast", "0.2,0.8"])
+    cfg = build_config(GenerateConfig, args)
+    assert (cfg.area.family, cfg.area.widen, cfg.contrast) == ("mix", 3.0, [0.2, 0.8])
 
 
 def test_fit_one_type_then_stylize(tmp_path):
@@ -110,6 +114,10 @@ def test_run_subcommands_parse():
     args = p.parse_args(["pipeline", "--preset", "smoke", "--seed", "3"])
     assert (args.preset, args.seed, args.use_gpu, args.no_baseline) == ("smoke", 3, "auto", False)
     assert p.parse_args(["pipeline"]).preset == "demo"  # the README's first command
+    args = p.parse_args(["pipeline", "--area-family", "procedural", "--area-widen", "1.5", "--contrast", "0.3,1"])
+    assert (args.area_family, args.area_widen, args.contrast) == ("procedural", 1.5, [0.3, 1.0])
+    with pytest.raises(SystemExit):
+        p.parse_args(["pipeline", "--contrast", "0.3"])
     args = p.parse_args(["experiment", "fig6", "--preset", "smoke", "--data", "d"])
     assert (args.experiment, args.preset, args.data, args.out) == ("fig6", "smoke", "d", "runs/experiments")
     assert (args.seeds, args.results, args.cells) == ("0,1,2", None, None)  # 3 seeds per cell, results/<dataset>/

@@ -56,6 +56,19 @@ def test_the_reference_family_draws_the_areas_it_drew_before(dataset):
     assert h.hexdigest()[:16] == "aad1cca7fb95b4ee"
 
 
+def test_several_defects_of_the_reference_family_draw_the_areas_they_drew_before(dataset):
+    """Defects 2.. of a sample go in the room the others leave; without a ROI the image stays what stands in for it,
+    so their areas are those of the code before families (digest computed at commit aa3d4c4)."""
+    masks = {t: [_ref(dataset, t)] for t in TYPES}
+    synth = Synthesizer("histmatch", {}, masks)
+    h = hashlib.sha256()
+    for seed in range(4):
+        background = read_image(dataset.backgrounds()[seed].image)
+        for _, area, *_ in synth.sample_areas(["fray", "crack", "uneven", "break"], background, seed):
+            h.update(area.numpy().tobytes())
+    assert h.hexdigest()[:16] == "2f5cdfe5f6373d60"
+
+
 def test_the_kind_rule_on_the_magnetic_tile_references(dataset):
     kinds = {t: kinds_of(measure(_ref(dataset, t))) for t in TYPES}
     assert kinds == {"blowhole": ("blob",), "break": ("border",), "crack": ("curve",), "fray": ("blob",),
@@ -153,6 +166,20 @@ def test_a_roi_box_stands_in_for_the_image_for_the_reference_family_too(dataset)
         y0, x0, y1, x1 = bbox(a[0] > 0.5)
         assert not bool((a.bool() & ~roi.bool()).any())
         assert y0 == 75 or y1 == 225 or x0 == 100 or x1 == 300  # on a side of the roi's box
+
+
+def test_later_defects_stand_on_the_roi_box_not_on_the_room_the_first_left(dataset):
+    roi = torch.zeros(1, 300, 400)
+    roi[0, 60:240, 80:320] = 1
+    masks = {t: [_ref(dataset, t)] for t in ("uneven", "break")}
+    for family in ("reference", "procedural"):
+        synth = Synthesizer("histmatch", {}, masks, area=AreaConfig(family=family))
+        for seed in range(3):
+            (_, band_area, *_), (_, chip, *_) = synth.sample_areas(["uneven", "break"], torch.rand(1, 300, 400),
+                                                                   seed, roi)
+            y0, x0, y1, x1 = bbox(chip[0] > 0.5)
+            assert y0 == 60 or y1 == 240 or x0 == 80 or x1 == 320, (family, seed)  # a side of the roi's box
+            assert not bool((chip.bool() & (band_area.bool() | ~roi.bool())).any())
 
 
 def test_a_centred_quarter_roi_with_1_to_3_defects_writes_most_samples(tmp_path, dataset):
