@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+import pyarrow as pa
 import torch
 
 from dstray.config import GENERATORS, DataPolicy, SegConfig, from_dict
@@ -133,7 +134,7 @@ def filter_table(table, policy: DataPolicy | dict, refs: dict[str, float] | None
     Train stream each Parquet batch (``map_batches``; ``policy`` then comes as a plain dict).
     """
     policy = from_dict(DataPolicy, policy) if isinstance(policy, dict) else policy
-    table = table.take(allowed_indices(table, policy))
+    table = table.take(pa.array(allowed_indices(table, policy), type=pa.int64()))  # typed: [] must work too
     if not refs or not policy.min_visibility or table.num_rows == 0:
         return table
     images, masks = table.column("image").to_pylist(), table.column("mask").to_pylist()
@@ -141,7 +142,7 @@ def filter_table(table, policy: DataPolicy | dict, refs: dict[str, float] | None
              else [""] * table.num_rows)
     keep = [i for i in range(table.num_rows)
             if label_visible(images[i], masks[i], types[i], refs, policy.min_visibility)]
-    return table.take(keep)
+    return table.take(pa.array(keep, type=pa.int64()))
 
 
 def dropped_by_type(before, after) -> dict[str, int]:

@@ -234,6 +234,7 @@ def test_the_area_family_lever_picks_rows_by_their_column(tmp_path):
     types, gens = ["crack"] * 4, ["dst", "dst", "histmatch", "histmatch"]
     table = pq.read_table(_table(tmp_path / "f.parquet", types, gens))
     assert allowed_indices(table, DataPolicy(area_family="procedural")) == []  # no column: every row is 'reference'
+    assert filter_table(table, DataPolicy(area_family="procedural")).num_rows == 0  # no row left: an empty table
     assert allowed_indices(table, DataPolicy(area_family="reference")) == [0, 1, 2, 3]
     table = table.append_column("area_family", pa.array(["reference", "procedural"] * 2))
     assert allowed_indices(table, DataPolicy(area_family="procedural")) == [1, 3]
