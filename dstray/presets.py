@@ -87,7 +87,7 @@ def pipeline_preset(name: str, **overrides) -> PipelineConfig:
         cfg = PipelineConfig(
             preset=name, num_samples=10,
             dst=dst_preset(name),
-            generate=GenerateConfig(patch_size=48, num_actors=1),
+            generate=GenerateConfig(num_actors=1),  # the smoke experiments' generation (one actor: as fast)
             seg=seg_preset(name, real_splits=refs),
         )
     elif name == "demo":

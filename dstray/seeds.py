@@ -31,8 +31,9 @@ STAGES = ("dst", "generate", "seg", "report")  # the stages of a run (pipeline, 
 
 def stage_seeds(seed: int) -> dict[str, int]:
     """The seed of every stage of a run whose seed is ``seed``: ``derive_seed(seed, stage)`` for each of
-    :data:`STAGES`. The run's seed is their one owner (``dstray pipeline --seed``, ``dstray experiment
-    --seed``); the seeds inside a run's sub-configs are replaced by these."""
+    :data:`STAGES`. The run's seed is their one owner (``dstray pipeline --seed s``, the cells of seed s of
+    ``dstray experiment --seeds``; ``pipeline --seeds k`` trains segmenter k with ``stage_seeds(k)["seg"]``); the
+    seeds inside a run's sub-configs are replaced by these."""
     return {stage: derive_seed(seed, stage) for stage in STAGES}
 
 
