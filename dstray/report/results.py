@@ -177,7 +177,7 @@ def claims(table1: dict | None, fig6: dict | None) -> list[str]:
     found = []
     for k in few:
         b, c = f6.get(f"buttonlab-B-k{k}"), f6.get(f"buttonlab-C-k{k}")
-        if b and c:
+        if b and c and _ok(b["mean"].get("f1")) and _ok(c["mean"].get("f1")):
             found.append(_compare(("C", c), ("B", b), f"k = {k}: "))
     say("Generated samples lift the few-shot rows of Figure 6", "paper §4.2: C (with generated) above B (without) "
         "when real samples are few; the few-shot rows here are every k but the largest", found,
