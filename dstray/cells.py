@@ -5,9 +5,10 @@ cells of an experiment (``table1``, ``fig6``, ``samples``) with their full ``Seg
 the generated **pools** they train on. A pool is one generated dataset, made once per
 (generator, seed, size) under ``RUN/gen/<generator>-s<seed>-n<size>/`` and shared by every cell
 that needs it; DST pools use the DST models fitted with that seed (``RUN/models/seed-<seed>/``).
-The experiment's seed is the seed of the cell's DST fits (``DSTConfig.seed``), of its pools'
-generation (``GenerateConfig.seed``) and of its segmenter (``SegConfig.seed``); each stage derives
-its own streams from it (:func:`dstray.seeds.derive_seed`).
+A cell's seed s is a run's seed, as in ``dstray pipeline --seed s``: each stage gets
+``stage_seeds(s)[stage]`` (:func:`dstray.seeds.stage_seeds`): the DST fits ``["dst"]``, the pools'
+generation ``["generate"]``, the segmenter ``["seg"]``. Names keep s (``buttonlab-dst-s0``,
+``RUN/gen/dst-s0-n300``, ``RUN/models/seed-0``); the configs carry the derived seeds.
 
 Results: ``RESULTS/<experiment>.jsonl``, one JSON line per finished cell (:func:`append_line`,
 one ``write`` of the whole line). A cell is finished when a line with its name and the digest of
@@ -32,6 +33,7 @@ from dstray.config import (ARCHS, GENERATORS, DataPolicy, GenerateConfig, SegCon
 from dstray.data import load_dataset, sample_root
 from dstray.policy import wanted_generators
 from dstray.presets import ExperimentPreset, chosen_policy, with_policy
+from dstray.seeds import stage_seeds
 
 log = logging.getLogger("dstray")
 
@@ -43,7 +45,8 @@ SAMPLE_NAME = "sample"  # results name of the embedded sample (results/sample/)
 
 @dataclass(frozen=True)
 class Pool:
-    """One generated dataset: ``size`` samples of ``generator`` with ``seed``."""
+    """One generated dataset: ``size`` samples of ``generator`` for the run seed ``seed`` (generated with
+    ``stage_seeds(seed)["generate"]``, DST pools from the fits of ``stage_seeds(seed)["dst"]``)."""
 
     generator: str
     seed: int
@@ -61,7 +64,7 @@ class Cell:
     experiment: str
     arch: str
     data: str  # training data label: refs | copy | histmatch | dst | policy | B | C
-    seed: int
+    seed: int  # the run seed s (its name's -s<s>); the segmenter's is seg.seed = stage_seeds(s)["seg"]
     seg: SegConfig  # the full config, synthetic = the pools' Parquet folders
     pools: list[Pool] = field(default_factory=list)
     k: int | None = None  # fig6: real train images added to the references
@@ -83,14 +86,21 @@ def pool_dir(run: str | Path, pool: Pool) -> Path:
 
 
 def models_dir(run: str | Path, seed: int) -> Path:
+    """The DST fits of run seed ``seed`` (fitted with :func:`dst_config`'s seed)."""
     return Path(run) / "models" / f"seed-{seed}"
+
+
+def dst_config(p: ExperimentPreset, seed: int):
+    """The DST fit settings of run seed ``seed``: the preset's, seeded with ``stage_seeds(seed)["dst"]``."""
+    return replace(p.dst, seed=stage_seeds(seed)["dst"])
 
 
 def generate_config(pool: Pool, p: ExperimentPreset, *, data: str | None, run: str | Path,
                     use_gpu: str = "auto") -> GenerateConfig:
-    """How ``pool`` is generated (DST pools read the models fitted with the pool's seed)."""
+    """How ``pool`` is generated: seed ``stage_seeds(pool.seed)["generate"]``; DST pools read the models fitted
+    for the same run seed."""
     return GenerateConfig(data=data, models=str(models_dir(run, pool.seed)) if pool.generator == "dst" else None,
-                          generator=pool.generator, num_samples=pool.size, seed=pool.seed,
+                          generator=pool.generator, num_samples=pool.size, seed=stage_seeds(pool.seed)["generate"],
                           out=str(pool_dir(run, pool)), use_gpu=use_gpu,
                           area=replace(p.dst.area, family=p.area_family), contrast=p.contrast)
 
@@ -108,8 +118,8 @@ def plan(experiment: str, p: ExperimentPreset, *, data: str | None, run: str | P
             generator: str | None = None, **extra) -> None:
         # every cell: the same real data (its splits + the preset's defect-free share); with pools, the chosen
         # policy (with one generator for the single-generator columns), so the generated rows are the difference
-        seg = replace(p.seg, arch=arch, data=data, seed=seed, real_splits=list(splits), real_limit=real_limit,
-                      synthetic=[str(pool_dir(run, x) / "data") for x in pools])
+        seg = replace(p.seg, arch=arch, data=data, seed=stage_seeds(seed)["seg"], real_splits=list(splits),
+                      real_limit=real_limit, synthetic=[str(pool_dir(run, x) / "data") for x in pools])
         seg = with_policy(seg, generator=generator) if pools else replace(seg, policy=DataPolicy())
         cells.append(Cell(experiment, arch, label, seed, seg, pools, **extra))
 
@@ -138,17 +148,29 @@ def plan(experiment: str, p: ExperimentPreset, *, data: str | None, run: str | P
 
 def settings(cell: Cell, p: ExperimentPreset, data_name: str) -> dict:
     """What a cell's result depends on, without machine paths: its SegConfig (data: the dataset's
-    name, synthetic: pool names), its pools' generation and DST settings, and their ``digest``."""
+    name, synthetic: pool names), its pools' generation and DST settings, the seed of every stage
+    (``seeds``: ``run`` = the cell's seed, ``dst``, ``generate``, ``seg`` as the stages got them), and their
+    ``digest``."""
     seg = to_dict(replace(cell.seg, data=data_name, synthetic=[x.name for x in cell.pools], device="auto"))
     pool_cfg = generate_config(Pool("copy", 0, 0), p, data=None, run="")
     gen = {k: v for k, v in without_later_defaults(pool_cfg).items()
            if k not in ("data", "models", "generator", "num_samples", "seed", "out", "use_gpu")}
     out = {"seg": seg, "pools": [dataclasses.asdict(x) for x in cell.pools], "generate": gen if cell.pools else None,
-           "dst": {k: v for k, v in without_later_defaults(replace(p.dst, seed=cell.seed)).items()
-                   if k not in DST_FREE}
-           if any(x.generator == "dst" for x in cell.pools) else None}
+           "dst": {k: v for k, v in without_later_defaults(dst_config(p, cell.seed)).items() if k not in DST_FREE}
+           if any(x.generator == "dst" for x in cell.pools) else None,
+           "seeds": _stage_seeds_used(cell)}
     out["digest"] = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:12]
     return out
+
+
+def _stage_seeds_used(cell: Cell) -> dict:
+    """The cell's run seed and the seeds its stages got: ``seg``, ``generate`` (with pools), ``dst`` (DST pools)."""
+    seeds, used = stage_seeds(cell.seed), ["seg"]
+    if cell.pools:
+        used.insert(0, "generate")
+    if any(x.generator == "dst" for x in cell.pools):
+        used.insert(0, "dst")
+    return {"run": cell.seed, **{k: seeds[k] for k in used}}
 
 
 def dataset_name(data: str | None) -> str:

@@ -98,7 +98,7 @@ def pipeline_preset(name: str, **overrides) -> PipelineConfig:
         cfg = PipelineConfig(
             preset=name, num_samples=10,
             dst=dst_preset(name),
-            generate=pool_generate(patch_size=48, num_actors=1),
+            generate=pool_generate(num_actors=1),  # the smoke experiments' generation (one actor: as fast)
             seg=seg_preset(name, real_splits=refs),
         )
     elif name == "demo":

@@ -6,26 +6,60 @@ import json
 
 import pytest
 
+from dataclasses import replace
+
 from dstray.policy import wanted_generators
-from dstray.cells import (append_line, dataset_name, finished, generate_config, plan, read_lines,
+from dstray.cells import (append_line, dataset_name, dst_config, finished, generate_config, plan, read_lines,
                           settings)
 from dstray.config import ARCHS, GENERATORS, DataPolicy
 from dstray.data import load_dataset
 from dstray.presets import experiment_preset
+from dstray.seeds import stage_seeds
 
 
 @pytest.mark.parametrize("experiment", ["table1", "fig6", "samples"])
 def test_the_seed_reaches_every_stage_of_each_cell(experiment, tmp_path):
+    """A cell of seed s seeds its stages as `pipeline --seed s`: stage_seeds(s)[stage]; names keep s."""
     p = experiment_preset("smoke")
     for cell in plan(experiment, p, data=None, run=tmp_path, seeds=[3, 8]):
-        assert cell.seg.seed == cell.seed and cell.name.endswith(f"-s{cell.seed}")
+        seeds = stage_seeds(cell.seed)
+        assert cell.seg.seed == seeds["seg"] and cell.name.endswith(f"-s{cell.seed}")
+        recorded = settings(cell, p, "x")
+        assert recorded["seg"]["seed"] == seeds["seg"] and recorded["seeds"]["run"] == cell.seed
+        assert {k: v for k, v in recorded["seeds"].items() if k != "run"} == {
+            k: seeds[k] for k in ("dst", "generate", "seg") if k == "seg" or (k == "generate" and cell.pools)
+            or any(x.generator == "dst" for x in cell.pools)}
         for pool in cell.pools:
             gen = generate_config(pool, p, data=None, run=tmp_path)
-            assert gen.seed == cell.seed and gen.out == str(tmp_path / "gen" / pool.name)
+            assert pool.seed == cell.seed and pool.name.endswith(f"-s{cell.seed}-n{pool.size}")
+            assert gen.seed == seeds["generate"] and gen.out == str(tmp_path / "gen" / pool.name)
             assert cell.seg.synthetic.count(f"{gen.out}/data") == 1
-            if pool.generator == "dst":  # DST pools read the models fitted with the same seed
+            if pool.generator == "dst":  # DST pools read the models fitted for the same run seed
                 assert gen.models == str(tmp_path / "models" / f"seed-{cell.seed}")
-                assert settings(cell, p, "x")["dst"]["seed"] == cell.seed
+                assert recorded["dst"]["seed"] == dst_config(p, cell.seed).seed == seeds["dst"]
+
+
+def test_an_experiment_cell_runs_the_stage_configs_of_the_pipeline_with_its_seed(tmp_path):
+    """`experiment table1` cell buttonlab-policy-s<s> and `pipeline --seed s` at the smoke preset: the same DST fit,
+    generation (a pool per generator of the chosen policy) and segmenter configs (paths aside), seeds included
+    (the Ray test compares their outputs)."""
+    from dstray.config import to_dict
+    from dstray.distributed.pipeline import stage_configs
+    from dstray.presets import pipeline_preset
+
+    p = experiment_preset("smoke")
+    for seed in (0, 5):
+        cell = next(c for c in plan("table1", p, data=None, run=tmp_path / "e", seeds=[seed])
+                    if c.name == f"buttonlab-policy-s{seed}")
+        stages = stage_configs(pipeline_preset("smoke", seed=seed, out=str(tmp_path / "p")))
+        assert to_dict(stages["dst"]) == to_dict(dst_config(p, seed))
+        paths = ("out", "models", "num_actors")  # where, and how many actors: not what is generated
+        theirs = {c.generator: {k: v for k, v in to_dict(c).items() if k not in paths}
+                  for c in stages["generate"].values()}
+        mine = {x.generator: {k: v for k, v in to_dict(generate_config(x, p, data=None, run=tmp_path / "e")).items()
+                              if k not in paths} for x in cell.pools}
+        assert theirs == mine
+        assert to_dict(replace(stages["seg"]["seg"], synthetic=[])) == to_dict(replace(cell.seg, synthetic=[]))
 
 
 def test_the_grids_of_table1_fig6_and_samples(tmp_path):

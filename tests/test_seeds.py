@@ -36,9 +36,10 @@ def test_the_runs_seed_owns_every_stage_seed_and_output(sample_dataset):
 
     def run(seed: int, **preset):
         stages = stage_configs(pipeline_preset("smoke", seed=seed, out="runs/x", **preset))  # no folder is made
-        seeds = {"dst": stages["dst"].seed, "generate": stages["generate"].seed, "report": stages["report"],
+        gen = stages["generate"]["generated"]  # the first pool (every pool of a run has the generation seed)
+        assert {c.seed for c in stages["generate"].values()} == {gen.seed}
+        seeds = {"dst": stages["dst"].seed, "generate": gen.seed, "report": stages["report"],
                  **{folder: c.seed for folder, c in stages["seg"].items()}}
-        gen = stages["generate"]
         plan = plan_samples(num_samples=gen.num_samples, seed=gen.seed, defect_types=types,
                             background_ids=[b.id for b in ds.backgrounds()],
                             reference_ids={t: ds.references(t)[0].id for t in types})

@@ -75,11 +75,13 @@ def cmd_report(args) -> int:
     from dstray.report import write_report
     from dstray.seeds import stage_seeds
 
-    seed = args.seed
-    if seed is None:  # the run's own seed, as the pipeline drew its report
+    if args.seed is not None:  # another run seed: its report stage's seed
+        seed = stage_seeds(args.seed)["report"]
+    else:  # the report stage's seed the pipeline stored (pipeline.json "seeds"), as it drew its report
         saved = Path(args.run, "pipeline.json")
-        seed = (json.loads(saved.read_text()).get("config") or {}).get("seed", 0) if saved.exists() else 0
-    print(f"wrote {write_report(args.run, out_dir=args.out, seed=stage_seeds(seed)['report'])}")
+        info = json.loads(saved.read_text()) if saved.exists() else {}
+        seed = (info.get("seeds") or stage_seeds((info.get("config") or {}).get("seed", 0)))["report"]  # (or older)
+    print(f"wrote {write_report(args.run, out_dir=args.out, seed=seed)}")
     return 0
 
 
@@ -113,7 +115,8 @@ def register(sub) -> None:
     add_ray(s)
     s.add_argument("--seeds", default=None, metavar="S,S,...",
                    help="train each segmenter once per seed (e.g. 0,1,2), as parallel Ray tasks, and print mean, std "
-                        "and every seed of both (DST fits and generation run once, seeded by --seed)")
+                        "and every seed of both; seed k trains with the segmenter seed of `pipeline --seed k` (DST "
+                        "fits and generation run once, seeded by --seed)")
     s.set_defaults(func=cmd_pipeline)
 
     s = sub.add_parser("experiment", help="the paper's Table 1, Figure 6 and a samples sweep, cell by cell on Ray; "
@@ -129,8 +132,8 @@ def register(sub) -> None:
                    help="run folder (DST models, generated pools, cell checkpoints) shared by the experiments")
     s.add_argument("--results", default=None, help="results folder (default: results/<dataset folder name>, "
                    "results/sample for the embedded sample; report: every results/* folder)")
-    s.add_argument("--seeds", default="0,1,2", help="seeds of every cell: seed the DST fits, the generation and the "
-                   "segmenter (e.g. 0,1,2 or 0-4; default 0,1,2)")
+    s.add_argument("--seeds", default="0,1,2", help="run seeds of the cells (e.g. 0,1,2 or 0-4; default 0,1,2): a "
+                   "cell of seed s seeds its DST fits, generation and segmenter as `pipeline --seed s` does")
     s.add_argument("--preset", default="cpu", choices=PRESETS)
     s.add_argument("--cells", default=None, help="run only the cells whose name matches one of these comma-separated "
                    "patterns (e.g. 'buttonlab-*', '*-s0'; names: docs/experiments.md)")

@@ -5,7 +5,7 @@
 1. plans the cells (:func:`dstray.cells.plan`) and drops those already in
    ``RESULTS/<experiment>.jsonl`` with the same settings (and those ``cells`` patterns leave out);
 2. makes the generated pools the missing cells need, once per (generator, seed, size), under
-   ``RUN/gen/``: DST fits with each seed first (Ray Train, ``RUN/models/seed-<s>/``), then Ray Data;
+   ``RUN/gen/``: DST fits for each seed first (Ray Train, ``RUN/models/seed-<s>/``), then Ray Data;
    a finished fit or pool is reused;
 3. trains the missing cells as Ray tasks, ``threads`` CPUs each (the cluster's CPUs divided among
    the cells, at least 1: one thread each when there are more cells than cores; one GPU each on
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import ray
 
-from dstray.cells import (Cell, append_line, dataset_name, finished, generate_config, machine, models_dir, plan,
-                          results_dir, settings)
+from dstray.cells import (Cell, append_line, dataset_name, dst_config, finished, generate_config, machine, models_dir,
+                          plan, results_dir, settings)
 from dstray.config import to_dict
 from dstray.distributed.fit import fit_all, format_table
 from dstray.distributed.generate import generate
@@ -51,10 +51,11 @@ def _run_cell(cfg: dict, out: str, threads: int) -> dict:
 
 
 def _prepare_pools(cells: list[Cell], p: ExperimentPreset, data: str | None, run: Path, use_gpu: str) -> None:
-    """Fit DST per seed where a DST pool is needed, then generate every pool the cells need (once each)."""
+    """Fit DST per run seed where a DST pool is needed (seed ``stage_seeds(s)["dst"]``), then generate every pool
+    the cells need (once each, seed ``stage_seeds(s)["generate"]``)."""
     pools = list(dict.fromkeys(x for c in cells for x in c.pools))
     for seed in sorted({x.seed for x in pools if x.generator == "dst"}):
-        outcomes = fit_all(replace(p.dst, seed=seed), data=data, out=str(models_dir(run, seed)), use_gpu=use_gpu)
+        outcomes = fit_all(dst_config(p, seed), data=data, out=str(models_dir(run, seed)), use_gpu=use_gpu)
         print(format_table(outcomes), flush=True)
         failed = [o.defect_type for o in outcomes if o.status == "failed"]
         if failed:

@@ -325,18 +325,21 @@ class _Run:
 
     def train_seeds(self, generated_key: str, label: dict[str, str]) -> dict[str, Path]:
         """[3] with ``--seeds``: each segmenter config once per seed (:func:`dstray.distributed.seeds.train_seeds`,
-        parallel Ray tasks, each run in ``seg[-ref]/seed-<s>/``); both tables (mean, std, every seed) on the
-        terminal and in ``pipeline.json``. The evaluation and the report then show the first seed's models."""
+        parallel Ray tasks, each run in ``seg[-ref]/seed-<s>/``); seed s trains with ``stage_seeds(s)["seg"]``,
+        the segmenter of ``pipeline --seed s`` (DST and generation stay ``--seed``'s). Both tables (mean, std,
+        every seed) on the terminal and in ``pipeline.json``, with the seeds the runs got. The evaluation and the
+        report then show the first seed's models."""
         t0, runs, seeds = time.perf_counter(), self.stages["seg"], list(self.cfg.seeds)
         self.say(f"[3/{N_STAGES}] segmentation over seeds {','.join(map(str, seeds))}: {len(runs)} config(s) x "
                  f"{len(seeds)} seeds as parallel Ray tasks ...")
         folders, summaries = {}, {}
         for folder, c in runs.items():
-            stage = _Stage(self.run, folder, _key(to_dict(c), generated_key if folder == "seg" else "", seeds))
+            own = {s: stage_seeds(s)["seg"] for s in seeds}  # in the key: runs of the older raw-seed rule are redone
+            stage = _Stage(self.run, folder, _key(to_dict(c), generated_key if folder == "seg" else "", own))
             stage.begin()
-            summary = train_seeds(c, seeds, out=str(stage.dir), address=self.address)
+            summary = train_seeds(c, seeds, out=str(stage.dir), address=self.address, seed_of=own.__getitem__)
             stage.finish()
-            summaries[label[folder]] = {k: summary[k] for k in ("test", "val", "threads")}
+            summaries[label[folder]] = {k: summary[k] for k in ("test", "val", "threads", "seg_seeds")}
             self.say(f"  {label[folder]}:")
             for line in summary["table"].splitlines():
                 self.say("    " + line)

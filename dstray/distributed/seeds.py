@@ -6,6 +6,9 @@ as many run at once as the cluster has CPUs for. ``threads`` defaults to the clu
 divided among the seeds (at least 1): one thread each on a 2-core machine. A seed's run goes to
 ``OUT/seed-<s>/`` (``model.pt``, ``history.jsonl``, ``val/`` and ``test/eval.*``) and resumes
 there: running the same command again finishes only the seeds (and steps) not yet done.
+``train-seg --seeds`` trains seed s with ``SegConfig.seed = s`` (raw); ``pipeline --seeds`` with
+the segmenter stage's seed of the run seed s, ``stage_seeds(s)["seg"]`` (``seed_of``), so that its
+row s is the segmenter of ``pipeline --seed s``. ``seeds.json`` records the seed each run got.
 ``OUT/seeds.json`` holds :func:`dstray.seg.seeds.summarise` of every seed on ``test`` and
 ``val``, with the config; the terminal gets :func:`dstray.seg.seeds.format_table`.
 
@@ -63,18 +66,21 @@ def _run_seed(cfg: dict, out: str, threads: int) -> dict:
 
 
 def train_seeds(cfg: SegConfig, seeds: list[int], *, out: str, threads: int = 0, address: str | None = None,
-                on_seed: Callable[[int, dict], None] | None = None) -> dict:
+                on_seed: Callable[[int, dict], None] | None = None,
+                seed_of: Callable[[int], int] | None = None) -> dict:
     """Run ``cfg`` once per seed as parallel Ray tasks; write and return ``OUT/seeds.json``'s content.
 
-    ``{"config", "seeds", "threads", "test": summarise(test), "val": summarise(val), "table": str}``.
-    ``on_seed(seed, result)`` is called as each seed finishes.
+    ``{"config", "seeds", "seg_seeds", "threads", "test": summarise(test), "val": summarise(val), "table": str}``.
+    Seed s trains with ``SegConfig.seed = seed_of(s)`` (default: s itself), in ``OUT/seed-<s>/``;
+    ``seg_seeds`` maps each s to that seed. ``on_seed(seed, result)`` is called as each seed finishes.
     """
     cfg = check_inputs(cfg)  # fail fast, on the driver, before any task starts
     init_ray(address)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = threads or max(1, cpus // len(seeds))
     task = ray.remote(num_cpus=threads, max_retries=1)(_run_seed)
-    pending = {task.remote(to_dict(replace(cfg, seed=s)), str(Path(out, f"seed-{s}").resolve()), threads): s
+    own = {s: seed_of(s) if seed_of else s for s in seeds}
+    pending = {task.remote(to_dict(replace(cfg, seed=own[s])), str(Path(out, f"seed-{s}").resolve()), threads): s
                for s in seeds}
     log.info("%d seed(s) of %s/%s, %d thread(s) each, %d CPU(s) in the cluster", len(seeds), cfg.arch, cfg.backbone,
              threads, cpus)
@@ -85,7 +91,8 @@ def train_seeds(cfg: SegConfig, seeds: list[int], *, out: str, threads: int = 0,
         runs[seed] = ray.get(done[0])
         if on_seed is not None:
             on_seed(seed, runs[seed])
-    summary = {"config": to_dict(replace(cfg, seed=-1)), "seeds": seeds, "threads": threads,
+    summary = {"config": to_dict(replace(cfg, seed=-1)), "seeds": seeds,
+               "seg_seeds": {str(s): own[s] for s in seeds}, "threads": threads,
                "test": summarise(runs, "test") if cfg.test_split else None, "val": summarise(runs, "val")}
     summary["table"] = format_table(summary["test"] or summary["val"])
     Path(out).mkdir(parents=True, exist_ok=True)

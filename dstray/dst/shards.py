@@ -12,7 +12,7 @@ import io
 
 import torch
 
-from dstray.seeds import derive_seed
+from dstray.seeds import defect_seed
 from dstray.data import DataError, read_image, read_mask, to_channels
 from dstray.dst.regions import read_roi, regions
 from dstray.dst.rows import multi_row, sample_row, write_shard_files
@@ -89,7 +89,7 @@ def make_rows(ctx: dict, synth, plan_rows: list[dict], batch_size: int = 8) -> t
         for j in range(max(len(areas) for _, _, areas in entries)):
             idx = [i for i, (_, _, areas) in enumerate(entries) if len(areas) > j]
             items = [(entries[i][2][j][0], current[i], *entries[i][2][j][1:3],
-                      derive_seed(entries[i][0]["seed"], "defect", j)) for i in idx]  # + the area's own seed
+                      defect_seed(entries[i][0]["seed"], j)) for i in idx]  # + the defect's seed (its contrast, strength)
             for i, image in zip(idx, synth.fill(items, size)):
                 current[i] = image
         return current

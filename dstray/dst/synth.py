@@ -49,7 +49,7 @@ from dstray.dst.rows import REJECT_SCHEMA, SCHEMA, check_output, parquet_bytes, 
 from dstray.dst.shards import CHUNK_PIXELS, make_rows, read_background, shard_plan, write_shard  # noqa: F401 (idem)
 from dstray.dst.stylize import load_dst, stylize_batch
 from dstray.dst.transfer_net import soft_paste
-from dstray.seeds import derive_seed
+from dstray.seeds import defect_seed, derive_seed
 
 
 # --------------------------------------------------------------------------- one sample
@@ -141,8 +141,9 @@ class Synthesizer:
                      drawn: list[torch.Tensor] | None = None) -> list[tuple[str, torch.Tensor, torch.Tensor | None, str]]:
         """One area per type in ``types``, none overlapping: ``[(type, L (1,H,W), warped or None, family), ...]``.
 
-        The first is :meth:`sample_area` with ``seed`` (a single-defect sample's L); defect ``j`` >= 1 uses
-        ``derive_seed(seed, "defect", j)`` and the room the earlier ones leave (:func:`~dstray.dst.regions.free_room`).
+        Defect ``j`` is :meth:`draw_area` with :func:`dstray.seeds.defect_seed` (defect 0: ``seed``, a
+        single-defect sample's L; ``j`` >= 1: ``derive_seed(seed, "defect", j)``) in the room the earlier ones
+        leave (:func:`~dstray.dst.regions.free_room`).
         ``drawn``: the user's target areas of this background (``--areas``), each an L as drawn (family ``drawn``);
         the sample takes ``len(types)`` of them, picked with ``seed``. ValueError saying which defect did not fit.
         ``family``: ``reference`` | ``procedural`` | ``drawn``, the row's ``area_family``.
@@ -157,8 +158,7 @@ class Synthesizer:
         for j, t in enumerate(types):
             room = roi if taken is None else free_room(roi, taken)
             try:
-                area = self.draw_area(t, background, seed if j == 0 else derive_seed(seed, "defect", j), room,
-                                      None if j == 0 else box)
+                area = self.draw_area(t, background, defect_seed(seed, j), room, None if j == 0 else box)
             except ValueError as exc:
                 if j == 0:
                     raise
@@ -176,7 +176,8 @@ class Synthesizer:
 
     def fill(self, items: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]],
              batch_size: int = 8) -> list[torch.Tensor]:
-        """Fill the areas: items (defect_type, background (C,H,W), area (1,H,W), warped reference or None) -> images.
+        """Fill the areas: items (defect_type, background (C,H,W), area (1,H,W), warped reference or None
+        [, the defect's seed (:func:`dstray.seeds.defect_seed`), which draws its DST strength]) -> images.
 
         DST runs the network on up to ``batch_size`` windows at once; each image is the same as
         when made alone (windows are per image, InstanceNorm is per sample).
@@ -215,8 +216,8 @@ class Synthesizer:
 
     def __call__(self, defect_type: str, background: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One sample: ``(image (C,H,W) float [0,1], label L (1,H,W) {0,1})``."""
-        area, warped = self.sample_area(defect_type, background, seed)
-        return self.fill([(defect_type, background, area, warped, derive_seed(seed, "defect", 0))])[0], area
+        area, warped = self.sample_area(defect_type, background, defect_seed(seed, 0))
+        return self.fill([(defect_type, background, area, warped, defect_seed(seed, 0))])[0], area
 
 
 def strength_of(seed: int, strength: list[float]) -> float:

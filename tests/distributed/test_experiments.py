@@ -19,6 +19,7 @@ CELLS = "buttonlab-refs-*,buttonlab-copy-s0"  # 3 cells, one generator pool (cop
 def test_a_killed_experiment_finishes_only_the_missing_cells_and_the_report_renders(ray_cluster, tmp_path):
     from dstray.cells import read_lines
     from dstray.cli import main
+    from dstray.seeds import stage_seeds
 
     results, run = tmp_path / "results", tmp_path / "run"
     argv = ["experiment", "table1", "--preset", "smoke", "--seeds", "0,1", "--cells", CELLS, "--out", str(run),
@@ -43,8 +44,11 @@ def test_a_killed_experiment_finishes_only_the_missing_cells_and_the_report_rend
     assert sorted(json.loads(line)["cell"] for line in lines[1:]) == sorted(cells - set(done))  # only the missing ran
     records = read_lines(path)
     assert {r["cell"] for r in records} == cells  # every cell once, no duplicate
-    for r in records:  # the experiment's seed reached the segmenter and the generation of the cell
-        assert r["settings"]["seg"]["seed"] == r["seed"] and all(p["seed"] == r["seed"] for p in r["settings"]["pools"])
+    for r in records:  # the cell's run seed reached the segmenter and the generation of the cell, as stage seeds
+        seeds = stage_seeds(r["seed"])
+        assert r["settings"]["seg"]["seed"] == seeds["seg"] and all(p["seed"] == r["seed"] for p in r["settings"]["pools"])
+        assert r["settings"]["seeds"] == {"run": r["seed"], "seg": seeds["seg"],
+                                          **({"generate": seeds["generate"]} if r["settings"]["pools"] else {})}
         assert 0 <= r["test"]["pixel"]["f1"] <= 1 and r["seconds"] > 0 and len(r["machine"]["loadavg_end"]) == 3
     copy0 = json.loads((run / "gen" / "copy-s0-n10" / "summary.json").read_text())
     assert copy0["written"] + copy0["rejected"] == 10
@@ -56,5 +60,82 @@ def test_a_killed_experiment_finishes_only_the_missing_cells_and_the_report_rend
                           cells=CELLS.split(",")) == []
     assert main(["experiment", "report", "--results", str(results)]) == 0
     readme = (results / "README.md").read_text()
-    assert "### Table 1 (preset `smoke`)" in readme and "| Buttonlab |" in readme
+    assert "## Table 1 (preset `smoke`)" in readme and "| Buttonlab |" in readme
     assert all(c in readme for c in cells)  # the wall-time table names every cell
+
+
+def _state_digest(path: Path) -> str:
+    """sha256 of a checkpoint's state dict (names and tensor bytes, in name order)."""
+    import hashlib
+
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _pool_images(folder: Path) -> dict[str, bytes]:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(folder, columns=["sample_id", "image", "mask", "seed"]).to_pylist()
+    return {r["sample_id"]: (r["image"], r["mask"], r["seed"]) for r in rows}
+
+
+def _one_type_sample(folder: Path, defect_type: str = "blowhole") -> str:
+    """The embedded sample cut to one defect type (its rows and the defect-free ones): one DST fit per run."""
+    import shutil
+
+    from dstray.data import sample_root
+
+    root = sample_root()
+    head, *rows = (root / "splits.csv").read_text().splitlines()
+    keep = [r for r in rows if r.split(",")[2] in (defect_type, "free")]
+    for r in keep:
+        for name in r.split(",")[:2]:
+            if name:
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(root / name, folder / name)
+    (folder / "splits.csv").write_text("\n".join([head, *keep]) + "\n")
+    return str(folder)
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_dst_models_pool_and_segmenter_in_pipeline_and_experiment(ray_cluster, tmp_path):
+    """`pipeline --seed 1 --seeds 1` and the experiment cell buttonlab-dst-s1 (smoke preset, the embedded sample cut
+    to one type so that each side fits one DST): every stage seeded with stage_seeds(1)[stage], so the same DST
+    weights, pool rows and segmenter weights, bit for bit."""
+    import dataclasses
+
+    from dstray.data import load_dataset
+    from dstray.distributed.experiments import run_experiment
+    from dstray.distributed.pipeline import run_pipeline
+    from dstray.presets import pipeline_preset
+    from dstray.seeds import stage_seeds
+
+    seeds = stage_seeds(1)
+    data = _one_type_sample(tmp_path / "blowhole-sample")
+    pipe, exp = tmp_path / "pipeline", tmp_path / "experiment"
+    cfg = dataclasses.replace(pipeline_preset("smoke", seed=1, out=str(pipe)), data=data, baseline=False, seeds=[1])
+    info = run_pipeline(cfg)
+    [line] = run_experiment("table1", data=data, out=str(exp), seeds=[1], preset="smoke",
+                            results=str(tmp_path / "results"), cells=["buttonlab-dst-s1"])
+
+    # the seeds as stored: pipeline.json, seeds.json and the results line
+    assert info["seeds"] == seeds and info["config"]["dst"]["seed"] == seeds["dst"]
+    assert info["config"]["generate"]["seed"] == seeds["generate"]
+    assert json.loads((pipe / "seg" / "seeds.json").read_text())["seg_seeds"] == {"1": seeds["seg"]}
+    assert line["seed"] == 1 and line["settings"]["seeds"] == {"run": 1, **{k: seeds[k] for k in ("dst", "generate",
+                                                                                                 "seg")}}
+    assert line["settings"]["seg"]["seed"] == line["settings"]["seeds"]["seg"]
+    # the outputs, bit for bit
+    assert load_dataset(data).defect_types == ["blowhole"]
+    assert _state_digest(pipe / "models" / "blowhole" / "model.pt") == \
+        _state_digest(exp / "models" / "seed-1" / "blowhole" / "model.pt")
+    rows = _pool_images(pipe / "generated" / "data")
+    assert len(rows) == cfg.num_samples and rows == _pool_images(exp / "gen" / "dst-s1-n10" / "data")
+    assert _state_digest(pipe / "seg" / "seed-1" / "model.pt") == \
+        _state_digest(exp / "cells" / "table1" / "buttonlab-dst-s1" / "model.pt")

@@ -12,9 +12,12 @@ pytestmark = pytest.mark.ray
 
 
 def test_smoke_pipeline_writes_report_with_every_type_and_the_evaluation(ray_cluster, tmp_path):
+    import torch
+
     from dstray.data import load_dataset
     from dstray.distributed.pipeline import run_pipeline
     from dstray.presets import pipeline_preset
+    from dstray.seeds import stage_seeds
 
     cfg = pipeline_preset("smoke", out=str(tmp_path / "run"))
     info = run_pipeline(cfg)
@@ -72,3 +75,7 @@ def test_smoke_pipeline_writes_report_with_every_type_and_the_evaluation(ray_clu
         assert saved["seeds"] == [0, 1] and set(saved["test"]["per_seed"]) == {"0", "1"}
         own = json.loads((tmp_path / "run" / folder / "seed-1" / "test" / "eval.json").read_text())
         assert saved["test"]["per_seed"]["1"]["f1"] == own["pixel"]["f1"]
+        # run k trains with the segmenter seed of `pipeline --seed k`, recorded in seeds.json and its checkpoint
+        assert saved["seg_seeds"] == {str(k): stage_seeds(k)["seg"] for k in (0, 1)}
+        model = torch.load(tmp_path / "run" / folder / "seed-1" / "model.pt", weights_only=True)
+        assert model["config"]["seed"] == stage_seeds(1)["seg"]

@@ -49,10 +49,15 @@ def test_checkpoints_carry_every_reference_mask_and_old_ones_fall_back(fitted, t
 
 
 def test_dst_strength_blends_t_of_y_prime_with_y_prime_inside_l_only(fitted, tmp_path):
-    """--dst-strength 0.25,0.75: inside L a T(y') + (1 - a) y' with the sample's a; outside L the background, bit for bit."""
+    """--dst-strength 0.25,0.75: inside L a T(y') + (1 - a) y' with the sample's a; outside L the background, bit for bit.
+
+    One per-defect seed rule (:func:`dstray.seeds.defect_seed`): a single-defect sample's L and its strength are
+    drawn from the sample's own seed, in the generation rows (:func:`make_rows`) as in ``Synthesizer.__call__``.
+    """
+    from dstray.data import encode_png
     from dstray.dst.stylize import stylize_batch
     from dstray.dst.synth import strength_of
-    from dstray.seeds import derive_seed
+    from dstray.seeds import defect_seed
 
     path, _ = fitted
     (tmp_path / "models" / "blowhole").mkdir(parents=True)
@@ -61,19 +66,20 @@ def test_dst_strength_blends_t_of_y_prime_with_y_prime_inside_l_only(fitted, tmp
                          type_weights={"blowhole": 1.0}, out=str(tmp_path / "gen"), dst_strength=[0.25, 0.75])
     ctx = prepare(cfg)
     synth = build_synthesizer(ctx)
+    rows, rejects = make_rows(ctx, synth, ctx["plan"])
+    assert len(rows) == 3 and not rejects
     model = synth.models["blowhole"]
     strengths = set()
-    for p in ctx["plan"]:
-        background = torch.from_numpy(ctx["backgrounds"][p["background_id"]]) if not isinstance(
-            ctx["backgrounds"][p["background_id"]], str) else None
-        if background is None:
-            from dstray.data import read_image
-            background = read_image(ctx["backgrounds"][p["background_id"]])
+    for p, row in zip(ctx["plan"], rows):
+        background = read_image(ctx["backgrounds"][p["background_id"]])
+        assert defect_seed(p["seed"], 0) == p["seed"]
         area, _ = synth.sample_area("blowhole", background, p["seed"])
-        seed = derive_seed(p["seed"], "defect", 0)
-        image = synth.fill([("blowhole", background, area, None, seed)])[0]
+        image = synth.fill([("blowhole", background, area, None, p["seed"])])[0]
+        assert encode_png(image) == row["image"] and encode_png(area) == row["mask"]  # the rows' rule
+        alone, alone_area = synth("blowhole", background, p["seed"])
+        assert torch.equal(alone, image) and torch.equal(alone_area, area)  # and the one-sample call's
         ref = stylize_batch(model, [background], [area], mode=cfg.mode, patch_size=cfg.patch_size)
-        a = strength_of(seed, cfg.dst_strength)
+        a = strength_of(p["seed"], cfg.dst_strength)
         strengths.add(round(a, 6))
         assert 0.25 <= a <= 0.75
         inside = area[0] > 0.5
