@@ -117,7 +117,7 @@ def cmd_tune(args) -> int:
                       address=args.address)
     print(open(result.table_md).read())
     print(f"best trial {result.best['trial']}: val F1 {result.best['best_f1']:.4f} at step "
-          f"{result.best['best_step']}; config {json.dumps({k: result.best[k] for k in space})}")
+          f"{result.best['best_step']}; config {json.dumps({k: result.best[k] for k in result.space})}")
     print(f"its model on test (scored once): {_score(result.test)}")
     for p in (result.table_csv, result.table_md, result.best_config, result.best_model, result.plot):
         print(f"wrote {p}")

@@ -90,6 +90,7 @@ class TuneSegResult:
     test: dict | None  # the best trial's model scored once on test_split (OUT/best/test/eval.json)
     rows: list[dict]
     seconds: float
+    space: dict = None  # the space searched, as the trials saw it (policy_gen_* expanded to one key per type)
 
 
 def _trial_rows(results, space: dict, steps: int) -> list[dict]:
@@ -222,7 +223,7 @@ def tune_seg(base: SegConfig, *, out: str, space: dict[str, str] | None = None, 
     _plot(results, rows, paths["png"])
     return TuneSegResult(table_csv=str(paths["csv"]), table_md=str(paths["md"]), best_config=str(paths["best"]),
                          best_model=str(out_dir / "best" / CHECKPOINT), plot=str(paths["png"]), best=best, test=test,
-                         rows=rows, seconds=time.perf_counter() - t0)
+                         rows=rows, seconds=time.perf_counter() - t0, space=space)
 
 
 def _score_best(result, folder: Path) -> dict | None:

@@ -116,11 +116,24 @@ def test_the_data_search_space_sets_the_policy_of_a_trial():
 
     space = parse_space(["policy_ignore_band=1,3"], search="data")
     assert set(space) == set(DATA_SPACE) and space["policy_ignore_band"] == "1,3"
+    assert {"free_fraction", "policy_area_family", "policy_min_visibility", "policy_gen_*"} <= set(space)
     cfg = apply_params(SegConfig(), {"policy_default_generator": "copy", "synthetic_fraction": 0.25,
                                      "policy_synthetic_weight": 0.3})
     assert cfg.synthetic_fraction == 0.25 and cfg.policy == DataPolicy(default_generator="copy", synthetic_weight=0.3)
     with pytest.raises(ValueError, match="not a SegConfig field"):
         parse_space(["policy_nope=1"], search="data")
+    # policy_gen_*: one key per defect type of the dataset, each setting that type's generator
+    from dstray.data import load_dataset
+    from dstray.distributed.space import check_space
+
+    expanded = check_space(parse_space([], search="data"), replace(SMALL, synthetic=["x"], real_splits=["reference"]))
+    assert "policy_gen_*" not in expanded
+    assert {k for k in expanded if k.startswith("policy_gen_")} == {f"policy_gen_{t}"
+                                                                   for t in load_dataset(None).defect_types}
+    trial = apply_params(SegConfig(), {"policy_gen_crack": "none", "policy_gen_fray": "copy", "free_fraction": 0.25})
+    assert trial.policy.generators == {"crack": "none", "fray": "copy"} and trial.free_fraction == 0.25
+    with pytest.raises(ValueError, match="is not one of"):
+        parse_space(["policy_gen_crack=paint"], search="data")
 
 
 def test_the_default_generator_feeds_the_types_not_named(tmp_path):
