@@ -105,14 +105,14 @@ def _one_type_sample(folder: Path, defect_type: str = "blowhole") -> str:
 
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_dst_models_pool_and_segmenter_in_pipeline_and_experiment(ray_cluster, tmp_path):
-    """`pipeline --seed 1 --seeds 1` and the experiment cell buttonlab-dst-s1 (smoke preset, the embedded sample cut
-    to one type so that each side fits one DST): every stage seeded with stage_seeds(1)[stage], so the same DST
-    weights, pool rows and segmenter weights, bit for bit."""
+    """`pipeline --seed 1 --seeds 1` and the experiment cell buttonlab-policy-s1 (smoke preset, the embedded sample
+    cut to one type so that each side fits one DST): every stage seeded with stage_seeds(1)[stage], so the same DST
+    weights, the same rows in every pool of the chosen policy and the same segmenter weights, bit for bit."""
     import dataclasses
 
     from dstray.data import load_dataset
     from dstray.distributed.experiments import run_experiment
-    from dstray.distributed.pipeline import run_pipeline
+    from dstray.distributed.pipeline import run_pipeline, stage_configs
     from dstray.presets import pipeline_preset
     from dstray.seeds import stage_seeds
 
@@ -122,7 +122,7 @@ def test_the_same_seed_gives_the_same_dst_models_pool_and_segmenter_in_pipeline_
     cfg = dataclasses.replace(pipeline_preset("smoke", seed=1, out=str(pipe)), data=data, baseline=False, seeds=[1])
     info = run_pipeline(cfg)
     [line] = run_experiment("table1", data=data, out=str(exp), seeds=[1], preset="smoke",
-                            results=str(tmp_path / "results"), cells=["buttonlab-dst-s1"])
+                            results=str(tmp_path / "results"), cells=["buttonlab-policy-s1"])
 
     # the seeds as stored: pipeline.json, seeds.json and the results line
     assert info["seeds"] == seeds and info["config"]["dst"]["seed"] == seeds["dst"]
@@ -135,7 +135,10 @@ def test_the_same_seed_gives_the_same_dst_models_pool_and_segmenter_in_pipeline_
     assert load_dataset(data).defect_types == ["blowhole"]
     assert _state_digest(pipe / "models" / "blowhole" / "model.pt") == \
         _state_digest(exp / "models" / "seed-1" / "blowhole" / "model.pt")
-    rows = _pool_images(pipe / "generated" / "data")
-    assert len(rows) == cfg.num_samples and rows == _pool_images(exp / "gen" / "dst-s1-n10" / "data")
+    pools = stage_configs(cfg)["generate"]
+    assert pools
+    for folder, gen in pools.items():
+        rows = _pool_images(pipe / folder / "data")
+        assert len(rows) == cfg.num_samples and rows == _pool_images(exp / "gen" / f"{gen.generator}-s1-n10" / "data")
     assert _state_digest(pipe / "seg" / "seed-1" / "model.pt") == \
-        _state_digest(exp / "cells" / "table1" / "buttonlab-dst-s1" / "model.pt")
+        _state_digest(exp / "cells" / "table1" / "buttonlab-policy-s1" / "model.pt")
