@@ -17,6 +17,7 @@ import argparse
 import logging
 import pickle
 import re
+import shlex
 import sys
 
 from dstray.cli import data, dst, export, run, seg
@@ -99,8 +100,23 @@ def _check_outputs(args: argparse.Namespace) -> None:
             require_folder(location, "--" + flag.replace("_", "-"))
 
 
+def interrupted(args: argparse.Namespace, argv: list[str]) -> str:
+    """The one line of a command stopped with Ctrl-C: what it saved (``args.saved()``, set by the command
+    once it knows where it writes) and the command that resumes it (the same one)."""
+    what = "nothing yet"
+    if getattr(args, "saved", None) is not None:
+        try:
+            what = args.saved()
+        except Exception as exc:  # the line must still be printed
+            what = f"unknown ({type(exc).__name__}: {exc})"
+    return f"dstray {args.command}: interrupted; saved {what}; resume with: dstray {shlex.join(argv)}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``dstray ...``: run a subcommand; an input error prints ``dstray CMD: error: MESSAGE`` (exit 2), no traceback."""
+    """``dstray ...``: run a subcommand; an input error prints ``dstray CMD: error: MESSAGE`` (exit 2), no traceback.
+
+    Ctrl-C prints one line (:func:`interrupted`) and exits with 130, without a traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -108,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         _check_outputs(args)
         apply_layout(args)  # --references-per-type / --reference-order ride on --data
         return args.func(args)
+    except KeyboardInterrupt:
+        if "ray" in sys.modules:  # stop the work first: the line says what was saved once nothing more is
+            from dstray.distributed.runtime import stop_quietly
+
+            stop_quietly()
+        print(interrupted(args, argv), file=sys.stderr, flush=True)
+        return 130
     except Exception as exc:
         message = input_error(exc, model=getattr(args, "model", None))
         if message is None:  # not an input problem: a bug, shown in full

@@ -17,9 +17,12 @@ def cmd_fit_dst(args) -> int:
         if cfg.defect_type is not None:
             raise ValueError("--defect-type fits one type in this process; --all / --types fit several with Ray "
                              "Train: give one or the other")
-        from dstray.distributed.fit import fit_all, format_table
+        from dstray.distributed.fit import fit_all, format_table, saved
 
-        outcomes = fit_all(cfg, data=args.data, out=args.out, types=args.types.split(",") if args.types else None,
+        types = args.types.split(",") if args.types else None
+        args.saved = lambda: saved(args.out, data=args.data, types=types, steps=cfg.steps,
+                                   storage_path=args.storage_path)
+        outcomes = fit_all(cfg, data=args.data, out=args.out, types=types,
                            storage_path=args.storage_path, use_gpu=args.use_gpu, max_failures=args.max_failures,
                            cpus_per_worker=args.cpus_per_worker, address=args.address,
                            max_image_pixels=args.max_image_pixels)
@@ -56,9 +59,11 @@ def cmd_stylize(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from dstray.distributed.generate import generate
+    from dstray.distributed.generate import generate, saved
 
-    summary = generate(build_config(GenerateConfig, args), shard_size=args.shard_size, address=args.address)
+    cfg = build_config(GenerateConfig, args)
+    args.saved = lambda: saved(cfg, shard_size=args.shard_size)
+    summary = generate(cfg, shard_size=args.shard_size, address=args.address)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -23,7 +23,7 @@ def _contrast(text: str) -> list[float]:
 
 
 def cmd_pipeline(args) -> int:
-    from dstray.distributed.pipeline import run_pipeline
+    from dstray.distributed.pipeline import run_pipeline, saved
     from dstray.presets import pipeline_preset
 
     cfg = pipeline_preset(args.preset, use_gpu=args.use_gpu, seed=args.seed)
@@ -45,6 +45,7 @@ def cmd_pipeline(args) -> int:
         from dstray.distributed.seeds import parse_seeds
 
         cfg = dataclasses.replace(cfg, seeds=parse_seeds(args.seeds))
+    args.saved = lambda: saved(cfg.out)
     run_pipeline(cfg, address=args.address)
     return 0
 
@@ -57,10 +58,11 @@ def cmd_experiment(args) -> int:
             print(f"wrote {path}")
         return 0
     from dstray.cells import results_dir
-    from dstray.distributed.experiments import run_experiment
+    from dstray.distributed.experiments import run_experiment, saved
     from dstray.distributed.seeds import parse_seeds
 
     cells = [c for c in args.cells.split(",") if c] if args.cells else None
+    args.saved = lambda: saved(args.experiment, data=args.data, out=args.out, results=args.results)
     run_experiment(args.experiment, data=args.data, out=args.out, seeds=parse_seeds(args.seeds), preset=args.preset,
                    results=args.results, cells=cells, use_gpu=args.use_gpu, address=args.address)
     print(f"results: {results_dir(args.data, args.results) / (args.experiment + '.jsonl')}; "

@@ -49,9 +49,10 @@ def _score(r: dict | None) -> str:
 
 
 def cmd_train_seeds(args, cfg: SegConfig) -> int:
-    from dstray.distributed.seeds import SUMMARY, parse_seeds, train_seeds
+    from dstray.distributed.seeds import SUMMARY, parse_seeds, saved, train_seeds
 
     seeds = parse_seeds(args.seeds)
+    args.saved = lambda: saved(args.out, seeds, steps=cfg.steps)
 
     def on_seed(seed: int, r: dict) -> None:
         print(f"  seed {seed}: {r['steps']} steps in {r['seconds'] / 60:.1f} min ({r['threads']} thread(s)); "
@@ -67,11 +68,12 @@ def cmd_train_seeds(args, cfg: SegConfig) -> int:
 
 
 def cmd_train_seg(args) -> int:
-    from dstray.distributed.train_seg import train_seg
+    from dstray.distributed.train_seg import saved, train_seg
 
     cfg = seg_config(args)
     if args.seeds:
         return cmd_train_seeds(args, cfg)
+    args.saved = lambda: saved(args.out, steps=cfg.steps, storage_path=args.storage_path, name=args.name)
     result = train_seg(cfg, out=args.out, num_workers=args.num_workers,
                        use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
                        threads_per_worker=args.threads_per_worker, storage_path=args.storage_path,
@@ -106,9 +108,10 @@ def cmd_evaluate(args) -> int:
 
 def cmd_tune(args) -> int:
     from dstray.distributed.space import parse_space
-    from dstray.distributed.tune_seg import tune_seg
+    from dstray.distributed.tune_seg import saved, tune_seg
 
     space = parse_space(args.space, defaults=not args.no_default_space, search=args.search)
+    args.saved = lambda: saved(args.out, storage_path=args.storage_path, name=args.name)
     result = tune_seg(seg_config(args), out=args.out, space=space, num_samples=args.num_samples,
                       max_concurrent=args.max_concurrent, grace_period=args.grace_period,
                       reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,

@@ -26,11 +26,11 @@ from pathlib import Path
 import ray
 
 from dstray.cells import (Cell, append_line, dataset_name, dst_config, finished, generate_config, machine, models_dir,
-                          plan, results_dir, settings)
+                          plan, read_lines, results_dir, settings)
 from dstray.config import to_dict
 from dstray.distributed.fit import fit_all, format_table
 from dstray.distributed.generate import generate
-from dstray.distributed.runtime import init_ray, resolve_use_gpu
+from dstray.distributed.runtime import init_ray, reserve_local_runtime, resolve_use_gpu
 from dstray.distributed.seeds import _run_seed
 from dstray.presets import ExperimentPreset, experiment_preset
 from dstray.seg.train import STATE, check_inputs
@@ -78,6 +78,13 @@ def _record(cell: Cell, p: ExperimentPreset, data_name: str, result: dict) -> di
             "settings": settings(cell, p, data_name), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def saved(experiment: str, *, data: str | None, out: str, results: str | None = None) -> str:
+    """What an interrupted experiment left: its finished cells (lines of the results file)."""
+    path = results_dir(absolute(data), results) / f"{experiment}.jsonl"
+    lines = len(read_lines(path)) if path.exists() else 0
+    return f"{lines} finished cell(s) in {path} (pools and cell checkpoints in {Path(out).resolve()})"
+
+
 def run_experiment(experiment: str, *, data: str | None, out: str, seeds: list[int], preset: str = "cpu",
                    results: str | None = None, cells: list[str] | None = None, use_gpu: str = "auto",
                    address: str | None = None, _die_after: int | None = None) -> list[dict]:
@@ -103,6 +110,7 @@ def run_experiment(experiment: str, *, data: str | None, out: str, seeds: list[i
         return []
     for c in todo:  # fail fast, before any work, on a config that cannot run (the pools are checked once made)
         check_inputs(replace(c.seg, synthetic=[]))
+    reserve_local_runtime(address)
     run.mkdir(parents=True, exist_ok=True)
     init_ray(address)
     gpu = resolve_use_gpu(use_gpu)

@@ -6,9 +6,10 @@ across the cluster's GPUs (or CPUs). Each run:
 
 - checkpoints to ``storage_path/dst-<type>`` every ``checkpoint_every`` steps
   (``storage_path`` is a local folder or a pyarrow URI such as ``s3://bucket/dstray``);
-- resumes from its latest checkpoint when the same command runs again, and when a worker
-  dies (``FailureConfig(max_failures)``: Ray Train restarts the worker group, the loop
-  reads ``ray.train.get_checkpoint()`` and continues from that step, not from 0);
+- resumes from its newest sealed checkpoint on storage when the same command runs again, and
+  when a worker or its node dies (``FailureConfig(max_failures)``: Ray Train restarts the worker
+  group, the loop reads :func:`dstray.distributed.faults.latest_checkpoint` and continues from
+  that step, not from 0; a lost ``_fit_one`` task is retried by Ray and resumes the same way);
 - writes the final model to ``out/<type>/model.pt`` (what ``dstray generate --models`` reads)
   and its loss history to ``out/<type>/losses.csv``, as the in-process fit does.
 
@@ -30,13 +31,16 @@ from pathlib import Path
 
 import ray
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from dstray import storage
 from dstray.config import MAX_IMAGE_PIXELS, DSTConfig, changed_fields, check_resumable, from_dict, to_dict
 from dstray.data import load_dataset, preflight
-from dstray.distributed.runtime import die_once_at, init_ray, ray_storage_path, resolve_use_gpu
+from dstray.distributed.faults import (Faults, failure_config, faults_config, fit_trainer, latest_checkpoint,
+                                       memory_guard, prune_checkpoints, report_checkpoint)
+from dstray.distributed.runtime import (die_once_at, init_ray, ray_storage_path, reserve_local_runtime,
+                                        resolve_use_gpu)
 from dstray.dst.fit import TERMS, DSTFitter, fit_loop, fitted_types, write_losses_csv
 
 log = logging.getLogger("dstray")
@@ -60,7 +64,9 @@ def dst_train_loop(config: dict) -> None:
     cfg = from_dict(DSTConfig, config["dst"])
     cfg = replace(cfg, device=str(ray.train.torch.get_device()))
     fitter = DSTFitter(cfg, load_dataset(config["data"]).without(config.get("skip", ())))  # skip: from preflight
-    checkpoint = ray.train.get_checkpoint()  # [1] resume after a worker failure or a re-run
+    # [1] resume after a worker failure or a re-run: the newest sealed checkpoint on storage (faults.py)
+    found = latest_checkpoint(config["run_dir"]) if config.get("run_dir") else None
+    checkpoint = found or ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             saved = torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True)["config"]
@@ -68,18 +74,27 @@ def dst_train_loop(config: dict) -> None:
                             "with new settings, or delete that checkpoint folder")
             fitter.load_state_dict(torch.load(Path(d) / "state.pt", map_location=cfg.device, weights_only=True))
         print(f"[dst-{cfg.defect_type}] resumed from step {fitter.step_count}", flush=True)
+    faults = Faults(config.get("faults"), f"dst-{cfg.defect_type}")
 
     def log_terms(step: int, terms: dict[str, float]) -> None:
         ray.train.report({"step": step, **terms})  # [2] report metrics
 
     def checkpoint_terms(step: int, terms: dict[str, float]) -> None:
-        with tempfile.TemporaryDirectory() as d:  # [2] report metrics + a checkpoint
+        with tempfile.TemporaryDirectory() as d:  # [2] report metrics + a checkpoint (sealed, named after its step)
             torch.save(fitter.state_dict(), Path(d) / "state.pt")
             fitter.save(Path(d) / "model.pt")
-            ray.train.report({"step": step, **terms}, checkpoint=ray.train.Checkpoint.from_directory(d))
+            report_checkpoint({"step": step, **terms}, d, step)
+        faults.after_checkpoint(step)  # tests
 
     die = die_once_at(config["fault_step"], config["fault_marker"]) if config.get("fault_step") else None  # tests
-    fit_loop(fitter, on_log=log_terms, on_checkpoint=checkpoint_terms, on_step=die)
+
+    def on_step(step: int) -> None:
+        faults.at_step(step)
+        if die is not None:
+            die(step)
+
+    with memory_guard():
+        fit_loop(fitter, on_log=log_terms, on_checkpoint=checkpoint_terms, on_step=on_step)
 
 
 @ray.remote(num_cpus=0)
@@ -88,23 +103,27 @@ def _fit_one(cfg_dict: dict, data: str | None, out: str, storage_path: str, use_
     """Run one TorchTrainer to completion (a light Ray task; the worker holds the resources)."""
     defect_type = cfg_dict["defect_type"]
     t0 = time.perf_counter()
+    run_dir = storage.join(storage_path, f"dst-{defect_type}")
     trainer = TorchTrainer(
         dst_train_loop,
-        train_loop_config={"dst": cfg_dict, "data": data, **extra},
+        train_loop_config={"dst": cfg_dict, "data": data, "run_dir": run_dir, **extra},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
         run_config=RunConfig(
             name=f"dst-{defect_type}",  # stable name: re-running resumes this run
             storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=failure_config(max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
     try:
-        result = trainer.fit()
+        result = fit_trainer(trainer, stage=f"fit-dst ({defect_type})", max_failures=max_failures,
+                             lower="--batch-size or --patch-size, or fit fewer types at once (a larger "
+                                   "--cpus-per-worker)")
     except Exception as exc:  # one type failing must not stop the others
         return to_dict(FitOutcome(defect_type, "failed", seconds=time.perf_counter() - t0,
                                   error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+    prune_checkpoints(run_dir, {Path(c.path).name for c, _ in result.best_checkpoints or []})
     with result.checkpoint.as_directory() as d:
         blob = (Path(d) / "model.pt").read_bytes()
     target = storage.join(out, defect_type, "model.pt")
@@ -121,12 +140,15 @@ def _fit_one(cfg_dict: dict, data: str | None, out: str, storage_path: str, use_
 def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | None = None,
             storage_path: str | None = None, use_gpu: str = "auto", cpus_per_worker: float = 1.0,
             max_failures: int = 2, address: str | None = None, max_image_pixels: int | None = MAX_IMAGE_PIXELS,
-            _extra: dict | None = None) -> list[FitOutcome]:
+            faults: dict | None = None, _extra: dict | None = None) -> list[FitOutcome]:
     """Fit every defect type (or ``types``) concurrently; returns one outcome per type.
 
     The inputs are checked first (:func:`dstray.data.preflight`, as ``dstray inspect`` does): a
     problem refuses the start before Ray starts; backgrounds over ``max_image_pixels`` are skipped.
+    It says what it found: the types already fitted, and the step each other type resumes from.
+    ``faults``: test hooks (:class:`dstray.distributed.faults.Faults`).
     """
+    reserve_local_runtime(address)
     data = storage.absolute(data)  # Train workers run in other working directories
     storage.require_folder(out, "--out")
     dataset = load_dataset(data)
@@ -150,10 +172,17 @@ def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | N
                                            losses={k: v for k, v in done["metrics"].items() if k != "step"},
                                            checkpoint=storage.join(out, t, "model.pt")))
                 continue
-        extra = dict(_extra or {}, skip=found.skip)
+        extra = dict(_extra or {}, skip=found.skip, faults=faults_config(faults))
         if "fault_marker" in extra:
             extra["fault_marker"] = f"{extra['fault_marker']}-{t}"
         todo.append((t, to_dict(cfg), extra))
+    if outcomes:
+        log.info("%d of %d types already fitted with these settings in %s: %s", len(outcomes), len(types), out,
+                 ", ".join(o.defect_type for o in outcomes))
+    for t, cfg, _ in todo:
+        last = latest_checkpoint(storage.join(storage_path, f"dst-{t}"))
+        if last is not None:
+            log.info("resumed %s from step %d of %d (%s)", t, last.step, cfg["steps"], last.path)
     # Only as many runs as the cluster can hold at once: a waiting run still holds a driver task and
     # a Train controller (each imports torch, ~0.75 GB), which is what filled 8.5 GB on 2 cores.
     resources = ray.cluster_resources()
@@ -175,6 +204,20 @@ def fit_all(base: DSTConfig, *, data: str | None, out: str, types: list[str] | N
         log.info("%s: %s after %.0f s %s", t, outcome.status, outcome.seconds, outcome.error)
         outcomes.append(outcome)
     return sorted(outcomes, key=lambda o: o.defect_type)
+
+
+def saved(out: str, *, data: str | None, types: list[str] | None, steps: int, storage_path: str | None = None) -> str:
+    """What an interrupted ``fit-dst --all`` left: per type fitted, or the step of its newest checkpoint."""
+    types = types or fitted_types(load_dataset(storage.absolute(data)))
+    storage_path = ray_storage_path(out, storage_path)
+    parts = []
+    for t in types:
+        last, fit_json = latest_checkpoint(storage.join(storage_path, f"dst-{t}")), storage.join(out, t, "fit.json")
+        if storage.exists(fit_json) and json.loads(storage.read_bytes(fit_json))["config"]["steps"] == steps:
+            parts.append(f"{t} fitted")
+        elif last is not None:
+            parts.append(f"{t} at step {last.step} of {steps}")
+    return (", ".join(parts) + f" (checkpoints in {storage_path})") if parts else "no checkpoint yet"
 
 
 def format_table(outcomes: list[FitOutcome]) -> str:

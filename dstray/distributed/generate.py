@@ -31,7 +31,8 @@ import torch
 
 from dstray import storage
 from dstray.config import GenerateConfig, from_dict
-from dstray.distributed.runtime import init_ray, resolve_use_gpu
+from dstray.distributed.faults import Faults, faults_config
+from dstray.distributed.runtime import init_ray, reserve_local_runtime, resolve_use_gpu
 from dstray.dst.synth import build_synthesizer, check_output, prepare, shard_plan, summarize, write_shard
 
 log = logging.getLogger("dstray")
@@ -45,8 +46,9 @@ ACTOR_ENV = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16", "MALLOC_ARENA_MAX": "2"}
 class ShardGenerator:
     """Ray Data actor: builds the Synthesizer once, then turns shard ids into Parquet files."""
 
-    def __init__(self, context_ref: list, shard_size: int):
+    def __init__(self, context_ref: list, shard_size: int, faults: dict | None = None):
         self.ctx, self.shard_size = ray.get(context_ref[0]), shard_size
+        self.faults = Faults(faults, "generate")  # tests
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         self.synth = build_synthesizer(self.ctx, device)
 
@@ -71,6 +73,7 @@ class ShardGenerator:
             out["rejected"].append(rejected)
             out["seconds"].append(time.perf_counter() - t0)
             out["peak_rss_mib"].append(peak_rss_mib())
+            self.faults.after_shard(int(shard))
         return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -86,14 +89,20 @@ def peak_rss_mib() -> float:
     return 0.0
 
 
-def generate(cfg: GenerateConfig, *, shard_size: int = 32, address: str | None = None) -> dict:
-    """Run (or finish) a generation; returns the summary (also written to ``out/summary.json``)."""
+def generate(cfg: GenerateConfig, *, shard_size: int = 32, address: str | None = None,
+             faults: dict | None = None) -> dict:
+    """Run (or finish) a generation; returns the summary (also written to ``out/summary.json``).
+
+    ``faults``: test hooks (:meth:`dstray.distributed.faults.Faults.after_shard`)."""
+    reserve_local_runtime(address)
     ctx = prepare(cfg)
     cfg = from_dict(GenerateConfig, ctx["cfg"])  # with absolute paths
     check_output(cfg, ctx["fingerprint"], ctx.get("classes"))
     n_shards = -(-cfg.num_samples // shard_size)
     done = {int(n.split(".")[0]) for n in storage.list_names(storage.join(cfg.out, "_shards"))}
     todo = [k for k in range(n_shards) if k not in done]
+    if done and todo:
+        log.info("%s: %d of %d shards already done; generating the other %d", cfg.out, len(done), n_shards, len(todo))
 
     t0, produced, actor_peak = time.perf_counter(), 0, 0.0
     if todo:
@@ -117,7 +126,8 @@ def generate(cfg: GenerateConfig, *, shard_size: int = 32, address: str | None =
         ds = ds.map_batches(
             ShardGenerator,
             batch_size=1,
-            fn_constructor_kwargs={"context_ref": [ctx_ref], "shard_size": shard_size},
+            fn_constructor_kwargs={"context_ref": [ctx_ref], "shard_size": shard_size,
+                                   "faults": faults_config(faults)},
             compute=ray.data.ActorPoolStrategy(size=n_actors),
             num_gpus=1 if use_gpu else 0,
             num_cpus=1,
@@ -140,6 +150,13 @@ def generate(cfg: GenerateConfig, *, shard_size: int = 32, address: str | None =
                            f"!= {cfg.num_samples} requested; re-run the same command to finish")
     storage.write_bytes(storage.join(cfg.out, "summary.json"), json.dumps(summary, indent=2).encode())
     return summary
+
+
+def saved(cfg: GenerateConfig, *, shard_size: int = 32) -> str:
+    """What an interrupted generation left: its finished shards (a shard is finished once its marker is written)."""
+    out = storage.absolute(cfg.out)
+    done = len(storage.list_names(storage.join(out, "_shards")))
+    return f"{done} of {-(-cfg.num_samples // shard_size)} shards in {out}"
 
 
 def _put_file(path: str) -> ray.ObjectRef | str:

@@ -42,10 +42,11 @@ import dstray
 from dstray.config import PipelineConfig, SegConfig, from_dict, to_dict, without_later_defaults
 from dstray.data import InputProblems, load_dataset, validate
 from dstray.distributed.console import Console
+from dstray.distributed.faults import latest_checkpoint
 from dstray.distributed.fit import FitOutcome, fit_all
 from dstray.distributed.generate import generate
 from dstray.distributed.seeds import train_seeds
-from dstray.distributed.runtime import init_ray
+from dstray.distributed.runtime import init_ray, reserve_local_runtime
 from dstray.distributed.train_seg import train_seg
 from dstray.dst.areas import check_area_config
 from dstray.dst.fit import fitted_types
@@ -181,6 +182,7 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
     The terminal gets a few lines per stage (also in ``RUN/summary.txt``); Ray's output goes to
     ``RUN/logs/ray.log`` (:class:`dstray.distributed.console.Console`).
     """
+    reserve_local_runtime(address)
     run = Path(cfg.out).resolve()
     cfg = dataclasses.replace(cfg, data=absolute(cfg.data), out=str(run))  # Ray workers run elsewhere
     # fail fast, before any Ray work or folder: the input check of fit-dst (generate's is a subset)
@@ -202,6 +204,34 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict:
 
 
 N_STAGES = 5
+
+
+def saved(out: str) -> str:
+    """What a run folder holds of an unfinished pipeline: the finished stages, then the running one's progress
+    (DST types fitted, generated shards, the segmenters' newest checkpoints or seeds)."""
+    run = Path(out).resolve()
+    parts = []
+    models = sorted(p.parent.name for p in run.glob("models/*/fit.json"))
+    if models:
+        parts.append(f"{len(models)} DST model(s)")
+    gen = _Stage(run, "generated", "")
+    if gen.marker.exists():
+        shards = len(list((run / "generated" / "_shards").glob("*.json")))
+        parts.append("generate done" if json.loads(gen.marker.read_text()).get("done") else f"{shards} shard(s)")
+    done = {name for name in ("seg", "seg-ref", "eval", "eval-ref") if (run / name / "_stage.json").exists()
+            and json.loads((run / name / "_stage.json").read_text()).get("done")}
+    for folder in ("seg", "seg-ref"):
+        if folder in done:
+            parts.append(f"{folder} done")
+            continue
+        last = latest_checkpoint(str(run / folder / "_ray" / f"train-{folder}"))
+        seeds = sorted(p.parent.name for p in (run / folder).glob("seed-*/state.pt"))
+        if last is not None:
+            parts.append(f"{folder} at step {last.step}")
+        elif seeds:
+            parts.append(f"{folder} {', '.join(seeds)} checkpointed")
+    parts += [f"{name} done" for name in ("eval", "eval-ref") if name in done]
+    return (", ".join(parts) + f" in {run}") if parts else "no stage yet"
 
 
 class _Run:
@@ -228,6 +258,9 @@ class _Run:
         self.say(f"dstray pipeline, {cfg.preset} preset, on {cfg.data or 'the embedded sample'}: {len(self.types)} "
                  f"defect types ({', '.join(self.types)}) -> {run}")
         self.say(f"Ray's worker logs and progress go to {run / 'logs' / 'ray.log'}")
+        found = saved(str(run))
+        if found != "no stage yet":
+            self.say(f"found {found}: finished stages are reused, the others resume")
         digests = self.fit()
         generated_key = self.generate(digests)
         folders = self.train(generated_key)

@@ -52,6 +52,23 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _state_step(folder: Path) -> int | None:
+    """The step of a seed's run folder (its ``state.pt``, written at each evaluation); None without one."""
+    import torch
+
+    path = folder / "state.pt"
+    if not path.exists():
+        return None
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["steps"])
+
+
+def saved(out: str, seeds: list[int], *, steps: int) -> str:
+    """What an interrupted ``--seeds`` run left: each seed's step (its folder's last checkpoint)."""
+    parts = [f"seed {s} at step {step} of {steps}" for s in seeds
+             if (step := _state_step(Path(out, f"seed-{s}"))) is not None]
+    return (", ".join(parts) + f" in {Path(out).resolve()}") if parts else "no checkpoint yet"
+
+
 def _run_seed(cfg: dict, out: str, threads: int) -> dict:
     """One seed, in a Ray task: train, select on val, score on test; returns the scores (no images) and seconds."""
     import torch
@@ -75,6 +92,11 @@ def train_seeds(cfg: SegConfig, seeds: list[int], *, out: str, threads: int = 0,
     ``seg_seeds`` maps each s to that seed. ``on_seed(seed, result)`` is called as each seed finishes.
     """
     cfg = check_inputs(cfg)  # fail fast, on the driver, before any task starts
+    for s in seeds:  # what an earlier run of this command left
+        step = _state_step(Path(out, f"seed-{s}"))
+        if step is not None:
+            log.info("seed %d: %s", s, f"already trained {step} of {cfg.steps} steps" if step >= cfg.steps
+                     else f"resumed from step {step} of {cfg.steps}")
     init_ray(address)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = threads or max(1, cpus // len(seeds))

@@ -22,8 +22,12 @@
    (``state.pt``, ``model.pt`` = the selected model, ``history.jsonl``); the other ranks
    report metrics only (``report`` is a barrier).
 5. Resumable: a stable ``RunConfig(name, storage_path)``; running the same command again
-   (or with more ``--steps``) continues from the latest checkpoint, and
-   ``FailureConfig(max_failures)`` restarts a lost worker group from it.
+   (or with more ``--steps``) continues from the newest sealed checkpoint on storage
+   (:mod:`dstray.distributed.faults`: Ray's own choice can be two checkpoints older), and
+   ``FailureConfig(max_failures)`` restarts a lost worker group (a dead worker, a lost node) from
+   it. A resumed run ends at the uninterrupted run's weights, to the bit on CPU at the same
+   worker and thread count: the checkpoint holds rank 0's generator and the synthetic stream's
+   position (epoch and items taken), and ranks > 0 reseed at every checkpoint's step.
 
 At the end the driver copies the last checkpoint to ``out/`` (``model.pt``, ``state.pt``,
 ``history.jsonl``) and scores the selected model once (:func:`dstray.seg.train.finish`):
@@ -48,13 +52,15 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from dstray import storage
 from dstray.config import SegConfig, changed_fields, check_resumable, from_dict, to_dict
 from dstray.data import decode_png, read_image
-from dstray.distributed.runtime import init_ray, ray_storage_path, resolve_use_gpu
+from dstray.distributed.faults import (Faults, failure_config, faults_config, fit_trainer, latest_checkpoint,
+                                       memory_guard, prune_checkpoints, report_checkpoint)
+from dstray.distributed.runtime import init_ray, ray_storage_path, reserve_local_runtime, resolve_use_gpu
 from dstray.policy import draw_types, filter_table, reference_visibility
 from dstray.seeds import derive_seed
 from dstray.seg.data import free_samples, mixed_batch, read_item, real_samples, row_item, source_counts
@@ -84,13 +90,17 @@ class ShardSource:
     of that type is taken (rows of other types wait in a per-type buffer of at most :data:`TYPE_BUFFER`
     rows). Real and defect-free items are drawn with replacement with the trainer's generator. The counts
     (:func:`dstray.policy.batch_counts`), the windows and the augmentation are ``SegSource``'s
-    (:func:`dstray.seg.data.mixed_batch`). ``epoch`` counts started epochs (saved in checkpoints so that a
-    resumed run reshuffles).
+    (:func:`dstray.seg.data.mixed_batch`). ``epoch`` counts started epochs and ``taken`` the rows streamed of
+    the current one (saved in checkpoints); a resumed run sets ``epoch`` back by one and ``skip`` to ``taken``,
+    so that it continues the epoch where the checkpoint stood. (With ``type_shares``, rows waiting in the
+    per-type buffer at a checkpoint count as taken: such a resumed run is the same data policy, not the same
+    bits.)
     """
 
     def __init__(self, cfg: SegConfig, shard: Any | None, real: list, channels: int, *, rank: int = 0,
                  epoch: int = 0, free: list = (), types: list[str] | None = None) -> None:
         self.cfg, self.shard, self.channels, self.rank, self.epoch = cfg, shard, channels, rank, epoch
+        self.taken = self.skip = 0
         self.real = [read_item(s, channels) for s in real]
         self.free = [read_item(s, channels) for s in free]
         if not self.real and shard is None:
@@ -117,7 +127,11 @@ class ShardSource:
                 types = b["defect_type"] if "defect_type" in b else [""] * len(b["image"])
                 for t, image_png, mask_png in zip(types, b["image"], b["mask"]):
                     seen += 1
+                    if seen <= self.skip:  # resumed mid-epoch: streamed before the checkpoint
+                        continue
+                    self.taken = seen
                     yield str(t), image_png, mask_png
+            self.skip = 0
             if seen == 0:
                 raise ValueError("this worker's share of the synthetic dataset is empty: generate more samples "
                                  "or use fewer --num-workers")
@@ -181,16 +195,27 @@ def seg_train_loop(config: dict) -> None:
                          types=config.get("synthetic_types"))
     trainer = SegTrainer(cfg, source, device)
     history: list[dict] = []
-    checkpoint = ray.train.get_checkpoint()  # [4] resume: after a worker failure or when the run is started again
+    # [4] resume (after a worker failure, or when the run is started again) from the newest sealed checkpoint on
+    # storage: Ray's get_checkpoint() can be up to two checkpoints older (faults.py)
+    checkpoint = (latest_checkpoint(config["run_dir"]) if config.get("run_dir") else None) or ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             history = load_checkpoint(d, trainer)
-            source.epoch = json.loads((Path(d) / PROGRESS).read_text())["epoch"]
+            progress = json.loads((Path(d) / PROGRESS).read_text())
+        # the synthetic stream continues where the checkpoint stood: the same epoch, its items taken skipped
+        source.epoch, source.skip = ((progress["epoch"] - 1, progress["taken"]) if progress.get("taken")
+                                     else (progress["epoch"], 0))
         if rank == 0:
-            _say(f"[train-seg] resumed from step {trainer.steps}")
+            _say(f"[train-seg] resumed from step {trainer.steps} of {cfg.steps}")
     started_from = trainer.steps
-    if rank > 0:  # every worker draws its own real samples and crops
-        trainer.generator.manual_seed(derive_seed(cfg.seed, "seg-rank", rank, trainer.steps))
+    faults = Faults(config.get("faults"), "train-seg")  # tests
+
+    def reseed() -> None:  # ranks > 0 draw their own real samples and crops, seeded at each checkpoint's step, so
+        # that a run resumed there draws what the uninterrupted one drew (rank 0's generator is in state.pt)
+        if rank > 0:
+            trainer.generator.manual_seed(derive_seed(cfg.seed, "seg-rank", rank, trainer.steps))
+
+    reseed()
     trainer.model = ray.train.torch.prepare_model(trainer.model)  # [5] DDP when world > 1
     samples = eval_samples(cfg) if rank == 0 else []
     clock = {"t": time.perf_counter(), "losses": []}  # progress lines: time and losses since the last one
@@ -198,6 +223,7 @@ def seg_train_loop(config: dict) -> None:
     def on_eval(row: dict, result: dict | None) -> None:
         if result is None:  # rank > 0: metrics only ([6] report is a barrier)
             ray.train.report(row)
+            reseed()
             return
         history.append(row)
         _say(f"[train-seg] step {row['step']}/{cfg.steps}: {cfg.eval_split} F1 {row['f1']:.4f} (macro "
@@ -205,15 +231,19 @@ def seg_train_loop(config: dict) -> None:
              f"{row['best_f1']:.4f} at step {row['best_step']}")
         with tempfile.TemporaryDirectory() as d:  # [6] rank 0: metrics + checkpoint (state, selected model, history)
             save_checkpoint(d, trainer, history)
-            # the synthetic epoch count is the same on every rank (equal shares, same draws per step)
-            (Path(d) / PROGRESS).write_text(json.dumps({"epoch": source.epoch, "started_from": started_from}))
-            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
+            # the synthetic stream's position is the same on every rank (equal shares, same draws per step)
+            (Path(d) / PROGRESS).write_text(json.dumps({"epoch": source.epoch, "taken": source.taken,
+                                                        "started_from": started_from}))
+            report_checkpoint(row, d, trainer.steps)  # sealed, named after its step
+        faults.after_checkpoint(trainer.steps)
         clock.update(t=time.perf_counter(), losses=[])  # the next progress line times training only
 
     evaluator = (lambda: evaluate(trainer.eval_model, samples, threshold=cfg.threshold, device=device)) if rank == 0 \
         else None
 
     def on_step(log: dict) -> None:  # rank 0: a progress line every PROGRESS_EVERY steps
+        if rank == 0:
+            faults.at_step(log["step"])
         clock["losses"].append(log["loss"])
         if rank == 0 and log["step"] % PROGRESS_EVERY == 0:
             now = time.perf_counter()
@@ -221,8 +251,9 @@ def seg_train_loop(config: dict) -> None:
                  f"{(now - clock['t']) / len(clock['losses']):.2f} s/step")
             clock.update(t=now, losses=[])
 
-    train_loop(trainer, steps=cfg.steps, eval_every=cfg.eval_every, evaluator=evaluator, on_eval=on_eval,
-               on_step=on_step, num_workers=world)
+    with memory_guard():
+        train_loop(trainer, steps=cfg.steps, eval_every=cfg.eval_every, evaluator=evaluator, on_eval=on_eval,
+                   on_step=on_step, num_workers=world)
     source.close()
 
 
@@ -303,15 +334,24 @@ def _finished(cfg: SegConfig, out: str) -> TrainSegResult | None:
                           skipped=True)
 
 
+def saved(out: str, *, steps: int, storage_path: str | None = None, name: str = "train-seg") -> str:
+    """What an interrupted ``train-seg`` left: its newest sealed checkpoint."""
+    run_dir = storage.join(ray_storage_path(out, storage_path), name)
+    last = latest_checkpoint(run_dir)
+    return f"the checkpoint at step {last.step} of {steps} in {run_dir}" if last else "no checkpoint yet"
+
+
 def train_seg(cfg: SegConfig, *, out: str, num_workers: int = 1, use_gpu: str = "auto", cpus_per_worker: float = 1.0,
               threads_per_worker: int = 0, storage_path: str | None = None, name: str = "train-seg",
-              max_failures: int = 2, address: str | None = None) -> TrainSegResult:
+              max_failures: int = 2, address: str | None = None, faults: dict | None = None) -> TrainSegResult:
     """Train one segmenter with Ray Train (see the module docstring); resumes a run of the same name.
 
     ``threads_per_worker``: torch CPU threads of each worker; 0 = the node's cores shared among its workers.
+    ``faults``: test hooks (:class:`dstray.distributed.faults.Faults`).
     """
     if num_workers < 1:
         raise ValueError(f"--num-workers must be >= 1; got {num_workers}")
+    reserve_local_runtime(address)
     cfg = check_inputs(cfg)
     real = real_samples(cfg)
     storage_path = ray_storage_path(out, storage_path)
@@ -338,23 +378,32 @@ def train_seg(cfg: SegConfig, *, out: str, num_workers: int = 1, use_gpu: str = 
     if ds is not None:
         datasets[SYNTHETIC] = ds
     t0 = time.perf_counter()
+    run_dir = storage.join(storage_path, name)
+    found = latest_checkpoint(run_dir)
+    if found is not None:
+        log.info("resumed from step %d of %d (%s)", found.step, cfg.steps, found.path)
     trainer = TorchTrainer(
         seg_train_loop,
         train_loop_config={"seg": to_dict(cfg), "channels": channels, "use_synthetic": use_synthetic,
-                           "threads": threads_per_worker, "synthetic_types": types},
+                           "threads": threads_per_worker, "synthetic_types": types, "run_dir": run_dir,
+                           "faults": faults_config(faults)},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}),
         datasets=datasets,  # [3] split across the workers (equal shares)
         run_config=RunConfig(
             name=name,  # stable name: running the same command again resumes this run
             storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=failure_config(max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
     log.info("training %s/%s for %d steps on %d worker(s)%s; checkpoints in %s", cfg.arch, cfg.backbone, cfg.steps,
              num_workers, " with GPUs" if gpu else "", storage.join(storage_path, name))
-    result = trainer.fit()  # [7] blocks until done; raises TrainingFailedError after max_failures
+    # [7] blocks until done; raises TrainingFailedError after max_failures, OutOfMemory, KeyboardInterrupt (Ctrl-C)
+    result = fit_trainer(trainer, stage="train-seg", max_failures=max_failures,
+                         lower=f"--batch-size ({cfg.batch_size}) or --window ({cfg.window}), or run fewer workers per "
+                               f"node (--num-workers {num_workers}, a larger --cpus-per-worker)")
+    prune_checkpoints(run_dir, {Path(c.path).name for c, _ in result.best_checkpoints or []})
     if result.checkpoint is None:
         raise RuntimeError(f"the run {storage.join(storage_path, name)} produced no checkpoint")
     with result.checkpoint.as_directory() as d:  # [8] the last checkpoint: its state and the selected model

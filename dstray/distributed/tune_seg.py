@@ -35,7 +35,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from dstray.config import SegConfig, from_dict, save, to_dict
-from dstray.distributed.runtime import die_once_at, init_ray, ray_storage_path, resolve_use_gpu
+from dstray.distributed.runtime import die_once_at, init_ray, ray_storage_path, reserve_local_runtime, resolve_use_gpu
 from dstray.distributed.space import DEFAULT_SPACE, apply_params, check_space, parse_space, to_domain
 from dstray.distributed.train_seg import score_run
 from dstray.report.tables import markdown_table
@@ -148,6 +148,7 @@ def tune_seg(base: SegConfig, *, out: str, space: dict[str, str] | None = None, 
     space = parse_space(space or {}, defaults=False) if space is not None else dict(DEFAULT_SPACE)
     if num_samples < 1 or max_concurrent < 0:
         raise ValueError(f"--num-samples must be >= 1 and --max-concurrent >= 0; got {num_samples}, {max_concurrent}")
+    reserve_local_runtime(address)
     base = check_inputs(base)
     space = check_space(space, base)
     evaluations = math.ceil(base.steps / base.eval_every)
@@ -173,7 +174,7 @@ def tune_seg(base: SegConfig, *, out: str, space: dict[str, str] | None = None, 
             raise ValueError(f"{run_dir} holds a search with other settings (base config, space, --num-samples or "
                              "--search-seed); give another --name to start a new search, or the same options to "
                              "continue it")
-        log.info("resuming the search in %s", run_dir)
+        log.info("resuming the search in %s: %s", run_dir, _found(run_dir))
         tuner = tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=True)
     else:
         param_space = {k: to_domain(k, v) for k, v in space.items()}
@@ -195,6 +196,9 @@ def tune_seg(base: SegConfig, *, out: str, space: dict[str, str] | None = None, 
     log.info("tuning %s over %s: %d trial(s), at most %s at once, %s per trial", base.arch, sorted(space),
              num_samples, max_concurrent or "all", resources)
     results = tuner.fit()  # [4]
+    if results.num_terminated + results.num_errors < num_samples:
+        # Ctrl-C: Tune stopped the trials, saved the search and returned as if done; nothing to score yet
+        raise KeyboardInterrupt
     rows = _trial_rows(results, space, base.steps)
     if not rows or not rows[0]["best_f1"] == rows[0]["best_f1"]:
         errors = "; ".join(r.get("error", "") for r in rows if r.get("error"))
@@ -224,6 +228,20 @@ def tune_seg(base: SegConfig, *, out: str, space: dict[str, str] | None = None, 
     return TuneSegResult(table_csv=str(paths["csv"]), table_md=str(paths["md"]), best_config=str(paths["best"]),
                          best_model=str(out_dir / "best" / CHECKPOINT), plot=str(paths["png"]), best=best, test=test,
                          rows=rows, seconds=time.perf_counter() - t0, space=space)
+
+
+def _found(run_dir: str) -> str:
+    """The trials of a search folder and their checkpoints (what a restored search continues from)."""
+    trials = [p for p in Path(run_dir).iterdir() if p.is_dir() and (p / "params.json").exists()] \
+        if Path(run_dir).is_dir() else []
+    ckpts = sum(1 for t in trials for c in t.glob("checkpoint_*") if c.is_dir())
+    return f"{len(trials)} trial(s) with {ckpts} checkpoint(s)"
+
+
+def saved(out: str, *, storage_path: str | None = None, name: str = "tune-seg") -> str:
+    """What an interrupted ``tune`` left: the search's state and its trials' checkpoints."""
+    run_dir = os.path.join(ray_storage_path(out, storage_path), name)
+    return f"the search and {_found(run_dir)} in {run_dir}" if os.path.isdir(run_dir) else "no checkpoint yet"
 
 
 def _score_best(result, folder: Path) -> dict | None:
