@@ -174,7 +174,8 @@ class SegConfig:
     real_limit: int | None = None  # use only N real samples, round-robin over defect types (paper Fig. 6)
     synthetic_fraction: float = 0.5  # share of each batch drawn from synthetic data when both are given
     # the defect-free share is real data: a comparison gives it to both rows (with and without generated samples)
-    free_fraction: float = 0.0  # share of each batch cut from defect-free images (all-background labels)
+    free_fraction: float = 0.25  # share of each batch cut from defect-free images (all-background labels); chosen
+    #                              with the data policy on MT val (presets.chosen_policy; docs/data-policy.md)
     free_splits: list[str] = field(default_factory=lambda: ["background"])  # splits whose `free` rows feed it
     policy: DataPolicy = field(default_factory=DataPolicy)  # how the generated samples are drawn and weighted
     data: str | None = None  # dataset path for real splits and evaluation; None = embedded sample
