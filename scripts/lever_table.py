@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--baseline", help="the LABEL the deltas are taken against")
     ap.add_argument("--out", help="write the Markdown here (default: print it)")
     args = ap.parse_args()
-    rows = [(label, json.loads(Path(path).read_text())) for label, _, path in (r.partition("=") for r in args.rows)]
+    rows = [(label, json.loads(Path(path).read_text())) for label, _, path in (r.rpartition("=") for r in args.rows)]
     text = render(rows, args.baseline)
     if args.out:
         Path(args.out).write_text(text)
