@@ -13,7 +13,7 @@ from dstray.cells import (append_line, dataset_name, dst_config, finished, gener
                           settings)
 from dstray.config import ARCHS, GENERATORS, DataPolicy
 from dstray.data import load_dataset
-from dstray.presets import experiment_preset
+from dstray.presets import chosen_policy, experiment_preset
 from dstray.seeds import stage_seeds
 
 
@@ -70,7 +70,8 @@ def test_the_grids_of_table1_fig6_and_samples(tmp_path):
     assert {(c.arch, c.data) for c in table1} == {(a, d) for a in ARCHS for d in ("refs", *GENERATORS, "policy")}
     for c in table1:
         assert c.seg.real_splits == ["reference"] and c.seg.real_limit is None
-        assert [x.generator for x in c.pools] == {"refs": [], "policy": list(GENERATORS)}.get(c.data, [c.data])
+        policy = wanted_generators(chosen_policy(), data.defect_types)  # the chosen policy's pools
+        assert [x.generator for x in c.pools] == {"refs": [], "policy": policy}.get(c.data, [c.data])
         assert all(x.size == p.num_samples for x in c.pools)
     # one pool per (generator, seed, size), shared: 3 generators x 3 seeds for all 45 cells
     assert len({x for c in table1 for x in c.pools}) == len(GENERATORS) * len(seeds)
@@ -124,3 +125,17 @@ def test_results_lines_survive_a_writer_killed_midway(tmp_path, caplog):
     assert [r["cell"] for r in read_lines(path)] == ["a-s0", "c-s0"] and "line 2 is not JSON" in caplog.text
     assert finished(path) == {("a-s0", "1"), ("c-s0", "2")}
     assert read_lines(tmp_path / "missing.jsonl") == [] and finished(tmp_path / "missing.jsonl") == set()
+
+
+def test_a_pipeline_whose_types_the_policy_gives_no_generated_sample_says_so(tmp_path):
+    """The chosen policy gives blowhole none: a blowhole-only dataset has no pool to make under it, and the
+    pipeline says which types got what and which option trains on one generator instead (was: StopIteration)."""
+    from dstray.distributed.pipeline import stage_configs
+    from dstray.presets import pipeline_preset
+
+    cfg = pipeline_preset("smoke", out=str(tmp_path / "p"))
+    assert chosen_policy().generators["blowhole"] == "none"
+    with pytest.raises(ValueError, match=r"blowhole: none.*--generator dst, histmatch or copy"):
+        stage_configs(cfg, types=["blowhole"])
+    assert [c.generator for c in stage_configs(replace(cfg, generator="histmatch"), types=["blowhole"])
+            ["generate"].values()] == ["histmatch"]

@@ -137,7 +137,13 @@ def pool_generators(cfg: PipelineConfig, types: list[str]) -> list[str]:
     DST first) with ``generator="policy"``, else that one generator."""
     if cfg.generator != "policy":
         return [cfg.generator]
-    wanted = wanted_generators(chosen_policy(), types)
+    policy = chosen_policy()
+    wanted = wanted_generators(policy, types)
+    if not wanted:
+        named = policy.generators or {}
+        raise ValueError("the chosen data policy gives none of this dataset's defect types a generated sample ("
+                         + ", ".join(f"{t}: {named.get(t, policy.default_generator)}" for t in types)
+                         + "); give --generator dst, histmatch or copy to train on one generator's samples")
     return sorted(wanted, key=lambda g: (g != "dst", wanted.index(g)))
 
 

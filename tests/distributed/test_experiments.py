@@ -106,7 +106,7 @@ def _one_type_sample(folder: Path, defect_type: str = "blowhole") -> str:
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_dst_models_pool_and_segmenter_in_pipeline_and_experiment(ray_cluster, tmp_path):
     """`pipeline --seed 1 --seeds 1` and the experiment cell buttonlab-policy-s1 (smoke preset, the embedded sample
-    cut to one type so that each side fits one DST): every stage seeded with stage_seeds(1)[stage], so the same DST
+    cut to one type the chosen policy feeds from DST, so that each side fits one DST): every stage seeded with stage_seeds(1)[stage], so the same DST
     weights, the same rows in every pool of the chosen policy and the same segmenter weights, bit for bit."""
     import dataclasses
 
@@ -117,7 +117,7 @@ def test_the_same_seed_gives_the_same_dst_models_pool_and_segmenter_in_pipeline_
     from dstray.seeds import stage_seeds
 
     seeds = stage_seeds(1)
-    data = _one_type_sample(tmp_path / "blowhole-sample")
+    data = _one_type_sample(tmp_path / "break-sample", "break")  # the chosen policy: break from DST
     pipe, exp = tmp_path / "pipeline", tmp_path / "experiment"
     cfg = dataclasses.replace(pipeline_preset("smoke", seed=1, out=str(pipe)), data=data, baseline=False, seeds=[1])
     info = run_pipeline(cfg)
@@ -132,9 +132,9 @@ def test_the_same_seed_gives_the_same_dst_models_pool_and_segmenter_in_pipeline_
                                                                                                  "seg")}}
     assert line["settings"]["seg"]["seed"] == line["settings"]["seeds"]["seg"]
     # the outputs, bit for bit
-    assert load_dataset(data).defect_types == ["blowhole"]
-    assert _state_digest(pipe / "models" / "blowhole" / "model.pt") == \
-        _state_digest(exp / "models" / "seed-1" / "blowhole" / "model.pt")
+    assert load_dataset(data).defect_types == ["break"]
+    assert _state_digest(pipe / "models" / "break" / "model.pt") == \
+        _state_digest(exp / "models" / "seed-1" / "break" / "model.pt")
     pools = stage_configs(cfg)["generate"]
     assert pools
     for folder, gen in pools.items():
