@@ -29,12 +29,16 @@ def _splits(cfg: dict) -> str:
 
 
 def labels(pipeline: dict) -> dict[str, str]:
-    """What each run was trained on, from the pipeline's config ("references + 160 generated", "references only")."""
+    """What each run was trained on, from the pipeline's config ("references + 160 generated", "references only";
+    with a defect-free share: "references + defect-free tiles + 160 generated", "references + defect-free tiles")."""
     config = pipeline.get("config") or {}
     seg = config.get("seg") or {}
     n = config.get("num_samples")
     gen = f"{n} generated" if n is not None else "generated samples"
     real = seg.get("real_splits") or []
+    if seg.get("free_fraction"):  # the defect-free share is real data both runs have (SegConfig.free_fraction)
+        return {"generated": f"{_splits(seg)} + defect-free tiles + {gen}" if real else f"{gen} + defect-free tiles",
+                "baseline": f"{_splits(seg)} + defect-free tiles"}
     return {"generated": f"{_splits(seg)} + {gen}" if real else f"{gen} only",
             "baseline": f"{_splits(seg)} only"}
 

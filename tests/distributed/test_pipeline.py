@@ -11,6 +11,9 @@ import pytest
 pytestmark = pytest.mark.ray
 
 
+GEN, REF = "references + defect-free tiles + 10 generated", "references + defect-free tiles"  # the rows' labels
+
+
 def test_smoke_pipeline_writes_report_with_every_type_and_the_evaluation(ray_cluster, tmp_path):
     import torch
 
@@ -45,7 +48,7 @@ def test_smoke_pipeline_writes_report_with_every_type_and_the_evaluation(ray_clu
     assert any(line.startswith("stage timings: fit ") and "total" in line for line in lines)
     head = lines.index(next(line for line in lines if line.startswith("pixel F1 on the real test split")))
     table = lines[head + 2:head + 4]
-    assert [r.split("  ")[1] for r in table] == ["references + 10 generated", "references only"], lines[head:]
+    assert [r.split("  ")[1] for r in table] == [GEN, REF], lines[head:]
     numbers = [[float(v) for v in r.split()[-7:]] for r in table]  # F1, macro, 5 types
     assert all(0 <= v <= 1 for row in numbers for v in row)
     assert numbers[0][0] == round(result["pixel"]["f1"], 3)
@@ -59,7 +62,7 @@ def test_smoke_pipeline_writes_report_with_every_type_and_the_evaluation(ray_clu
     assert first.startswith(' id="headline"'), first[:200]
     rows = re.findall(r"<tr>(.*?)</tr>", first.split('<table class="headline">', 1)[1].split("</table>", 1)[0])
     cells = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in rows[1:]]
-    assert [c[0] for c in cells] == ["references + 10 generated", "references only"]
+    assert [c[0] for c in cells] == [GEN, REF]
     assert [[float(v) for v in c[1:]] for c in cells] == numbers
     assert html.index('id="run"') > html.index('id="evaluation"') and "<details>" in html  # config at the end
 
@@ -71,7 +74,7 @@ def test_smoke_pipeline_writes_report_with_every_type_and_the_evaluation(ray_clu
     over = run_pipeline(dataclasses.replace(cfg, seeds=[0, 1]))
     assert over["stages"]["fit"]["reused"] and over["stages"]["generate"]["reused"]
     rows = over["stages"]["train"]["over_seeds"]
-    assert set(rows) == {"references + 10 generated", "references only"}
+    assert set(rows) == {GEN, REF}
     for folder in ("seg", "seg-ref"):
         saved = json.loads((tmp_path / "run" / folder / "seeds.json").read_text())
         assert saved["seeds"] == [0, 1] and set(saved["test"]["per_seed"]) == {"0", "1"}

@@ -176,3 +176,13 @@ def test_unreadable_parts_are_reported(tmp_path):
     assert "unreadable checkpoint" in html and "blowhole" in html
     assert "1 unreadable line(s)" in html
     assert (tmp_path / "out" / "seg-history.png").exists()
+
+
+def test_the_row_labels_name_the_defect_free_share_both_runs_have():
+    from dstray.report.headline import labels
+
+    cfg = {"num_samples": 300, "seg": {"real_splits": ["reference"], "free_fraction": 0.25}}
+    assert labels({"config": cfg}) == {"generated": "references + defect-free tiles + 300 generated",
+                                       "baseline": "references + defect-free tiles"}
+    cfg["seg"]["free_fraction"] = 0.0
+    assert labels({"config": cfg}) == {"generated": "references + 300 generated", "baseline": "references only"}
