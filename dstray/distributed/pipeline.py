@@ -39,7 +39,7 @@ import torch
 
 import dstray
 
-from dstray.config import PipelineConfig, SegConfig, from_dict, to_dict, without_later_defaults
+from dstray.config import GENERATORS, PipelineConfig, SegConfig, from_dict, to_dict, without_later_defaults
 from dstray.data import InputProblems, load_dataset, validate
 from dstray.distributed.console import Console
 from dstray.distributed.faults import latest_checkpoint
@@ -173,7 +173,10 @@ def stage_configs(cfg: PipelineConfig, types: list[str] | None = None) -> dict:
         out=str(run / pool_folder(g, gens[0])), use_gpu=cfg.use_gpu, area=area, seed=seeds["generate"])
         for g in gens}
     seg_cfg = with_policy(cfg.seg) if cfg.generator == "policy" else cfg.seg
-    seg = {"seg": dataclasses.replace(seg_cfg, data=cfg.data, synthetic=[str(run / f / "data") for f in generate],
+    # the segmenter reads the pools in GENERATORS order, as an experiment cell lists them (cells.plan), so that the
+    # same seed gives the same rows in the same order, hence the same weights, in both commands
+    ordered = sorted(generate, key=lambda f: GENERATORS.index(generate[f].generator))
+    seg = {"seg": dataclasses.replace(seg_cfg, data=cfg.data, synthetic=[str(run / f / "data") for f in ordered],
                                       seed=seeds["seg"])}
     if cfg.baseline:
         seg["seg-ref"] = dataclasses.replace(seg_cfg, data=cfg.data, synthetic=[], seed=seeds["seg"],

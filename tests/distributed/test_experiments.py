@@ -85,15 +85,16 @@ def _pool_images(folder: Path) -> dict[str, bytes]:
     return {r["sample_id"]: (r["image"], r["mask"], r["seed"]) for r in rows}
 
 
-def _one_type_sample(folder: Path, defect_type: str = "blowhole") -> str:
-    """The embedded sample cut to one defect type (its rows and the defect-free ones): one DST fit per run."""
+def _one_type_sample(folder: Path, *defect_types: str) -> str:
+    """The embedded sample cut to ``defect_types`` (default blowhole; their rows and the defect-free ones)."""
+    defect_types = defect_types or ("blowhole",)
     import shutil
 
     from dstray.data import sample_root
 
     root = sample_root()
     head, *rows = (root / "splits.csv").read_text().splitlines()
-    keep = [r for r in rows if r.split(",")[2] in (defect_type, "free")]
+    keep = [r for r in rows if r.split(",")[2] in (*defect_types, "free")]
     for r in keep:
         for name in r.split(",")[:2]:
             if name:
@@ -106,7 +107,9 @@ def _one_type_sample(folder: Path, defect_type: str = "blowhole") -> str:
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_dst_models_pool_and_segmenter_in_pipeline_and_experiment(ray_cluster, tmp_path):
     """`pipeline --seed 1 --seeds 1` and the experiment cell buttonlab-policy-s1 (smoke preset, the embedded sample
-    cut to one type the chosen policy feeds from DST, so that each side fits one DST): every stage seeded with stage_seeds(1)[stage], so the same DST
+    cut to two types the chosen policy feeds from two pools, DST and copy: each side fits two DSTs and makes
+    both pools; the smoke batch draws no generated window at the chosen share, so the segmenter part does not
+    see the order the pools are read in): every stage seeded with stage_seeds(1)[stage], so the same DST
     weights, the same rows in every pool of the chosen policy and the same segmenter weights, bit for bit."""
     import dataclasses
 
@@ -117,7 +120,7 @@ def test_the_same_seed_gives_the_same_dst_models_pool_and_segmenter_in_pipeline_
     from dstray.seeds import stage_seeds
 
     seeds = stage_seeds(1)
-    data = _one_type_sample(tmp_path / "break-sample", "break")  # the chosen policy: break from DST
+    data = _one_type_sample(tmp_path / "two-type-sample", "break", "uneven")  # the chosen policy: dst and copy
     pipe, exp = tmp_path / "pipeline", tmp_path / "experiment"
     cfg = dataclasses.replace(pipeline_preset("smoke", seed=1, out=str(pipe)), data=data, baseline=False, seeds=[1])
     info = run_pipeline(cfg)
@@ -132,7 +135,8 @@ def test_the_same_seed_gives_the_same_dst_models_pool_and_segmenter_in_pipeline_
                                                                                                  "seg")}}
     assert line["settings"]["seg"]["seed"] == line["settings"]["seeds"]["seg"]
     # the outputs, bit for bit
-    assert load_dataset(data).defect_types == ["break"]
+    assert load_dataset(data).defect_types == ["break", "uneven"]
+    assert len(stage_configs(cfg)["generate"]) == 2
     assert _state_digest(pipe / "models" / "break" / "model.pt") == \
         _state_digest(exp / "models" / "seed-1" / "break" / "model.pt")
     pools = stage_configs(cfg)["generate"]
