@@ -75,11 +75,15 @@ def check_policy(cfg: SegConfig) -> None:
 
 
 # --------------------------------------------------------------------------- rows
+def generator_for(policy: DataPolicy, defect_type: str) -> str:
+    """What feeds ``defect_type`` under ``policy``: its named generator, else the default (mix | none | one)."""
+    return (policy.generators or {}).get(defect_type, policy.default_generator)
+
+
 def wanted_generators(policy: DataPolicy, types: list[str]) -> list[str]:
     """The generators ``policy`` draws from for a dataset with defect ``types`` (``mix`` = all of them), in
     :data:`dstray.config.GENERATORS` order: the pools an experiment must make."""
-    named = policy.generators or {}
-    wanted = {named.get(t, policy.default_generator) for t in types}
+    wanted = {generator_for(policy, t) for t in types}
     if "mix" in wanted:
         return list(GENERATORS)
     return [g for g in GENERATORS if g in wanted]
@@ -88,7 +92,7 @@ def wanted_generators(policy: DataPolicy, types: list[str]) -> list[str]:
 def row_allowed(policy: DataPolicy, defect_type: str, generator: str, family: str | None = None) -> bool:
     """Whether a generated row of ``defect_type`` made by ``generator`` with an area of ``family`` is let in
     by the policy's generator and family choice (visibility aside: :func:`label_visible`)."""
-    want = (policy.generators or {}).get(defect_type, policy.default_generator)
+    want = generator_for(policy, defect_type)
     if want == "none" or (want != "mix" and want != generator):
         return False
     return policy.area_family == "any" or (family or OLD_FAMILY) == policy.area_family

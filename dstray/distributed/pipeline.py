@@ -51,7 +51,7 @@ from dstray.distributed.train_seg import train_seg
 from dstray.dst.areas import check_area_config
 from dstray.dst.fit import fitted_types
 from dstray.dst.synth import check_contrast
-from dstray.policy import wanted_generators
+from dstray.policy import generator_for, wanted_generators
 from dstray.presets import chosen_policy, with_policy
 from dstray.report import write_report
 from dstray.report.headline import format_headline, labels, read_headline
@@ -140,9 +140,8 @@ def pool_generators(cfg: PipelineConfig, types: list[str]) -> list[str]:
     policy = chosen_policy()
     wanted = wanted_generators(policy, types)
     if not wanted:
-        named = policy.generators or {}
         raise ValueError("the chosen data policy gives none of this dataset's defect types a generated sample ("
-                         + ", ".join(f"{t}: {named.get(t, policy.default_generator)}" for t in types)
+                         + ", ".join(f"{t}: {generator_for(policy, t)}" for t in types)
                          + "); give --generator dst, histmatch or copy to train on one generator's samples")
     return sorted(wanted, key=lambda g: (g != "dst", wanted.index(g)))
 
