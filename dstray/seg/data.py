@@ -14,7 +14,10 @@ limited to the first N (Figure 6).
   norm sees image statistics), the image part centred; a ``valid`` mask (1 = image,
   0 = padding) travels with it and padding never counts in the loss. A window is either
   *centred* on a defect pixel drawn uniformly among the image's defect pixels (± ``window/8``
-  jitter, clipped to the image) or placed uniformly at random.
+  jitter, clipped to the image) or placed uniformly at random. With ``cfg.window_context = c`` the
+  image is first mirror-padded by c px on every side, unlabelled (:func:`with_context`): windows may
+  then hold a part's border with mirrored image beyond it, the way inference shows every border
+  (:data:`dstray.seg.evaluate.INFERENCE_PAD`), instead of the network's zero padding.
 - **Centring rule** (:func:`mixed_batch`). Of the batch items whose image has a defect,
   ``ceil(center_fraction * n)`` (drawn at random) get a centred window; the others, and
   defect-free images, a uniform one. Defects cover about 1 % of Magnetic Tile's pixels:
@@ -140,7 +143,8 @@ def window_box(item: dict, size: int, generator: torch.Generator, centred: bool)
 def augment(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Flips, a multiple of 90 degrees (image and mask together), brightness/contrast jitter (image only).
 
-    image (C,h,w) float in [0,1], mask (1,h,w) -> the same (h and w swapped by an odd rotation).
+    image (C,h,w) float in [0,1], mask (M,h,w) label planes moved with it -> the same (h and w swapped by an
+    odd rotation).
     """
     flip_h, flip_v = torch.randint(2, (2,), generator=generator).tolist()
     k = int(torch.randint(4, (), generator=generator))
@@ -155,22 +159,46 @@ def augment(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator)
     return image, mask
 
 
-def cut_window(item: dict, size: int, generator: torch.Generator, *, centred: bool, augment_it: bool) -> dict:
+def with_context(item: dict, context: int) -> dict:
+    """``item`` with its image mirror-padded by ``context`` px on every side (what inference shows the network,
+    :data:`dstray.seg.evaluate.INFERENCE_PAD`), unlabelled there: ``{"image": (C,H+2c,W+2c) uint8,
+    "mask": (1,H+2c,W+2c) bool (0 in the padding), "inside": (1,H+2c,W+2c) bool (1 on the image), "defect":
+    (K,2) shifted by c}``. ``context`` 0 returns ``item`` unchanged."""
+    if not context:
+        return item
+    c = context
+    inside = torch.zeros(1, item["image"].shape[-2] + 2 * c, item["image"].shape[-1] + 2 * c, dtype=torch.bool)
+    inside[:, c:-c, c:-c] = True
+    mask = torch.zeros_like(inside)
+    mask[:, c:-c, c:-c] = item["mask"]
+    return {"image": mirror_pad(item["image"], c, c, c, c), "mask": mask, "inside": inside,
+            "defect": item["defect"] + c}
+
+
+def cut_window(item: dict, size: int, generator: torch.Generator, *, centred: bool, augment_it: bool,
+               context: int = 0) -> dict:
     """One training window of ``item`` (see the module docstring).
 
+    ``context`` (px, ``SegConfig.window_context``): the window is placed on the image mirror-padded by that much
+    on every side (:func:`with_context`), so that a part's borders are seen with mirrored image beyond them, as
+    inference shows them; the mirrored pixels carry no label and no loss (``valid`` 0).
+
     Returns ``{"image": (C,size,size) float [0,1], "mask": (1,size,size) {0,1}, "valid": (1,size,size) {0,1},
-    "box": (top, left, h, w) on the image}``. The image part (``h x w``, or ``w x h`` after an odd
+    "box": (top, left, h, w) on the (padded) image}``. The cut (``h x w``, or ``w x h`` after an odd
     rotation) is centred in the window; the rest mirrors it and has ``valid`` 0 and ``mask`` 0.
     """
+    item = with_context(item, context)
     top, left, h, w = box = window_box(item, size, generator, centred)
     image = item["image"][:, top:top + h, left:left + w].float() / 255
     mask = item["mask"][:, top:top + h, left:left + w].float()
+    inside = item["inside"][:, top:top + h, left:left + w].float() if "inside" in item else torch.ones_like(mask)
     if augment_it:
-        image, mask = augment(image, mask, generator)
+        image, planes = augment(image, torch.cat([mask, inside]), generator)
+        mask, inside = planes[:1], planes[1:]
     h, w = image.shape[-2:]
     pad = ((size - h) // 2, size - h - (size - h) // 2, (size - w) // 2, size - w - (size - w) // 2)
     valid = torch.zeros(1, size, size)
-    valid[:, pad[0]:pad[0] + h, pad[2]:pad[2] + w] = 1.0
+    valid[:, pad[0]:pad[0] + h, pad[2]:pad[2] + w] = inside
     return {"image": mirror_pad(image, *pad), "mask": mirror_pad(mask, *pad) * valid, "valid": valid, "box": box}
 
 
@@ -262,8 +290,8 @@ def mixed_batch(synthetic: list[dict], real: list[dict], batch_size: int, genera
     n_centred = math.ceil(cfg.center_fraction * len(defect_idx))
     centred = torch.zeros(len(items), dtype=torch.bool)
     centred[defect_idx[torch.randperm(len(defect_idx), generator=generator)[:n_centred]]] = True
-    windows = [cut_window(it, cfg.window, generator, centred=bool(c), augment_it=cfg.augment)
-               for it, c in zip(items, centred)]
+    windows = [cut_window(it, cfg.window, generator, centred=bool(c), augment_it=cfg.augment,
+                          context=cfg.window_context) for it, c in zip(items, centred)]
     batch = {k: torch.stack([w[k] for w in windows]) for k in ("image", "mask", "valid")}
     return {**batch, "weight": loss_weight(batch, len(synthetic), cfg), "centred": centred, "has_defect": has_defect}
 

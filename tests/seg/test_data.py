@@ -48,6 +48,37 @@ def test_window_at_native_resolution_and_padding_marked_invalid():
     assert w["mask"][w["valid"] == 0].sum() == 0
 
 
+def test_a_window_with_context_shows_the_border_with_mirrored_image_beyond_it_and_no_label_there():
+    import numpy as np
+
+    item = _item(50, 70, defects=[(0, 0), (49, 69)])
+    c, size = 16, 40
+    seen_corner = False
+    for seed in range(40):
+        w = cut_window(item, size, torch.Generator().manual_seed(seed), centred=seed % 2 == 0, augment_it=False,
+                       context=c)
+        top, left, h, wd = w["box"]  # on the image padded by c: numpy's reflect padding is the oracle
+        oracle = np.pad(item["image"][0].numpy(), c, mode="reflect")[top:top + h, left:left + wd] / 255
+        assert np.array_equal(w["image"][0].numpy(), oracle.astype(np.float32))
+        inside = np.pad(np.ones((50, 70)), c)[top:top + h, left:left + wd]
+        assert np.array_equal(w["valid"][0].numpy(), inside)  # the loss sees the image only
+        assert w["mask"][w["valid"] == 0].sum() == 0 and w["mask"].sum() == item["mask"][0].numpy()[
+            max(top - c, 0):max(top - c + h, 0), max(left - c, 0):max(left - c + wd, 0)].sum()
+        seen_corner |= bool(w["valid"][0, 0, 0] == 0)
+    assert seen_corner  # windows do reach past the image
+    # no context: the window lies on the image, as before
+    w = cut_window(item, size, torch.Generator().manual_seed(0), centred=False, augment_it=False)
+    assert w["valid"].all()
+
+
+def test_a_window_with_context_is_augmented_with_its_valid_part():
+    item = _item(50, 70, defects=[(0, 0)])
+    for seed in range(12):
+        w = cut_window(item, 40, torch.Generator().manual_seed(seed), centred=True, augment_it=True, context=16)
+        assert w["mask"].sum() == 1 and w["valid"].sum() < 40 * 40  # the corner pixel: mirrored image beside it
+        assert w["mask"][w["valid"] == 0].sum() == 0
+
+
 def test_a_centred_window_has_its_defect_pixel_at_the_centre():
     item = _item(300, 400, defects=[(150, 123)])
     for seed in range(5):
