@@ -161,8 +161,8 @@ class SegConfig:
     backbone: str = "efficientnet_lite0"  # efficientnet_lite0 | resnet18 | resnet34 | resnet50 (paper: resnet50)
     weights: str = "imagenet"  # backbone weights: "imagenet" | path to a state-dict file | "random"
     window: int = 256  # side (px) of the square training windows cut at the images' own resolution
-    window_context: int = 0  # px of unlabelled mirrored image around each training image that windows may cover
-    #                          (inference mirrors 32 px, seg/evaluate.INFERENCE_PAD); 0 = windows on the image only
+    window_context: int = 32  # px of unlabelled mirrored image around each training image that windows may cover
+    #                           (= seg/evaluate.INFERENCE_PAD; chosen on MT val, docs/data-policy.md); 0 = image only
     crop_size: int = 128  # Buttonlab branch crop (partial-image input, Fig. 5), inside the window's image part; even
     center_fraction: float = 0.5  # at least this share of a batch's windows on defect images is centred on a defect pixel
     lr: float = 1e-3  # Adam learning rate (paper §4: 2e-3, for batch 8 over 120 epochs)

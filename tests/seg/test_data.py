@@ -141,7 +141,7 @@ def _parquet(path, n=3, size=(40, 50)):
 
 def test_source_mix_limit_and_determinism(tmp_path):
     cfg = replace(SMALL, synthetic=[_parquet(tmp_path / "gen.parquet")], synthetic_fraction=0.5, real_limit=3,
-                  batch_size=4)
+                  batch_size=4, window_context=0)  # no context: a 40x50 row fits a 64 window whole
     src = SegSource.from_config(cfg)
     assert len(src.real) == 3 and len(src.synthetic_rows) == 3 and src.channels == 1
     assert src.real[0]["image"].dtype == torch.uint8  # kept at native resolution, 8 bits

@@ -82,7 +82,7 @@ def test_policy_rows_keep_what_each_type_is_fed(tmp_path):
 def test_type_shares_decide_which_rows_are_drawn(tmp_path):
     path = _table(tmp_path / "b.parquet", ["crack", "crack", "fray", "fray"], ["dst"] * 4)
     cfg = replace(SMALL, real_splits=[], synthetic=[str(path)], batch_size=6, augment=False, window=40,
-                  policy=DataPolicy(type_shares={"crack": 1.0, "fray": 0.0}))
+                  window_context=0, policy=DataPolicy(type_shares={"crack": 1.0, "fray": 0.0}))
     src = SegSource(cfg, [], cfg.synthetic, channels=1)
     assert src.synthetic_types == ["crack", "crack", "fray", "fray"]
     g = torch.Generator().manual_seed(3)

@@ -37,7 +37,9 @@ def test_soft_dice_by_hand_and_only_on_valid_pixels():
 
 @pytest.mark.parametrize("arch, dice", [("buttonlab", 0.0), ("unet", 1.0)])
 def test_the_loss_falls_on_real_data(arch, dice):
-    """40 steps on the sample's real defect windows lower the loss on 16 other real windows (fixed, eval mode)."""
+    """80 steps on the sample's real defect windows lower the loss on 16 other real windows (fixed, eval mode).
+
+    (40 steps left Buttonlab's held-out loss at 0.8-0.9 of its start or above, depending on the thread count.)"""
     cfg = replace(SMALL, arch=arch, backbone="efficientnet_lite0", weights="imagenet", window=64, batch_size=4,
                   defect_weight=3.0, dice_weight=dice, center_fraction=1.0, lr=1e-3,
                   real_splits=["reference", "train"])
@@ -52,7 +54,7 @@ def test_the_loss_falls_on_real_data(arch, dice):
         return float(seg_loss(logits, held_out["mask"], held_out["valid"], cfg))
 
     before = loss()
-    for _ in range(40):
+    for _ in range(80):
         trainer.step()
     assert loss() < 0.8 * before
 
