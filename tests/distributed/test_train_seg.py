@@ -30,7 +30,8 @@ def test_shard_source_feeds_the_same_items_as_segsource(ray_cluster, synthetic):
     from dstray.seg.data import SegSource, row_item
     from dstray.storage import generated_parquet as synthetic_paths
 
-    cfg = replace(TINY, synthetic=synthetic_paths([synthetic]), real_splits=[], augment=False, batch_size=3)
+    cfg = replace(TINY, synthetic=synthetic_paths([synthetic]), real_splits=[], augment=False, batch_size=3,
+                  window_context=0)  # no context: each window holds one whole generated image
     local = SegSource(cfg, [], cfg.synthetic, channels=1)
     ds = ray.data.read_parquet(cfg.synthetic).select_columns(["image", "mask"])  # what train_seg streams
     source = ShardSource(cfg, ds.iterator(), [], channels=1, rank=0)
@@ -76,7 +77,7 @@ def test_the_stream_applies_the_policy_as_segsource_does(ray_cluster, tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), path)
     free = load_dataset(None).split("background")[:2]
     cfg = replace(TINY, synthetic=[str(path)], real_splits=[], augment=False, window=40, batch_size=4,
-                  free_fraction=0.25, policy=DataPolicy(type_shares={"crack": 1.0, "fray": 0.0}))
+                  window_context=0, free_fraction=0.25, policy=DataPolicy(type_shares={"crack": 1.0, "fray": 0.0}))
     ds = ray.data.read_parquet(str(path)).map_batches(filter_table, fn_kwargs={"policy": {}},
                                                       batch_format="pyarrow").select_columns(
         ["image", "mask", "defect_type"])
