@@ -17,20 +17,19 @@ import numpy as np
 import torch
 
 from dstray.data import FREE, load_dataset
-from dstray.seg.evaluate import collect, scores_at
+from dstray.seg.evaluate import choose_threshold, collect, scores_at
+from dstray.seg.metrics import macro
 from dstray.seg.train import load_segmenter
 
 
-def macro_curve(probs) -> list[float]:
-    """Macro pixel F1 (unweighted mean over the defect types) at every threshold of ``probs.edges``."""
-    types = np.array(probs.types)
-    names = sorted(set(probs.types) - {FREE})
-    rows = {t: torch.from_numpy(types == t) for t in names}
-    return [float(np.mean([probs.counts(j, rows[t]).f1 for t in names])) for j in range(len(probs.edges))]
-
-
 def choose(probs, rule: str) -> float:
-    curve = macro_curve(probs) if rule == "macro" else [probs.counts(j).f1 for j in range(len(probs.edges))]
+    """The threshold of the best F1 of ``rule`` on ``probs`` (lowest on a tie): ``micro`` is the product's own rule
+    (:func:`dstray.seg.evaluate.choose_threshold`); ``macro`` the unweighted mean over the defect types."""
+    if rule == "micro":
+        return choose_threshold(probs)[0]
+    types = np.array(probs.types)
+    rows = {t: torch.from_numpy(types == t) for t in sorted(set(probs.types) - {FREE})}
+    curve = [macro({t: probs.counts(j, r) for t, r in rows.items()})["f1"] for j in range(len(probs.edges))]
     best = max(range(len(curve)), key=lambda j: (curve[j], -j))
     return float(probs.edges[best])
 

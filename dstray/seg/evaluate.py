@@ -49,8 +49,8 @@ IMAGE_SCORES = ("max", *TOPK, "area")
 DETECTION_TARGET = 0.95  # the image decision detects this share of the defect images of the split it is chosen on
 # px of mirrored image around every side at inference. Training windows show a part's borders the same way
 # (SegConfig.window_context, 32 px by default); without this, the top and left borders met the network's zero
-# padding at inference only. Chosen on val (3 seeds of references + defect-free tiles, docs/segmentation.md): pixel F1 +0.004 to
-# +0.027, image AUROC +0.014 to +0.062 against padding the bottom and right to the stride only
+# padding at inference only. Chosen on val (3 seeds of references + defect-free tiles, docs/segmentation.md):
+# pixel F1 +0.004 to +0.027, image AUROC +0.014 to +0.062 against padding the bottom and right to the stride only
 INFERENCE_PAD = 32
 
 
